@@ -1,0 +1,1 @@
+"""Command groups of the ``gateway`` command line; each module has ``register(subparsers)``."""

@@ -1,0 +1,345 @@
+"""Configuration: read once from TOML and the environment into frozen, typed objects.
+
+The search order is: the file named by ``--config`` (or ``GATEWAY_CONFIG``), else
+``config.toml`` in the current directory when there is one, else the embedded defaults
+below.  Every key can then be overridden from the environment as
+``GATEWAY_<SECTION>_<KEY>`` (``GATEWAY_DATABASE_URL``, ``GATEWAY_OUTBOUND_SMTP_HOST``), so
+secrets never need to sit in the file.  A key that is unknown or of the wrong type stops
+start-up with a message naming it.
+
+Relative paths are taken relative to the directory of the config file (or the current
+directory when there is none).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(Exception):
+    """A configuration problem; the message names the key."""
+
+
+@dataclass(frozen=True)
+class GatewaySection:
+    # Addresses the gateway answers for; the first is the From of its mails.
+    addresses: tuple[str, ...] = ("helpdesk@localhost",)
+    # Display name of the helpdesk in the From of its mails.
+    name: str = "Helpdesk"
+    # Folder for the database (by default), the blob store and the outbox.
+    data_dir: str = "var"
+    # Language for a new person when the mail does not tell (fr, nl, en, de).
+    default_language: str = "en"
+    # Domain of the Message-IDs the gateway writes; empty: the first address's domain.
+    message_id_domain: str = ""
+    # Secret for the signed reply addresses; set it from the environment in production.
+    secret: str = "change-me"
+    # Catch-all: accept any local part at the helpdesk domains (else 550 on unknown ones).
+    catch_all: bool = False
+    # What to do with a mail from an unknown sender: create, reject or quarantine.
+    unknown_senders: str = "create"
+
+
+@dataclass(frozen=True)
+class DatabaseSection:
+    # SQLAlchemy URL; empty: SQLite at <data_dir>/gateway.db.
+    url: str = ""
+
+
+@dataclass(frozen=True)
+class SmtpSection:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 2525
+    # Largest message accepted, in bytes (552 above it).
+    max_message_size: int = 25 * 1024 * 1024
+    max_recipients: int = 50
+    # Idle seconds before a client is disconnected.
+    timeout: int = 300
+
+
+@dataclass(frozen=True)
+class OutboundSmtpSection:
+    host: str = "localhost"
+    port: int = 25
+    # none, starttls or tls (implicit TLS).
+    security: str = "none"
+    username: str = ""
+    # Name of an environment variable holding the password.
+    password_env: str = ""
+    # Path of a file holding the password.
+    password_file: str = ""
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class OutboundSection:
+    # file (writes .eml files into outbox_dir) or smtp (sends through a relay).
+    transport: str = "file"
+    # Folder for the file transport; empty: <data_dir>/outbox.
+    outbox_dir: str = ""
+    # Seconds between attempts, then the last value repeats until give_up_after.
+    retry_schedule: tuple[int, ...] = (300, 900, 1800, 3600, 7200, 14400)
+    # Seconds after the first attempt when a mail is given up as failed.
+    give_up_after: int = 5 * 24 * 3600
+    # Hard bounces after which an address is marked undeliverable.
+    undeliverable_after: int = 3
+    smtp: OutboundSmtpSection = field(default_factory=OutboundSmtpSection)
+
+
+@dataclass(frozen=True)
+class LifecycleSection:
+    # Days after which a Solved ticket is closed.
+    close_after_days: int = 14
+    # Seconds between two runs of the automatic close in the running service.
+    close_interval: int = 3600
+
+
+@dataclass(frozen=True)
+class TemplatesSection:
+    # Folder of admin overrides: a template or catalog there wins over the shipped one.
+    override_dir: str = ""
+
+
+@dataclass(frozen=True)
+class LimitsSection:
+    max_parts: int = 500
+    max_depth: int = 20
+    max_header_length: int = 64 * 1024
+    # Failed processing attempts before a mail is quarantined.
+    max_attempts: int = 3
+    # Notifications to one sender: at most rate_limit mails in rate_window seconds.
+    rate_limit: int = 20
+    rate_window: int = 600
+
+
+@dataclass(frozen=True)
+class RoutingSection:
+    # Process for mail to an address not listed in routes: incident, service-request, change.
+    default_process: str = "incident"
+    # Address -> process, e.g. {"requests@example.com" = "service-request"}.
+    routes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MailboxSection:
+    name: str = ""
+    host: str = "localhost"
+    port: int = 993
+    # tls (implicit), starttls or none.
+    security: str = "tls"
+    user: str = ""
+    password_env: str = ""
+    password_file: str = ""
+    # Command printing an OAuth2 access token (XOAUTH2), instead of a password.
+    oauth2_token_command: str = ""
+    folder: str = "INBOX"
+    processed_folder: str = "processed"
+    failed_folder: str = "failed"
+    # Process for every mail of this mailbox; empty: routing by address.
+    process: str = ""
+    idle: bool = True
+    poll_interval: int = 60
+
+
+@dataclass(frozen=True)
+class Config:
+    gateway: GatewaySection = field(default_factory=GatewaySection)
+    database: DatabaseSection = field(default_factory=DatabaseSection)
+    smtp: SmtpSection = field(default_factory=SmtpSection)
+    outbound: OutboundSection = field(default_factory=OutboundSection)
+    lifecycle: LifecycleSection = field(default_factory=LifecycleSection)
+    templates: TemplatesSection = field(default_factory=TemplatesSection)
+    limits: LimitsSection = field(default_factory=LimitsSection)
+    routing: RoutingSection = field(default_factory=RoutingSection)
+    mailboxes: tuple[MailboxSection, ...] = ()
+    # Directory relative paths are resolved against (not a key of the file).
+    base_dir: str = "."
+
+    # Derived paths -------------------------------------------------------------------
+    def path(self, value: str) -> Path:
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+    @property
+    def data_dir(self) -> Path:
+        return self.path(self.gateway.data_dir)
+
+    @property
+    def database_url(self) -> str:
+        if self.database.url:
+            return self.database.url
+        return f"sqlite:///{self.data_dir / 'gateway.db'}"
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.path(self.outbound.outbox_dir) if self.outbound.outbox_dir else self.data_dir / "outbox"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def helpdesk_address(self) -> str:
+        return self.gateway.addresses[0]
+
+    @property
+    def message_id_domain(self) -> str:
+        return self.gateway.message_id_domain or self.helpdesk_address.rpartition("@")[2] or "localhost"
+
+    def mailbox(self, name: str) -> MailboxSection:
+        for box in self.mailboxes:
+            if box.name == name:
+                return box
+        raise ConfigError(f"no mailbox named {name!r} in the config (known: {', '.join(b.name for b in self.mailboxes) or 'none'})")
+
+
+PROCESSES = ("incident", "service-request", "change")
+LANGUAGES = ("fr", "nl", "en", "de")
+_CHOICES = {
+    ("outbound", "transport"): ("file", "smtp"),
+    ("outbound.smtp", "security"): ("none", "starttls", "tls"),
+    ("mailboxes", "security"): ("none", "starttls", "tls"),
+    ("gateway", "unknown_senders"): ("create", "reject", "quarantine"),
+    ("routing", "default_process"): PROCESSES,
+    ("gateway", "default_language"): LANGUAGES,
+}
+
+
+def _convert(value, tp, where: str):
+    """Check and convert one value from TOML or the environment to the declared type."""
+    origin = typing.get_origin(tp)
+    from_env = isinstance(value, str) and tp is not str
+    if tp is bool:
+        if from_env:
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if from_env:
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if from_env:
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    if origin is tuple:
+        (item_tp, _ellipsis) = typing.get_args(tp)
+        if from_env:
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(_convert(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if from_env:
+            pairs = [p.split("=", 1) for p in value.split(",") if p.strip()]
+            value = {k.strip(): v.strip() for k, v in pairs}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table, got {value!r}")
+        return {str(k): _convert(v, str, f"{where}.{k}") for k, v in value.items()}
+    raise ConfigError(f"{where}: unsupported type {tp}")  # pragma: no cover
+
+
+def _build(cls, data: dict, section: str, env: dict[str, str], env_prefix: str | None):
+    if not isinstance(data, dict):
+        raise ConfigError(f"[{section}]: expected a table, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)} - {"base_dir"}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown key {unknown[0]!r} in [{section}]" if section else f"unknown section or key {unknown[0]!r}"
+        )
+    kwargs = {}
+    for name in names:
+        tp = hints[name]
+        where = f"{section}.{name}" if section else name
+        sub_prefix = f"{env_prefix}_{name.upper()}" if env_prefix is not None else None
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, data.get(name, {}), where, env, sub_prefix)
+            continue
+        if typing.get_origin(tp) is tuple and dataclasses.is_dataclass(typing.get_args(tp)[0]):
+            items = data.get(name, [])
+            if not isinstance(items, list):
+                raise ConfigError(f"[[{where}]]: expected an array of tables")
+            item_cls = typing.get_args(tp)[0]
+            kwargs[name] = tuple(_build(item_cls, item, f"{where}[{i}]", env, None) for i, item in enumerate(items))
+            continue
+        if sub_prefix and sub_prefix in env:
+            kwargs[name] = _convert(env[sub_prefix], tp, f"{where} (from ${sub_prefix})")
+        elif name in data:
+            kwargs[name] = _convert(data[name], tp, where)
+        else:
+            continue
+        choices = _CHOICES.get((section.split("[")[0], name))
+        if choices and kwargs[name] not in choices:
+            raise ConfigError(f"{where}: {kwargs[name]!r} is not one of {', '.join(choices)}")
+    return cls(**kwargs)
+
+
+def load_config(path: str | os.PathLike | None = None, env: dict[str, str] | None = None) -> Config:
+    """Load the configuration; ``path`` None means the search order of this module's docstring."""
+    env = dict(os.environ if env is None else env)
+    if path is None:
+        path = env.get("GATEWAY_CONFIG") or (Path("config.toml") if Path("config.toml").is_file() else None)
+    data: dict = {}
+    base_dir = Path.cwd()
+    if path is not None:
+        path = Path(path)
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        base_dir = path.resolve().parent
+    # An absolute data dir from the environment is the usual way to move everything at once.
+    config = _build(Config, data, "", env, "GATEWAY")
+    config = dataclasses.replace(config, base_dir=str(base_dir))
+    _check(config)
+    return config
+
+
+def _check(config: Config) -> None:
+    if not config.gateway.addresses:
+        raise ConfigError("gateway.addresses: at least one address is needed")
+    for addr in config.gateway.addresses:
+        if "@" not in addr:
+            raise ConfigError(f"gateway.addresses: {addr!r} is not an e-mail address")
+    for addr, process in config.routing.routes.items():
+        if process not in PROCESSES:
+            raise ConfigError(f"routing.routes.{addr}: {process!r} is not one of {', '.join(PROCESSES)}")
+    names = [b.name for b in config.mailboxes]
+    for i, box in enumerate(config.mailboxes):
+        if not box.name:
+            raise ConfigError(f"mailboxes[{i}].name: every mailbox needs a name")
+        if names.count(box.name) > 1:
+            raise ConfigError(f"mailboxes[{i}].name: {box.name!r} is used twice")
+        if box.process and box.process not in PROCESSES:
+            raise ConfigError(f"mailboxes[{i}].process: {box.process!r} is not one of {', '.join(PROCESSES)}")
+    if not config.outbound.retry_schedule:
+        raise ConfigError("outbound.retry_schedule: at least one delay is needed")

@@ -1,0 +1,34 @@
+"""Errors with a meaning for the mail path."""
+
+
+class GatewayError(Exception):
+    pass
+
+
+class Reject(GatewayError):
+    """Refuse at the door, while the sender can still be told (an SMTP answer)."""
+
+    def __init__(self, code: int, text: str):
+        super().__init__(f"{code} {text}")
+        self.code = code
+        self.text = text
+
+
+class Quarantine(GatewayError):
+    """Keep the raw mail, make no ticket, and say why."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class StoreFailed(GatewayError):
+    """The raw mail could not be stored durably: the sender must try again (451)."""
+
+
+class CommandError(GatewayError):
+    """A command-line request that cannot be done; printed without a traceback."""
+
+    def __init__(self, message: str, status: int = 1):
+        super().__init__(message)
+        self.status = status

@@ -1,0 +1,1 @@
+"""Mail in: the doors (SMTP, files, IMAP), parsing, decisions and their application."""

@@ -1,0 +1,82 @@
+"""The inbound store: a raw mail is written to the blob store (fsynced) and recorded in
+the database (committed) before anyone is told it was received.  Processing happens
+later, from here, so a crash after the answer loses nothing.
+
+Deduplication is a unique constraint on (normalised Message-ID, sha256 of the raw
+bytes), not a check in code: the same bytes stored twice give the first row back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import select
+
+from gateway.errors import StoreFailed
+from store.addresses import normalize_message_id
+from store.blobs import BlobStore
+from store.db import session_for
+from store.models import InboundMessage
+
+_MID = re.compile(rb"^message-id:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Stored:
+    id: int
+    duplicate: bool
+    message_id: str
+
+
+def header_message_id(raw: bytes) -> str:
+    """The Message-ID of a raw mail, read from its header block only."""
+    end = raw.find(b"\n\n")
+    head = raw if end < 0 else raw[: end + 1]
+    m = _MID.search(head)
+    if not m:
+        return ""
+    value = re.sub(rb"\s+", b" ", m.group(1)).decode("ascii", "replace")
+    return normalize_message_id(value)[:500]
+
+
+def store_raw(
+    engine: Engine,
+    blobs: BlobStore,
+    raw: bytes,
+    *,
+    source: str,
+    mail_from: str = "",
+    rcpt_to: tuple[str, ...] | list[str] = (),
+) -> Stored:
+    """Store ``raw`` durably; raise StoreFailed if it could not be."""
+    message_id = header_message_id(raw)
+    sha = hashlib.sha256(raw).hexdigest()
+    try:
+        blobs.put(raw)
+        with session_for(engine) as session:
+            row = InboundMessage(
+                source=source[:500],
+                mail_from=mail_from[:500],
+                rcpt_to=",".join(rcpt_to)[:2000],
+                message_id=message_id,
+                sha256=sha,
+                size=len(raw),
+            )
+            session.add(row)
+            try:
+                session.commit()
+            except IntegrityError:
+                session.rollback()
+                existing = session.exec(
+                    select(InboundMessage).where(InboundMessage.message_id == message_id, InboundMessage.sha256 == sha)
+                ).one()
+                return Stored(existing.id, True, message_id)
+            return Stored(row.id, False, message_id)
+    except StoreFailed:
+        raise
+    except Exception as exc:
+        raise StoreFailed(f"could not store the message: {type(exc).__name__}: {exc}") from exc

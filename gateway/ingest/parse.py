@@ -1,0 +1,346 @@
+"""parse(raw) -> ParsedMail: a pure function, defects as data, never an exception for
+a merely broken mail.  Over a limit, it raises ``Quarantine`` with the reason.
+
+The standard library's tolerant ``compat32`` parser reads the structure; headers and
+bodies are decoded here with a fallback chain so that a wrong or missing charset gives
+readable text and a note of what could not be decoded.
+"""
+
+from __future__ import annotations
+
+import email
+import email.header
+import email.message
+import email.utils
+import hashlib
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from gateway.errors import Quarantine
+from gateway.ingest.htmltext import html_to_text, sanitize_html
+from store.addresses import normalize, normalize_message_id
+
+
+@dataclass(frozen=True)
+class ParsedAttachment:
+    filename: str
+    content_type: str
+    data: bytes
+    inline: bool = False
+    content_id: str | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_parts: int = 500
+    max_depth: int = 20
+    max_header_length: int = 64 * 1024
+
+
+@dataclass(frozen=True)
+class ParsedMail:
+    message_id: str  # normalised, without <>; "" when absent
+    subject: str
+    from_addr: str  # normalised address, "" when absent
+    from_name: str
+    to: tuple[str, ...]
+    cc: tuple[str, ...]
+    reply_to: tuple[str, ...]
+    in_reply_to: tuple[str, ...]
+    references: tuple[str, ...]
+    date: datetime | None
+    content_language: str | None
+    text: str
+    html: str | None  # sanitised, for display only
+    attachments: tuple[ParsedAttachment, ...]
+    headers: tuple[tuple[str, str], ...]  # (lower-case name, decoded value), in order
+    content_type: str
+    report_type: str | None
+    defects: tuple[str, ...] = field(default=())
+
+    def header(self, name: str) -> str | None:
+        name = name.lower()
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    def header_all(self, name: str) -> list[str]:
+        name = name.lower()
+        return [v for k, v in self.headers if k == name]
+
+
+# Charset fallback: what mail really carries when the label is wrong or missing.
+_ALIASES = {"iso-8859-1": "cp1252", "latin1": "cp1252", "latin-1": "cp1252", "us-ascii": "utf-8",
+            "ascii": "utf-8", "ks_c_5601-1987": "cp949", "x-unknown": "utf-8", "unknown-8bit": "utf-8",
+            "gb2312": "gb18030", "gbk": "gb18030", "windows-874": "cp874", "x-sjis": "shift_jis"}
+
+
+def decode_bytes(data: bytes, charset: str | None, notes: list[str] | None = None) -> str:
+    """Decode with the declared charset, then UTF-8, then Windows-1252; note any loss."""
+    declared = (charset or "").strip().strip('"').lower()
+    candidates = []
+    if declared:
+        candidates.append(_ALIASES.get(declared, declared))
+    candidates += ["utf-8", "cp1252"]
+    for cs in candidates:
+        try:
+            return data.decode(cs)
+        except (LookupError, UnicodeDecodeError):
+            continue
+    if notes is not None:
+        notes.append(f"text not decodable as {declared or 'any charset'}: undecodable bytes replaced")
+    return data.decode("utf-8", errors="replace")
+
+
+def decode_header_value(value, notes: list[str] | None = None) -> str:
+    """Decode RFC 2047 encoded words (and raw 8-bit) in a header value to text."""
+    if value is None:
+        return ""
+    if isinstance(value, email.header.Header):
+        chunks = email.header.decode_header(value)
+    else:
+        value = str(value)
+        if "=?" not in value:
+            return _unfold(_fix_surrogates(value, notes))
+        try:
+            chunks = email.header.decode_header(value)
+        except Exception:
+            return _unfold(_fix_surrogates(value, notes))
+    out = []
+    prev_encoded = False
+    for chunk, cs in chunks:
+        if isinstance(chunk, bytes):
+            text = decode_bytes(chunk, cs, notes) if cs else _fix_surrogates(chunk.decode("ascii", "surrogateescape"), notes)
+            encoded = cs is not None
+        else:
+            text, encoded = _fix_surrogates(chunk, notes), False
+        # decode_header drops the whitespace between an encoded word and plain text.
+        if out and not (encoded and prev_encoded) and not text.startswith((" ", "\t")) and not out[-1].endswith(" "):
+            text = " " + text
+        out.append(text)
+        prev_encoded = encoded
+    return _unfold("".join(out))
+
+
+def _fix_surrogates(text: str, notes: list[str] | None) -> str:
+    """Raw 8-bit header bytes arrive as surrogates: decode them as UTF-8 or Windows-1252."""
+    if not any("\udc80" <= ch <= "\udcff" for ch in text):
+        return text
+    raw = text.encode("utf-8", "surrogateescape")
+    return decode_bytes(raw, None, notes)
+
+
+def _unfold(text: str) -> str:
+    return re.sub(r"\r?\n[ \t]*", " ", text).strip()
+
+
+def _addresses(values: list[str], notes: list[str]) -> tuple[tuple[str, str], ...]:
+    decoded = [decode_header_value(v, notes) for v in values if v is not None]
+    pairs = []
+    for name, addr in email.utils.getaddresses(decoded):
+        addr = normalize(addr)
+        if "@" in addr:
+            pairs.append((name.strip(), addr))
+    return tuple(pairs)
+
+
+def _message_ids(value: str | None) -> tuple[str, ...]:
+    if not value:
+        return ()
+    found = re.findall(r"<([^<>\s]+)>", value)
+    if not found:
+        found = [v for v in value.split() if "@" in v]
+    return tuple(normalize_message_id(v) for v in found)
+
+
+def _part_filename(part: email.message.Message, notes: list[str]) -> str | None:
+    name = None
+    try:
+        name = part.get_filename()
+    except Exception:
+        name = None
+    if name is None:
+        try:
+            name = part.get_param("name")
+            if isinstance(name, tuple):  # RFC 2231
+                name = email.utils.collapse_rfc2231_value(name)
+        except Exception:
+            name = None
+    if name is None:
+        return None
+    return decode_header_value(name, notes)
+
+
+def clean_filename(name: str, fallback: str = "attachment") -> str:
+    """A file name safe to show and to store: no path parts, no control characters, bounded."""
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if ch.isprintable() and ch not in '<>:"|?*')
+    name = name.strip().strip(".").strip()
+    if not name:
+        name = fallback
+    if len(name) > 200:
+        stem, dot, ext = name.rpartition(".")
+        if dot and 0 < len(ext) <= 10:
+            name = stem[: 199 - len(ext)] + "." + ext
+        else:
+            name = name[:200]
+    return name
+
+
+_EXT = {"text/plain": "txt", "text/html": "html", "message/rfc822": "eml", "text/calendar": "ics",
+        "application/pdf": "pdf", "image/png": "png", "image/jpeg": "jpg", "image/gif": "gif"}
+
+
+def parse(raw: bytes, limits: Limits = Limits()) -> ParsedMail:
+    """Parse a raw RFC 5322 message.  Raises Quarantine over a limit or for what is not mail."""
+    notes: list[str] = []
+    if not raw.strip():
+        raise Quarantine("empty message")
+    head_end = raw.find(b"\n\n")
+    head = raw if head_end < 0 else raw[:head_end]
+    if b"\x00" in head:
+        raise Quarantine("not an e-mail message: binary data in the header")
+    for line in re.split(rb"\r?\n(?![ \t])", head):
+        if len(line) > limits.max_header_length:
+            raise Quarantine(f"header longer than {limits.max_header_length} bytes")
+    try:
+        msg = email.message_from_bytes(raw)
+    except RecursionError:
+        raise Quarantine("MIME structure too deep to parse") from None
+    except Exception as exc:  # the tolerant parser almost never raises
+        raise Quarantine(f"unparseable message: {exc}") from None
+    if not any(k.lower() in ("from", "to", "subject", "date", "message-id", "received", "sender")
+               for k in msg.keys()):
+        raise Quarantine("not an e-mail message: no mail headers found")
+
+    headers = tuple((k.lower(), decode_header_value(v, notes)) for k, v in msg.items())
+    for defect in msg.defects:
+        notes.append(type(defect).__name__)
+
+    subject = decode_header_value(msg.get("Subject"), notes)
+    froms = _addresses(msg.get_all("From") or msg.get_all("Sender") or [], notes)
+    from_name, from_addr = froms[0] if froms else ("", "")
+    to = tuple(a for _, a in _addresses(msg.get_all("To") or [], notes))
+    cc = tuple(a for _, a in _addresses(msg.get_all("Cc") or [], notes))
+    reply_to = tuple(a for _, a in _addresses(msg.get_all("Reply-To") or [], notes))
+    date = None
+    try:
+        if msg.get("Date"):
+            date = email.utils.parsedate_to_datetime(str(msg.get("Date")))
+    except Exception:
+        notes.append("unreadable Date header")
+    lang = msg.get("Content-Language")
+    lang = str(lang).split(",")[0].strip().lower() if lang else None
+
+    texts: list[str] = []
+    htmls: list[str] = []
+    attachments: list[ParsedAttachment] = []
+    counter = {"parts": 0}
+
+    def walk(part: email.message.Message, depth: int) -> None:
+        counter["parts"] += 1
+        if counter["parts"] > limits.max_parts:
+            raise Quarantine(f"more than {limits.max_parts} MIME parts")
+        if depth > limits.max_depth:
+            raise Quarantine(f"MIME nesting deeper than {limits.max_depth}")
+        for defect in part.defects:
+            name = type(defect).__name__
+            if name not in notes:
+                notes.append(name)
+        ctype = part.get_content_type()
+        maintype = part.get_content_maintype()
+        disposition = str(part.get("Content-Disposition") or "").split(";")[0].strip().lower()
+        filename = _part_filename(part, notes)
+        content_id = normalize_message_id(str(part.get("Content-ID"))) if part.get("Content-ID") else None
+
+        if ctype == "message/rfc822" or (maintype == "message" and ctype not in ("message/delivery-status",)):
+            payload = part.get_payload()
+            if isinstance(payload, list) and payload:
+                inner = payload[0]
+                try:
+                    data = inner.as_bytes()
+                except Exception:
+                    data = str(inner).encode("utf-8", "replace")
+            else:
+                data = part.get_payload(decode=True) or b""
+            inner_subject = ""
+            if isinstance(payload, list) and payload:
+                inner_subject = decode_header_value(payload[0].get("Subject"), notes)
+            name = filename or (inner_subject or "forwarded message") + ".eml"
+            attachments.append(ParsedAttachment(clean_filename(name, "message.eml"), "message/rfc822", data))
+            return
+        if part.is_multipart():
+            payload = part.get_payload()
+            if not isinstance(payload, list):
+                return
+            for sub in payload:
+                if isinstance(sub, email.message.Message):
+                    walk(sub, depth + 1)
+            return
+        try:
+            data = part.get_payload(decode=True) or b""
+        except Exception:
+            data = (part.get_payload() or "").encode("utf-8", "replace")
+            notes.append(f"undecodable transfer encoding in a {ctype} part")
+        # Text is the body unless it is marked or named as an attachment.
+        is_body_text = (ctype in ("text/plain", "text/html") and disposition != "attachment"
+                        and (filename is None or disposition == "inline"))
+        if is_body_text:
+            text = decode_bytes(data, part.get_content_charset(), notes)
+            if ctype == "text/plain":
+                texts.append(text)
+            else:
+                htmls.append(text)
+            return
+        inline = disposition == "inline" or (content_id is not None and disposition != "attachment")
+        ext = _EXT.get(ctype, "bin")
+        fallback = f"{content_id.split('@')[0]}.{ext}" if content_id else f"attachment-{len(attachments) + 1}.{ext}"
+        attachments.append(
+            ParsedAttachment(clean_filename(filename or fallback, fallback), ctype, data, inline, content_id)
+        )
+
+    try:
+        walk(msg, 0)
+    except RecursionError:
+        raise Quarantine("MIME structure too deep to parse") from None
+
+    html = "\n".join(htmls) if htmls else None
+    if texts:
+        text = "\n".join(t.strip("\n") for t in texts)
+    elif html is not None:
+        text = html_to_text(html)
+    else:
+        text = ""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    ctype = msg.get_content_type()
+    report_type = msg.get_param("report-type") if ctype == "multipart/report" else None
+    return ParsedMail(
+        message_id=normalize_message_id(str(msg.get("Message-ID") or "")),
+        subject=subject,
+        from_addr=from_addr,
+        from_name=from_name,
+        to=to,
+        cc=cc,
+        reply_to=reply_to,
+        in_reply_to=_message_ids(decode_header_value(msg.get("In-Reply-To"))),
+        references=_message_ids(decode_header_value(msg.get("References"))),
+        date=date,
+        content_language=lang,
+        text=text,
+        html=sanitize_html(html) if html is not None else None,
+        attachments=tuple(attachments),
+        headers=headers,
+        content_type=ctype,
+        report_type=str(report_type).lower() if report_type else None,
+        defects=tuple(notes),
+    )

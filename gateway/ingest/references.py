@@ -1,0 +1,50 @@
+"""Personal references (``##PO1234##``) and ticket tags (``[INC-000001]``) in mail."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from gateway.ingest.parse import ParsedMail
+
+_REF = re.compile(r"##\s*([^#\r\n]{1,64}?)\s*##")
+_REF_AT_END = re.compile(r"##\s*([^#\r\n]{1,64}?)\s*##\s*$")
+TAG = re.compile(r"\[\s*((?:INC|SR|CHG)-\d{6})\s*\]", re.IGNORECASE)
+_TEXT_TYPES = ("text/plain", "text/csv", "text/tab-separated-values", "application/csv")
+
+
+@dataclass(frozen=True)
+class Reference:
+    value: str
+    source: str  # subject-end | subject | attachment-name | attachment-text
+
+
+def find_reference(mail: ParsedMail, max_scan: int = 1_000_000) -> Reference | None:
+    """The manual's rule first (end of subject), then anywhere in the subject, then an
+    attachment's name, then the text of a text-like attachment: the first found wins."""
+    m = _REF_AT_END.search(mail.subject)
+    if m:
+        return Reference(m.group(1).strip(), "subject-end")
+    m = _REF.search(mail.subject)
+    if m:
+        return Reference(m.group(1).strip(), "subject")
+    for att in mail.attachments:
+        m = _REF.search(att.filename)
+        if m:
+            return Reference(m.group(1).strip(), "attachment-name")
+    for att in mail.attachments:
+        if att.content_type in _TEXT_TYPES or att.filename.lower().endswith((".txt", ".csv")):
+            text = att.data[:max_scan].decode("utf-8", "replace")
+            m = _REF.search(text)
+            if m:
+                return Reference(m.group(1).strip(), "attachment-text")
+    return None
+
+
+def title_from_subject(subject: str) -> str:
+    """The subject without the personal reference at its end."""
+    return _REF_AT_END.sub("", subject).strip()
+
+
+def ticket_tags(subject: str) -> list[str]:
+    return [m.group(1).upper() for m in TAG.finditer(subject)]

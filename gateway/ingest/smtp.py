@@ -1,0 +1,90 @@
+"""The SMTP door: refuse what can be refused while the sender can still be told, store
+the rest durably, then answer 250.  No parsing, templates or ticket logic here.
+
+Storing runs in a thread pool, never on the event loop, so one slow disk does not stall
+every other connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from gateway.config import Config
+from gateway.errors import StoreFailed
+from gateway.ingest.inbound import Stored, store_raw
+from store.addresses import key as address_key
+from store.blobs import BlobStore
+
+log = logging.getLogger("gateway.smtp")
+
+
+class Door:
+    """aiosmtpd handler."""
+
+    def __init__(self, config: Config, engine, blobs: BlobStore, on_stored: Callable[[Stored], None] | None = None,
+                 executor: ThreadPoolExecutor | None = None):
+        self.config = config
+        self.engine = engine
+        self.blobs = blobs
+        self.on_stored = on_stored
+        self.executor = executor or ThreadPoolExecutor(max_workers=8, thread_name_prefix="smtp-store")
+        self.own = {address_key(a) for a in config.gateway.addresses}
+        self.own |= {address_key(a) for a in config.routing.routes}
+        self.domains = {a.rpartition("@")[2] for a in self.own}
+
+    def accepts(self, address: str) -> bool:
+        k = address_key(address)
+        local, _, domain = k.rpartition("@")
+        if domain not in self.domains:
+            return False
+        if self.config.gateway.catch_all:
+            return True
+        return f"{local.split('+', 1)[0]}@{domain}" in self.own
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options):
+        if not self.accepts(address):
+            return "550 5.1.1 No such mailbox here"
+        if len(envelope.rcpt_tos) >= self.config.smtp.max_recipients:
+            return "452 4.5.3 Too many recipients"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope):
+        raw = envelope.original_content or envelope.content
+        if isinstance(raw, str):
+            raw = raw.encode("utf-8", "surrogateescape")
+        loop = asyncio.get_running_loop()
+        try:
+            stored = await loop.run_in_executor(
+                self.executor,
+                lambda: store_raw(self.engine, self.blobs, raw, source="smtp", mail_from=envelope.mail_from or "",
+                                  rcpt_to=tuple(envelope.rcpt_tos)),
+            )
+        except StoreFailed as exc:
+            log.error("could not store a mail from %s: %s", envelope.mail_from, exc)
+            return "451 4.3.0 Could not store the message; please try again later"
+        log.info("received <%s> from %s to %s, %d bytes%s", stored.message_id, envelope.mail_from,
+                 ",".join(envelope.rcpt_tos), len(raw), " (duplicate)" if stored.duplicate else "")
+        if self.on_stored is not None:
+            self.on_stored(stored)
+        return f"250 2.0.0 Stored as #{stored.id}"
+
+
+def make_server_factory(config: Config, door: Door) -> Callable[[], SMTP]:
+    def factory() -> SMTP:
+        return SMTP(
+            door,
+            data_size_limit=config.smtp.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            hostname=config.message_id_domain,
+            ident="helpdesk gateway",
+            timeout=config.smtp.timeout,
+        )
+
+    return factory

@@ -1,0 +1,1 @@
+"""Mail out: rendering, the outbox and its transports."""

@@ -1,0 +1,39 @@
+"""Words the mails show for processes, statuses and waiting reasons, marked for gettext.
+
+The strings are extracted into the mail catalogs (babel.cfg) and translated at
+rendering time in the recipient's language.
+"""
+
+
+def _(text: str) -> str:  # marker for extraction; translated by the renderer
+    return text
+
+
+PROCESS_LABELS = {
+    "incident": _("Incident"),
+    "service-request": _("Service Request"),
+    "change": _("Change"),
+}
+
+STATUS_LABELS = {
+    "New": _("New"),
+    "Classification": _("Classification"),
+    "In progress": _("In progress"),
+    "Planned": _("Planned"),
+    "Waiting": _("Waiting"),
+    "Postponed": _("Postponed"),
+    "Approval": _("Approval"),
+    "Solved": _("Solved"),
+    "Rejected": _("Rejected"),
+    "Closed": _("Closed"),
+}
+
+WAITING_LABELS = {
+    "third-party": _("waiting for a third party"),
+    "customer-feedback": _("waiting for your feedback"),
+    "customer-financial-approval": _("waiting for your financial approval"),
+    "customer-hardware-arrival": _("waiting for the arrival of your hardware"),
+    "customer-hardware-return": _("waiting for the return of your hardware"),
+    "final-solution": _("temporarily solved, waiting for the final solution"),
+    "rfc": _("waiting for a change (RFC) to be carried out"),
+}

@@ -1,0 +1,189 @@
+"""Rendering notifications: named Jinja2 templates, Babel catalogs, an override order.
+
+Search order for a template: the admin's ``templates.override_dir``, then the shipped
+``templates/mail/``.  Wordings come from gettext catalogs: the shipped
+``templates/mail/locale/<lang>/LC_MESSAGES/mail.po``, with the same file under the
+override folder winning message by message.  The ``.po`` files are compiled in memory
+when first used (``gateway templates compile`` writes ``.mo`` files for tools that want
+them): nobody edits a ``.mo`` by hand.
+
+The set of events is closed and listed once, in ``EVENTS``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import jinja2
+from babel import Locale
+from babel.dates import format_date, format_datetime
+from babel.messages.mofile import write_mo
+from babel.messages.pofile import read_po
+from babel.support import Translations
+
+log = logging.getLogger("gateway.outbound")
+
+SHIPPED_DIR = Path(__file__).resolve().parent.parent.parent / "templates" / "mail"
+
+# Every mail the gateway can send, by template name.
+EVENTS = (
+    "new",  # the ticket is registered (confirmation)
+    "rejected",  # the reasoned refusal
+    "waiting",  # waiting, one wording per reason, with the latest update
+    "postponed",  # postponed, with the reason and the latest update
+    "planned",  # the appointment
+    "solved",  # the solution, and how to reopen by replying
+    "approval",  # what is to be approved, and how to answer
+    "approval-recorded",  # the customer's approval or refusal was recorded
+    "reopen-needs-comment",  # a reply to a Solved ticket without text cannot reopen it
+    "closed-new-ticket",  # a reply to a Closed ticket opened a new one
+)
+LANGUAGES = ("fr", "nl", "en", "de")
+FALLBACK_LANGUAGE = "en"
+
+
+@dataclass(frozen=True)
+class RenderedMail:
+    event: str
+    language: str
+    subject: str
+    text: str
+    html: str
+
+
+class RenderError(Exception):
+    """A template failed; the message names the file and line."""
+
+
+def _tz(name: str | None):
+    try:
+        return ZoneInfo(name or "UTC")
+    except Exception:
+        return ZoneInfo("UTC")
+
+
+class Renderer:
+    def __init__(self, shipped_dir: Path = SHIPPED_DIR, override_dir: Path | None = None, strict: bool = True):
+        self.shipped_dir = Path(shipped_dir)
+        self.override_dir = Path(override_dir) if override_dir else None
+        self.strict = strict
+        self._envs: dict[tuple[str, bool], jinja2.Environment] = {}
+        self._lock = threading.Lock()
+
+    # Catalogs -------------------------------------------------------------------------
+    def _catalog_paths(self, lang: str, use_override: bool) -> list[Path]:
+        rel = Path("locale") / lang / "LC_MESSAGES" / "mail.po"
+        paths = [self.shipped_dir / rel]
+        if use_override and self.override_dir:
+            paths.append(self.override_dir / rel)
+        return [p for p in paths if p.is_file()]
+
+    def translations(self, lang: str, use_override: bool = True) -> Translations:
+        translations = Translations()
+        for path in self._catalog_paths(lang, use_override):
+            with open(path, "rb") as fh:
+                catalog = read_po(fh, locale=lang)
+            buf = io.BytesIO()
+            write_mo(buf, catalog)
+            buf.seek(0)
+            layer = Translations(buf)
+            if translations._catalog:  # later layers (the override) win
+                layer.add_fallback(translations)
+            translations = layer
+        return translations
+
+    # Environments ---------------------------------------------------------------------
+    def environment(self, lang: str, use_override: bool = True) -> jinja2.Environment:
+        key = (lang, use_override)
+        with self._lock:
+            env = self._envs.get(key)
+            if env is None:
+                env = self._make_env(lang, use_override)
+                self._envs[key] = env
+            return env
+
+    def _make_env(self, lang: str, use_override: bool) -> jinja2.Environment:
+        search = [str(self.shipped_dir)]
+        if use_override and self.override_dir:
+            search.insert(0, str(self.override_dir))
+        env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(search),
+            autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2", "html"), default_for_string=False),
+            undefined=jinja2.StrictUndefined if self.strict else jinja2.ChainableUndefined,
+            extensions=["jinja2.ext.i18n"],
+            trim_blocks=True,
+            lstrip_blocks=True,
+            keep_trailing_newline=False,
+        )
+        env.install_gettext_translations(self.translations(lang, use_override), newstyle=True)
+        locale = Locale.parse(lang)
+
+        def fmt_datetime(value: datetime | None, tz: str | None = None, fmt: str = "full") -> str:
+            if value is None:
+                return ""
+            return format_datetime(value, format=fmt, tzinfo=_tz(tz), locale=locale)
+
+        def fmt_date(value: date | datetime | None, tz: str | None = None, fmt: str = "long") -> str:
+            if value is None:
+                return ""
+            if isinstance(value, datetime):
+                value = value.astimezone(_tz(tz))
+            return format_date(value, format=fmt, locale=locale)
+
+        env.filters["datetime"] = fmt_datetime
+        env.filters["date"] = fmt_date
+        env.globals["language"] = lang
+        return env
+
+    # Rendering ------------------------------------------------------------------------
+    def render(self, event: str, lang: str, context: dict, use_override: bool = True) -> RenderedMail:
+        """Render ``event`` in ``lang``.  Raises RenderError naming file and line."""
+        if event not in EVENTS:
+            raise RenderError(f"unknown event {event!r}; events are: {', '.join(EVENTS)}")
+        if lang not in LANGUAGES:
+            lang = FALLBACK_LANGUAGE
+        env = self.environment(lang, use_override)
+        try:
+            text_tpl = env.get_template(f"{event}.txt.j2")
+            html_tpl = env.get_template(f"{event}.html.j2")
+            ctx = text_tpl.new_context(dict(context))
+            subject = "".join(text_tpl.blocks["subject"](ctx)) if "subject" in text_tpl.blocks else ""
+            text = text_tpl.render(context)
+            html = html_tpl.render(context)
+        except jinja2.TemplateSyntaxError as exc:
+            raise RenderError(f"{exc.filename or exc.name}:{exc.lineno}: {exc.message}") from exc
+        except jinja2.TemplateNotFound as exc:
+            raise RenderError(f"template not found: {exc.name}") from exc
+        except Exception as exc:
+            raise RenderError(_locate(exc) + f"{type(exc).__name__}: {exc}") from exc
+        subject = " ".join(subject.split())
+        return RenderedMail(event=event, language=lang, subject=subject, text=text.strip() + "\n", html=html)
+
+    def render_safe(self, event: str, lang: str, context: dict) -> RenderedMail:
+        """Render with the admin's overrides, falling back to the shipped templates if an
+        override is broken: a bad override must never stop a ticket from being created."""
+        try:
+            return self.render(event, lang, context)
+        except RenderError as exc:
+            if not self.override_dir:
+                raise
+            log.error("override for %s/%s failed, using the shipped template: %s", event, lang, exc)
+            return self.render(event, lang, context, use_override=False)
+
+
+def _locate(exc: BaseException) -> str:
+    """``file:line: `` of the innermost template frame of a rendering error."""
+    tb = exc.__traceback__
+    where = ""
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if filename.endswith(".j2"):
+            where = f"{filename}:{tb.tb_lineno}: "
+        tb = tb.tb_next
+    return where

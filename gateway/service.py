@@ -1,0 +1,114 @@
+"""``gateway serve``: the SMTP door in this process, the work in a worker process.
+
+The door only stores and answers; the worker processes what was stored, delivers the
+outbox and closes solved tickets when they are due.  The two share nothing but the
+database and the blob store, so either can be killed at any moment: the door's 250
+means the mail is on disk, and the worker picks up whatever is left on start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing as mp
+import os
+import signal
+import time
+from datetime import datetime
+
+from gateway.app import App, setup_logging
+from gateway.config import Config
+from gateway.ingest.smtp import Door, make_server_factory
+from gateway.outbound.outbox import deliver_pending
+
+log = logging.getLogger("gateway.service")
+
+
+def worker_main(config: Config, wake, stop, parent_pid: int, log_level: str = "INFO") -> None:
+    """Process stored mail and deliver the outbox until told to stop (or orphaned)."""
+    setup_logging(log_level)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    app = App(config)
+    transport = app.transport()
+    next_close = 0.0
+    log.info("worker started (pid %s)", os.getpid())
+    while not stop.is_set():
+        if os.getppid() != parent_pid:  # the door died without telling us
+            log.warning("parent process gone; worker stops")
+            return
+        wake.clear()
+        busy = False
+        try:
+            done = app.processor.process_pending(limit=50)
+            busy = bool(done)
+            sent = deliver_pending(app.engine, config, transport)
+            busy = busy or bool(sent)
+            if time.monotonic() >= next_close:
+                close_due(app)
+                next_close = time.monotonic() + config.lifecycle.close_interval
+        except Exception:
+            log.exception("worker loop failed; retrying")
+            time.sleep(1)
+        if not busy:
+            wake.wait(timeout=1.0)
+    log.info("worker stopped")
+
+
+def close_due(app: App, now: datetime | None = None) -> list[str]:
+    """Close Solved tickets older than close_after_days (hook filled by the lifecycle module)."""
+    try:
+        from gateway.actions import close_solved
+    except ImportError:  # pragma: no cover - lifecycle commands not present
+        return []
+    return close_solved(app, now=now)
+
+
+async def _serve(app: App, accept_only: bool, log_level: str) -> None:
+    config = app.config
+    ctx = mp.get_context("spawn")
+    wake, stop = ctx.Event(), ctx.Event()
+    worker = None
+    if not accept_only:
+        worker = ctx.Process(target=worker_main, args=(config, wake, stop, os.getpid(), log_level),
+                             name="gateway-worker", daemon=False)
+        worker.start()
+    loop = asyncio.get_running_loop()
+    done = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, done.set)
+    server = None
+    if config.smtp.enabled:
+        door = Door(config, app.engine, app.blobs, on_stored=lambda _stored: wake.set())
+        server = await loop.create_server(make_server_factory(config, door), config.smtp.host, config.smtp.port)
+        port = server.sockets[0].getsockname()[1]
+        log.info("listening for SMTP on %s:%s for %s", config.smtp.host, port, ", ".join(config.gateway.addresses))
+    log.info("database %s; outbound transport %s", _safe_url(config.database_url), config.outbound.transport)
+    try:
+        await done.wait()
+    finally:
+        log.info("stopping")
+        if server is not None:
+            server.close()
+            await server.wait_closed()
+        stop.set()
+        wake.set()
+        if worker is not None:
+            await loop.run_in_executor(None, worker.join, 30)
+            if worker.is_alive():
+                worker.terminate()
+        log.info("stopped")
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def serve(config: Config, accept_only: bool = False, log_level: str = "INFO") -> int:
+    setup_logging(log_level)
+    app = App(config)
+    app.engine  # create the database before the first connection
+    asyncio.run(_serve(app, accept_only, log_level))
+    return 0

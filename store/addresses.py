@@ -1,0 +1,51 @@
+"""Addresses compared as mail compares them."""
+
+from __future__ import annotations
+
+from email.utils import getaddresses, parseaddr
+
+
+def normalize(address: str) -> str:
+    """``Jane <Jane.Doe@Example.COM>`` -> ``Jane.Doe@example.com``.
+
+    The local part keeps its case (RFC 5321 says it may matter) but the comparison
+    key below folds it, as every real mail system does.
+    """
+    _name, addr = parseaddr(address or "")
+    addr = addr.strip().strip("<>")
+    if "@" not in addr:
+        return addr.lower()
+    local, _, domain = addr.rpartition("@")
+    return f"{local}@{domain.lower()}"
+
+
+def key(address: str) -> str:
+    """Comparison key: case-folded address."""
+    return normalize(address).lower()
+
+
+def strip_tag(address: str) -> str:
+    """``helpdesk+INC-000001.xyz@example.com`` -> ``helpdesk@example.com``."""
+    addr = key(address)
+    local, _, domain = addr.rpartition("@")
+    return f"{local.split('+', 1)[0]}@{domain}"
+
+
+def all_addresses(*header_values: str | None) -> list[str]:
+    """Every address in the given header values, as comparison keys, in order, once."""
+    seen: list[str] = []
+    for _name, addr in getaddresses([v for v in header_values if v]):
+        k = key(addr)
+        if "@" in k and k not in seen:
+            seen.append(k)
+    return seen
+
+
+def normalize_message_id(value: str | None) -> str:
+    """``<abc@host>`` -> ``abc@host``; empty for none."""
+    if not value:
+        return ""
+    value = value.strip()
+    if value.startswith("<") and ">" in value:
+        value = value[1 : value.index(">")]
+    return value.strip()

@@ -1,0 +1,62 @@
+"""Engines and sessions for SQLite and PostgreSQL, from one URL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine, make_url
+from sqlmodel import Session, SQLModel, create_engine
+
+from store import models  # noqa: F401  (registers the tables)
+from store.models import Counter
+
+PROCESS_PREFIX = {"incident": "INC", "service-request": "SR", "change": "CHG"}
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``.  SQLite gets WAL, foreign keys, a busy timeout and
+    synchronous=FULL, so that a commit is on disk when it returns."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _record):  # pragma: no cover - trivial
+            # Let SQLAlchemy not open transactions implicitly; BEGIN IMMEDIATE below
+            # takes the write lock at the start, so two writers never deadlock.
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn):  # pragma: no cover - trivial
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
+        url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    return create_engine(url, pool_pre_ping=True)
+
+
+def init_db(engine: Engine) -> None:
+    """Create the tables and the number counters when they are missing."""
+    SQLModel.metadata.create_all(engine)
+    with Session(engine) as session:
+        for process in PROCESS_PREFIX:
+            if session.get(Counter, process) is None:
+                session.add(Counter(process=process, value=0))
+        try:
+            session.commit()
+        except Exception:  # another process created them at the same moment
+            session.rollback()
+
+
+def session_for(engine: Engine) -> Session:
+    return Session(engine, expire_on_commit=False)

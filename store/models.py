@@ -1,0 +1,155 @@
+"""Tables of the gateway, as SQLModel classes.
+
+Large contents (raw mails, attachments) live in the blob store by sha256; rows hold
+their hash.  Times are timezone-aware UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import Column, LargeBinary, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Counter(SQLModel, table=True):
+    """Last ticket number used, per process."""
+
+    process: str = Field(primary_key=True)
+    value: int = 0
+
+
+class Person(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(index=True, unique=True)  # normalised: see store.addresses
+    name: str = ""
+    language: str = "en"
+    company: str = Field(default="", index=True)
+    # Granted access to every ticket of their company (manual §2).
+    company_access: bool = False
+    timezone: str = "Europe/Brussels"
+    hard_bounces: int = 0
+    undeliverable: bool = False
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Ticket(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    number: str = Field(index=True, unique=True)
+    process: str  # incident | service-request | change
+    status: str = "New"
+    waiting_reason: str | None = None
+    title: str = ""
+    description: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    personal_reference: str | None = Field(default=None, index=True)
+    # Where the personal reference was found: subject-end, subject, attachment-name, attachment-text, agent.
+    reference_source: str | None = None
+    reporting_person_id: int = Field(foreign_key="person.id", index=True)
+    affected_person_id: int = Field(foreign_key="person.id", index=True)
+    # Data of the current status (the reason, the appointment, the solution...).
+    status_reason: str | None = Field(default=None, sa_column=Column(Text))
+    appointment_at: datetime | None = None
+    appointment_place: str | None = None
+    solution: str | None = Field(default=None, sa_column=Column(Text))
+    approval_text: str | None = Field(default=None, sa_column=Column(Text))
+    solved_at: datetime | None = None
+    # A ticket this one comes from (a Change converted from an Incident, a new ticket after a Closed one).
+    linked_ticket_id: int | None = Field(default=None, foreign_key="ticket.id")
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class StatusChange(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    ticket_id: int = Field(foreign_key="ticket.id", index=True)
+    at: datetime = Field(default_factory=utcnow)
+    from_status: str | None = None
+    to_status: str
+    by: str = ""
+    note: str | None = Field(default=None, sa_column=Column(Text))
+
+
+class InboundMessage(SQLModel, table=True):
+    """A raw mail as received, the record of truth; processed from here."""
+
+    __table_args__ = (UniqueConstraint("message_id", "sha256", name="uq_inbound_mid_sha"),)
+    id: int | None = Field(default=None, primary_key=True)
+    received_at: datetime = Field(default_factory=utcnow)
+    source: str = ""  # smtp, ingest:<path>, imap:<name>
+    mail_from: str = ""
+    rcpt_to: str = ""  # comma separated envelope recipients
+    # Process chosen by the door (a mailbox's setting); None: routing by address.
+    process: str | None = None
+    message_id: str = Field(default="", index=True)  # normalised, "" when absent
+    sha256: str
+    size: int = 0
+    # received | processed | quarantined
+    state: str = Field(default="received", index=True)
+    outcome: str | None = None
+    ticket_number: str | None = None
+    detail: str | None = Field(default=None, sa_column=Column(Text))
+    attempts: int = 0
+    processed_at: datetime | None = None
+
+
+class TicketMessage(SQLModel, table=True):
+    """A mail or note on a ticket: received, sent, or written by an agent."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    ticket_id: int = Field(foreign_key="ticket.id", index=True)
+    direction: str  # in | out | note
+    internal: bool = False
+    from_addr: str = ""
+    to_addrs: str = ""  # comma separated
+    cc_addrs: str = ""
+    subject: str = ""
+    body_text: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    body_full: str | None = Field(default=None, sa_column=Column(Text))
+    body_html: str | None = Field(default=None, sa_column=Column(Text))
+    message_id: str | None = Field(default=None, index=True)  # normalised, without <>
+    inbound_id: int | None = Field(default=None, foreign_key="inboundmessage.id")
+    outbox_id: int | None = Field(default=None, foreign_key="outbox.id")
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Attachment(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    message_id: int = Field(foreign_key="ticketmessage.id", index=True)
+    filename: str
+    content_type: str = "application/octet-stream"
+    size: int = 0
+    sha256: str
+    inline: bool = False
+    content_id: str | None = None
+
+
+class Outbox(SQLModel, table=True):
+    """A mail to send, written in the transaction of the change it tells about."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    ticket_id: int | None = Field(default=None, foreign_key="ticket.id", index=True)
+    event: str
+    recipients: str  # comma separated
+    language: str = "en"
+    subject: str = ""
+    message_id: str = Field(index=True)  # without <>
+    raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    # pending | sent | failed
+    state: str = Field(default="pending", index=True)
+    attempts: int = 0
+    next_attempt_at: datetime = Field(default_factory=utcnow, index=True)
+    last_answer: str | None = Field(default=None, sa_column=Column(Text))
+    created_at: datetime = Field(default_factory=utcnow)
+    sent_at: datetime | None = None
+
+
+class DeliveryAttempt(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    outbox_id: int = Field(foreign_key="outbox.id", index=True)
+    at: datetime = Field(default_factory=utcnow)
+    outcome: str  # sent | temporary | permanent
+    answer: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))

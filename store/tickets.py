@@ -1,0 +1,167 @@
+"""Ticket operations inside a caller's session (the caller commits).
+
+Every status change goes through ``change_status``, which applies the lifecycle rules
+and writes the history row.  Callers that must also mail the customer write the outbox
+row in the same session before committing, so that both land or neither does.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import or_, update
+from sqlmodel import Session, col, select
+
+from store import lifecycle
+from store.addresses import key as address_key
+from store.db import PROCESS_PREFIX
+from store.lifecycle import LifecycleError, StatusData
+from store.models import Counter, Person, StatusChange, Ticket, TicketMessage, utcnow
+
+
+class NotFound(LookupError):
+    pass
+
+
+def next_number(session: Session, process: str) -> str:
+    """Take the next number of ``process`` (``INC-000001``) inside the caller's transaction."""
+    if process not in PROCESS_PREFIX:
+        raise LifecycleError(f"unknown process {process!r}; one of {', '.join(PROCESS_PREFIX)}")
+    value = session.execute(
+        update(Counter).where(Counter.process == process).values(value=Counter.value + 1).returning(Counter.value)
+    ).scalar_one()
+    return f"{PROCESS_PREFIX[process]}-{value:06d}"
+
+
+def find_person(session: Session, email: str) -> Person | None:
+    return session.exec(select(Person).where(Person.email == address_key(email))).first()
+
+
+def get_or_create_person(session: Session, email: str, name: str = "", language: str = "en") -> tuple[Person, bool]:
+    person = find_person(session, email)
+    if person is not None:
+        if name and not person.name:
+            person.name = name
+            session.add(person)
+        return person, False
+    person = Person(email=address_key(email), name=name or "", language=language)
+    session.add(person)
+    session.flush()
+    return person, True
+
+
+def get_ticket(session: Session, number: str) -> Ticket:
+    ticket = session.exec(select(Ticket).where(Ticket.number == number.strip().upper())).first()
+    if ticket is None:
+        raise NotFound(f"no ticket {number}")
+    return ticket
+
+
+def create_ticket(
+    session: Session,
+    *,
+    process: str,
+    title: str,
+    description: str,
+    reporter: Person,
+    affected: Person | None = None,
+    reference: str | None = None,
+    reference_source: str | None = None,
+    by: str = "",
+    linked: Ticket | None = None,
+    now: datetime | None = None,
+) -> Ticket:
+    now = now or utcnow()
+    ticket = Ticket(
+        number=next_number(session, process),
+        process=process,
+        status=lifecycle.NEW,
+        title=title.strip() or "(no subject)",
+        description=description,
+        personal_reference=reference,
+        reference_source=reference_source if reference else None,
+        reporting_person_id=reporter.id,
+        affected_person_id=(affected or reporter).id,
+        linked_ticket_id=linked.id if linked else None,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(ticket)
+    session.flush()
+    session.add(StatusChange(ticket_id=ticket.id, at=now, from_status=None, to_status=lifecycle.NEW, by=by))
+    return ticket
+
+
+def change_status(
+    session: Session, ticket: Ticket, target: str, data: StatusData, *, by: str, now: datetime | None = None
+) -> StatusChange:
+    """Move ``ticket`` to ``target`` if the rules allow it, recording the history."""
+    now = now or utcnow()
+    target = lifecycle.canonical_status(target)
+    lifecycle.check_transition(ticket.process, ticket.status, target, data)
+    previous = ticket.status
+    ticket.status = target
+    ticket.updated_at = now
+    if target == lifecycle.WAITING:
+        ticket.waiting_reason = data.waiting_reason
+        ticket.status_reason = data.note
+    else:
+        ticket.waiting_reason = None
+    if target in (lifecycle.REJECTED, lifecycle.POSTPONED):
+        ticket.status_reason = data.reason
+    if target == lifecycle.PLANNED:
+        ticket.appointment_at = data.at
+        ticket.appointment_place = data.place
+    if target == lifecycle.SOLVED:
+        ticket.solution = data.solution
+        ticket.solved_at = now
+    if target == lifecycle.APPROVAL:
+        ticket.approval_text = data.approval_text
+    session.add(ticket)
+    note = data.note
+    if note is None:
+        note = data.reason or data.solution or data.approval_text
+    change = StatusChange(ticket_id=ticket.id, at=now, from_status=previous, to_status=target, by=by, note=note)
+    session.add(change)
+    return change
+
+
+def latest_public_update(session: Session, ticket: Ticket) -> str | None:
+    """The latest public comment or mail text on the ticket (for Waiting/Postponed mails)."""
+    msg = session.exec(
+        select(TicketMessage)
+        .where(TicketMessage.ticket_id == ticket.id, TicketMessage.internal == False)  # noqa: E712
+        .where(col(TicketMessage.direction).in_(("in", "note")))
+        .order_by(col(TicketMessage.created_at).desc(), col(TicketMessage.id).desc())
+    ).first()
+    return msg.body_text if msg else None
+
+
+def search_tickets(
+    session: Session, *, status: str | None = None, text: str | None = None, include_closed: bool = False
+) -> list[Ticket]:
+    """The manual's search: number, title, status, name and personal reference.
+
+    With no status given, Closed tickets are left out (manual §2).
+    """
+    query = select(Ticket)
+    if status:
+        query = query.where(Ticket.status == lifecycle.canonical_status(status))
+    elif not include_closed:
+        query = query.where(Ticket.status != lifecycle.CLOSED)
+    if text:
+        like = f"%{text.strip().lower()}%"
+        people = select(Person.id).where(
+            or_(Person.name.ilike(like), Person.email.ilike(like))  # type: ignore[attr-defined]
+        )
+        query = query.where(
+            or_(
+                col(Ticket.number).ilike(like),
+                col(Ticket.title).ilike(like),
+                col(Ticket.status).ilike(like),
+                col(Ticket.personal_reference).ilike(like),
+                col(Ticket.reporting_person_id).in_(people),
+                col(Ticket.affected_person_id).in_(people),
+            )
+        )
+    return list(session.exec(query.order_by(col(Ticket.id))))
