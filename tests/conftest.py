@@ -121,6 +121,8 @@ def run_gateway(*args: str, cwd: Path, env: dict | None = None, input: bytes | N
     """Run the real command line, as an operator would."""
     full_env = dict(os.environ)
     full_env.pop("GATEWAY_CONFIG", None)
+    # This checkout's code, whatever is installed.
+    full_env["PYTHONPATH"] = os.pathsep.join([str(ROOT), full_env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     full_env.update(env or {})
     proc = subprocess.run([sys.executable, "-m", "gateway", *args], cwd=cwd, env=full_env, input=input,
                           capture_output=True, timeout=120)
