@@ -16,12 +16,15 @@ COMMAND_MODULES = ("core", "tickets", "outbox")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # The options are accepted before and after the command; SUPPRESS keeps a
+    # subcommand from overwriting a value given before it.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="PATH", help="config file (default: $GATEWAY_CONFIG, ./config.toml, "
-                                                         "or the embedded defaults)")
-    common.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
+                        help="config file (default: $GATEWAY_CONFIG, ./config.toml, or the embedded defaults)")
+    common.add_argument("--log-level", default=argparse.SUPPRESS, help="DEBUG, INFO, WARNING or ERROR")
     parser = argparse.ArgumentParser(prog="gateway", description="E-mail gateway for IT service desks",
                                      parents=[common])
+    parser.set_defaults(config=None, log_level="INFO")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMAND_MODULES:
