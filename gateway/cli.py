@@ -22,9 +22,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
                         help="config file (default: $GATEWAY_CONFIG, ./config.toml, or the embedded defaults)")
     common.add_argument("--log-level", default=argparse.SUPPRESS, help="DEBUG, INFO, WARNING or ERROR")
-    parser = argparse.ArgumentParser(prog="gateway", description="E-mail gateway for IT service desks",
-                                     parents=[common])
-    parser.set_defaults(config=None, log_level="INFO")
+    parser = argparse.ArgumentParser(prog="gateway", description="E-mail gateway for IT service desks")
+    # Separate actions from ``common``'s: argparse shares action objects between parents.
+    parser.add_argument("--config", metavar="PATH", default=None, help="config file")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMAND_MODULES:
