@@ -1,0 +1,233 @@
+"""Issue 2: mail in over SMTP becomes a ticket, and the customer gets a confirmation.
+
+The service runs as a real process (`python -m gateway serve`) on a free loopback port,
+with its config and data in a temporary folder; mails go in with smtplib.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import hashlib
+import json
+import os
+import signal
+import smtplib
+import subprocess
+import sys
+import time
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, free_port, run_gateway, wait_for_port
+
+
+def service_config(folder: Path, port: int, database_url: str | None = None, extra: str = "") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    db = f'[database]\nurl = "{database_url}"\n' if database_url else ""
+    path = folder / "config.toml"
+    path.write_text(f"[smtp]\nport = {port}\n{db}{extra}")
+    return path
+
+
+class Service:
+    """`gateway serve` in a subprocess."""
+
+    def __init__(self, folder: Path, port: int, *args: str):
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(ROOT)
+        env.pop("GATEWAY_CONFIG", None)
+        self.port = port
+        self.log = open(folder / "service.log", "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "gateway", "--config", str(folder / "config.toml"),
+                                      "serve", *args], cwd=folder, env=env, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for_port(port, proc=self.proc)
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=30)
+        self.log.close()
+        return code
+
+    def kill(self) -> None:
+        # SIGKILL the whole process group: the door and its worker die at once.
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        self.log.close()
+
+
+def french_mail(n: int = 1, attachment: bytes | None = None) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = "Jeanne Dupont <jeanne.dupont@example.be>"
+    msg["To"] = "helpdesk@localhost"
+    msg["Subject"] = "Nouvel utilisateur ##PO1234##" if n == 1 else f"Demande {n} ##PO{n}##"
+    msg["Message-ID"] = f"<mail-{n}-{time.time_ns()}@example.be>"
+    msg["Date"] = "Fri, 27 Nov 2026 10:00:00 +0100"
+    msg.set_content("Bonjour,\n\nMerci de créer un compte pour Marc Janssens, qui arrive lundi.\n\nJeanne\n")
+    if attachment is not None:
+        msg.add_attachment(attachment, maintype="application", subtype="pdf", filename="formulaire d'accès.pdf")
+    msg["Content-Language"] = "fr-BE"  # as Outlook writes it; after the content, which clears Content-*
+    return msg
+
+
+def wait_until(predicate, timeout: float = 30.0, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError("condition not met in time")
+
+
+def ticket_json(folder: Path, number: str) -> dict:
+    out = run_gateway("--config", str(folder / "config.toml"), "ticket", "show", number, "--json", cwd=folder)
+    return json.loads(out.stdout)
+
+
+def outbox_json(folder: Path) -> list[dict]:
+    out = run_gateway("--config", str(folder / "config.toml"), "outbox", "list", "--json", cwd=folder)
+    return json.loads(out.stdout)
+
+
+def test_smtp_mail_becomes_ticket_with_french_confirmation(tmp_path):
+    port = free_port()
+    service_config(tmp_path, port)
+    pdf = b"%PDF-1.4\n" + os.urandom(50_000) + b"\n%%EOF\n"
+    service = Service(tmp_path, port)
+    try:
+        mail = french_mail(attachment=pdf)
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+            refused = client.send_message(mail)
+        assert refused == {}
+        outbox_dir = tmp_path / "var" / "outbox"
+        files = wait_until(lambda: list(outbox_dir.glob("*.eml")))
+    finally:
+        assert service.stop() == 0
+
+    ticket = ticket_json(tmp_path, "INC-000001")
+    assert ticket["process"] == "incident"
+    assert ticket["status"] == "New"
+    assert ticket["title"] == "Nouvel utilisateur"
+    assert ticket["personal_reference"] == "PO1234"
+    assert "Marc Janssens" in ticket["description"]
+    assert ticket["reporting_person"] == ticket["affected_person"]
+    assert ticket["reporting_person"]["email"] == "jeanne.dupont@example.be"
+    assert ticket["reporting_person"]["language"] == "fr"
+    incoming = [m for m in ticket["messages"] if m["direction"] == "in"]
+    assert len(incoming) == 1
+    (att,) = incoming[0]["attachments"]
+    assert att["filename"] == "formulaire d'accès.pdf"
+    assert att["content_type"] == "application/pdf"
+    assert att["size"] == len(pdf)
+    assert att["sha256"] == hashlib.sha256(pdf).hexdigest()
+    # The stored attachment is the customer's file, byte for byte.
+    blob = tmp_path / "var" / "blobs" / att["sha256"][:2] / att["sha256"]
+    assert blob.read_bytes() == pdf
+    assert [h["to_status"] for h in ticket["history"]] == ["New"]
+
+    (eml,) = files
+    sent = email.message_from_bytes(eml.read_bytes(), policy=email.policy.default)
+    assert sent["To"].addresses[0].addr_spec == "jeanne.dupont@example.be"
+    assert "[INC-000001]" in sent["Subject"]
+    assert "enregistrée" in sent["Subject"]
+    assert sent["Content-Language"] == "fr"
+    assert sent["Auto-Submitted"] == "auto-replied"
+    assert sent["In-Reply-To"] == mail["Message-ID"]
+    assert mail["Message-ID"] in sent["References"]
+    assert sent["Message-ID"] and sent["Message-ID"] != mail["Message-ID"]
+    text = sent.get_body(("plain",)).get_content()
+    assert "INC-000001" in text and "PO1234" in text
+    assert "Nous avons bien reçu votre message" in text
+    assert "novembre 2026" in text  # the date, formatted for the French locale
+    html = sent.get_body(("html",)).get_content()
+    assert "PO1234" in html and 'lang="fr"' in html
+
+    out = outbox_json(tmp_path)
+    assert [(o["ticket"], o["event"], o["state"], o["language"]) for o in out] == [("INC-000001", "new", "sent", "fr")]
+    listing = run_gateway("--config", str(tmp_path / "config.toml"), "ticket", "list", cwd=tmp_path).stdout.decode()
+    assert "INC-000001" in listing and "Nouvel utilisateur" in listing
+    log = (tmp_path / "service.log").read_text()
+    assert "received <" in log and "created INC-000001" in log
+
+
+def test_kill_after_250_loses_nothing_and_does_nothing_twice(tmp_path):
+    """Mails answered 250 by a listener-only service, which is then SIGKILLed, are all
+    processed exactly once by the next start."""
+    port = free_port()
+    service_config(tmp_path, port)
+    service = Service(tmp_path, port, "--accept-only")
+    sent_ids = []
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        for n in range(1, 11):
+            mail = french_mail(n)
+            client.send_message(mail)
+            sent_ids.append(mail["Message-ID"].strip("<>"))
+    service.kill()
+
+    service = Service(tmp_path, port)
+    try:
+        wait_until(lambda: len(list((tmp_path / "var" / "outbox").glob("*.eml"))) >= 10)
+        time.sleep(0.5)  # would a second round of processing send more?
+    finally:
+        service.stop()
+    tickets = json.loads(run_gateway("--config", str(tmp_path / "config.toml"), "ticket", "list", "--json",
+                                     cwd=tmp_path).stdout)
+    assert len(tickets) == 10
+    assert sorted(t["personal_reference"] for t in tickets) == sorted(["PO1234"] + [f"PO{n}" for n in range(2, 11)])
+    assert len(list((tmp_path / "var" / "outbox").glob("*.eml"))) == 10
+    seen = []
+    for t in tickets:
+        seen += [m["message_id"] for m in ticket_json(tmp_path, t["number"])["messages"] if m["direction"] == "in"]
+    assert sorted(seen) == sorted(sent_ids)
+
+
+def test_kill_while_processing_then_restart(tmp_path):
+    """SIGKILL at an arbitrary moment of a full service: every mail answered 250 ends as
+    exactly one ticket after the restart."""
+    port = free_port()
+    service_config(tmp_path, port)
+    service = Service(tmp_path, port)
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        for n in range(1, 21):
+            client.send_message(french_mail(n))
+    service.kill()
+    service = Service(tmp_path, port)
+    try:
+        wait_until(lambda: len(list((tmp_path / "var" / "outbox").glob("*.eml"))) >= 20)
+    finally:
+        service.stop()
+    tickets = json.loads(run_gateway("--config", str(tmp_path / "config.toml"), "ticket", "list", "--json",
+                                     cwd=tmp_path).stdout)
+    assert len(tickets) == 20
+    assert len({t["personal_reference"] for t in tickets}) == 20
+
+
+def test_message_over_size_limit_gets_552_and_nothing_is_stored(tmp_path):
+    port = free_port()
+    (tmp_path / "config.toml").write_text(f"[smtp]\nport = {port}\nmax_message_size = 100000\n")
+    service = Service(tmp_path, port)
+    try:
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+            with pytest.raises(smtplib.SMTPResponseException) as exc:
+                client.send_message(french_mail(attachment=b"x" * 200_000))
+        assert exc.value.smtp_code == 552
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+            with pytest.raises(smtplib.SMTPRecipientsRefused):
+                client.sendmail("a@example.be", ["nobody@elsewhere.example"], b"Subject: x\r\n\r\nx\r\n")
+    finally:
+        service.stop()
+    assert [p for p in (tmp_path / "var" / "blobs").rglob("*") if p.is_file()] == []
+    out = run_gateway("--config", str(tmp_path / "config.toml"), "ticket", "list", "--json", cwd=tmp_path)
+    assert json.loads(out.stdout) == []
+
+
+def test_sigterm_stops_cleanly(tmp_path):
+    port = free_port()
+    service_config(tmp_path, port)
+    service = Service(tmp_path, port)
+    assert service.stop() == 0
+    assert "stopped" in (tmp_path / "service.log").read_text()
