@@ -397,6 +397,46 @@ def test_crash_after_250_sends_at_most_twice_with_the_same_message_id(tmp_path, 
     app.engine.dispose()
 
 
+def test_commit_failing_after_250_records_later_and_never_resends(tmp_path, relay):
+    """The process lives on but its commit fails for real (SQLite says "database is
+    locked": another writer holds the lock past a short busy timeout).  The run raises;
+    the next run records the 250 without sending the mail again."""
+    from sqlalchemy import event
+
+    cfg = relay_config(tmp_path, relay.port)
+    app = App(load_config(cfg, env={}))
+    open_ticket(app)
+    app.engine.dispose()
+
+    @event.listens_for(app.engine, "connect")
+    def short_busy_timeout(dbapi_conn, _record):
+        dbapi_conn.execute("PRAGMA busy_timeout=200")
+
+    holder: dict = {}
+
+    def hold_the_database():
+        conn = sqlite3.connect(tmp_path / "var" / "gateway.db", isolation_level=None, check_same_thread=False)
+        conn.execute("BEGIN IMMEDIATE")
+        holder["conn"] = conn
+
+    relay.on_accept = hold_the_database
+    transport = app.transport()  # the worker keeps one transport for its life
+    with pytest.raises(Exception, match="locked"):
+        deliver_pending(app.engine, app.config, transport, now=T0)
+    holder["conn"].rollback()
+    holder["conn"].close()
+    relay.on_accept = None
+    [row] = outbox_rows(app)
+    assert row.state == "pending" and len(relay.received) == 1
+
+    results = deliver_pending(app.engine, app.config, transport, now=T0 + dt.timedelta(seconds=5))
+    assert [r.outcome for _, r in results] == ["sent"]
+    [row] = outbox_rows(app)
+    assert row.state == "sent" and utc(row.sent_at) == T0 and row.attempts == 1
+    assert len(relay.received) == 1  # recorded late, not sent again
+    app.engine.dispose()
+
+
 # TLS and AUTH -----------------------------------------------------------------------
 def make_certificate(folder: Path) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1."""

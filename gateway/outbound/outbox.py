@@ -18,7 +18,10 @@ The other choice, marking the row ``sending`` before talking to the relay, would
 crash at the same moment lose the notification or leave it for an operator to guess
 about; for a service desk a duplicate confirmation is cheap and a lost one is not.
 The window is one mail wide (the commit follows each send), so a crash repeats one mail,
-never a batch.
+never a batch.  When the commit fails and the process lives on (database locked or
+gone), the result is kept on the transport (``Transport.unrecorded``) and committed at
+the next run without sending again, so a sick database never turns into a mail sent
+at every run.
 """
 
 from __future__ import annotations
@@ -185,6 +188,14 @@ def deliver_pending(
     timeout per mail."""
     now = _aware(now or utcnow())
     policy = RetryPolicy.from_config(config)
+    results: list[tuple[int, SendResult]] = []
+    # First what was sent but not recorded by an earlier run of this process.
+    for outbox_id, (delivery, result, at) in list(transport.unrecorded.items()):
+        record(engine, policy, delivery, result, at)  # still failing: raise, send nothing
+        del transport.unrecorded[outbox_id]
+        log.info("outbox %s <%s>: recorded late: %s %s", outbox_id, delivery.message_id, result.outcome,
+                 result.answer)
+        results.append((outbox_id, result))
     with session_for(engine) as session:
         due = list(
             session.exec(
@@ -195,8 +206,7 @@ def deliver_pending(
             )
         )
     if not due:
-        return []
-    results: list[tuple[int, SendResult]] = []
+        return results
     with transport:
         for outbox_id in due:
             delivery = _load(engine, outbox_id)
@@ -212,7 +222,13 @@ def deliver_pending(
                          ", ".join(delivery.skipped))
             result = transport.send(config.helpdesk_address, list(delivery.recipients), delivery.raw,
                                     f"{outbox_id:06d}-{delivery.message_id}")
-            row = record(engine, policy, delivery, result, now)
+            try:
+                row = record(engine, policy, delivery, result, now)
+            except Exception:
+                transport.unrecorded[outbox_id] = (delivery, result, now)
+                log.exception("outbox %s <%s> ticket=%s: %s but not recorded; recorded at the next run, "
+                              "not sent again", outbox_id, delivery.message_id, delivery.ticket_id, result.outcome)
+                raise
             log.info("outbox %s %s <%s> ticket=%s: %s (%s) %s", outbox_id, delivery.event, delivery.message_id,
                      delivery.ticket_id, result.outcome, row.state, result.answer)
             results.append((outbox_id, result))

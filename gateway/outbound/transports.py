@@ -36,6 +36,14 @@ class SendResult:
 
 
 class Transport:
+    """``open``, ``send`` per mail, ``close``.  ``unrecorded`` holds sends whose outcome
+    the outbox could not commit (see ``gateway.outbound.outbox``): the worker keeps one
+    transport for its life, so a mail the relay took is recorded later, not sent again."""
+
+    def __init__(self) -> None:
+        # outbox id -> (Delivery, SendResult, time of the attempt)
+        self.unrecorded: dict[int, tuple] = {}
+
     def open(self) -> None:
         pass
 
@@ -57,6 +65,7 @@ class FileTransport(Transport):
     """Writes each mail as an ``.eml`` file into a folder, fsynced: try the loop without a relay."""
 
     def __init__(self, folder: Path):
+        super().__init__()
         self.folder = Path(folder)
 
     def open(self) -> None:
@@ -90,6 +99,7 @@ class SmtpTransport(Transport):
     """
 
     def __init__(self, settings: OutboundSmtpSection, base_dir: Path | None = None):
+        super().__init__()
         self.settings = settings
         self.base_dir = base_dir
         self.conn: smtplib.SMTP | None = None
