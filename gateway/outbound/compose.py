@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.policy import SMTP
+from email.policy import SMTP, SMTPUTF8
 from email.utils import format_datetime, make_msgid
 
 from gateway.outbound.render import RenderedMail
@@ -37,9 +37,18 @@ LOOP_HEADER = "X-Helpdesk-Loop"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029\x85]+")
 
 
+# Longest subject text we write: a customer's 100 kB title would otherwise become a header
+# that relays truncate or refuse (Postfix header_size_limit is 100 kB for all headers).
+MAX_SUBJECT = 200
+
+
 def header_text(value: str) -> str:
     """One line of text, safe for a header."""
     return " ".join(_CONTROL.sub(" ", value or "").split())
+
+
+def shorten(value: str, limit: int = MAX_SUBJECT) -> str:
+    return value if len(value) <= limit else value[: limit - 1].rstrip() + "…"
 
 
 _MSGID = re.compile(r"^[^\s<>()\\,;:\"\[\]]+@[^\s<>()\\,;:\"]+$")
@@ -113,17 +122,38 @@ def thread_index(conversation: uuid.UUID, started: datetime, now: datetime) -> s
     return base64.b64encode(header + child).decode("ascii")
 
 
-def _address(name: str, addr: str) -> Address:
+def ascii_domain(addr: str) -> str:
+    """``jan@exämple.be`` -> ``jan@xn--exmple-cua.be``: an internationalised domain in the
+    form every relay and header understands; the local part is left as it is."""
     local, _, domain = addr.rpartition("@")
+    if domain.isascii():
+        return addr
+    try:
+        return f"{local}@{domain.encode('idna').decode('ascii')}"
+    except UnicodeError:
+        return addr
+
+
+def needs_smtputf8(addr: str) -> bool:
+    """An address whose local part is not ASCII can only travel with SMTPUTF8 (RFC 6531)."""
+    return not ascii_domain(addr).isascii()
+
+
+def _address(name: str, addr: str) -> Address:
+    local, _, domain = ascii_domain(addr).rpartition("@")
     return Address(display_name=header_text(name), username=local, domain=domain)
 
 
 def build_message(mail: RenderedMail, env: Envelope) -> EmailMessage:
-    msg = EmailMessage(policy=SMTP)
+    # The SMTP policy would write a non-ASCII local part as an encoded word, which is no
+    # address at all; such a mail is written as UTF-8 (RFC 6532) and needs a relay that
+    # offers SMTPUTF8.  Everything else stays 7-bit.
+    utf8 = any(needs_smtputf8(a) for a in (env.from_addr, env.reply_to, *(a for _, a in env.to)))
+    msg = EmailMessage(policy=SMTPUTF8 if utf8 else SMTP)
     msg["From"] = _address(env.from_name, env.from_addr)
     msg["To"] = [_address(n, a) for n, a in env.to]
     msg["Reply-To"] = _address(env.from_name, env.reply_to)
-    subject = header_text(env.subject if env.subject is not None else mail.subject)
+    subject = shorten(header_text(env.subject if env.subject is not None else mail.subject))
     tag = f"[{env.number}]"
     msg["Subject"] = subject if tag in subject else f"{tag} {subject}".strip()
     msg["Date"] = format_datetime(env.date) if env.date else format_datetime(datetime.now().astimezone())

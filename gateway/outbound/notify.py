@@ -11,7 +11,7 @@ from sqlmodel import Session, col, select
 
 from gateway.config import Config
 from gateway.outbound.compose import (Envelope, build_message, conversation_guid, header_text, new_message_id,
-                                      thread_index)
+                                      shorten, thread_index)
 from gateway.outbound.labels import PROCESS_LABELS, STATUS_LABELS, WAITING_LABELS
 from gateway.outbound.render import LANGUAGES, Renderer
 from gateway.tokens import reply_address
@@ -36,7 +36,7 @@ def thread_references(thread: list[str], limit: int = MAX_REFERENCES) -> tuple[s
 
 def stable_subject(number: str, title: str) -> str:
     """``[INC-000001] <title>``: the same on every mail of a ticket (Gmail threads by it)."""
-    title = header_text(title)
+    title = shorten(header_text(title))
     return f"[{number}] {title}" if title else f"[{number}]"
 
 

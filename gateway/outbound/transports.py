@@ -6,6 +6,7 @@ server's answer.  Classifying a failure happens here, once.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import smtplib
@@ -15,6 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.config import Config, OutboundSmtpSection
+from gateway.outbound.compose import ascii_domain
+
+log = logging.getLogger("gateway.outbound")
 
 
 @dataclass(frozen=True)
@@ -193,28 +197,59 @@ class SmtpTransport(Transport):
             # after the dot), so sending it again later is right.
             self._drop()
             return SendResult("temporary", f"{type(exc).__name__}: {exc}")
+        except UnicodeEncodeError as exc:
+            # An address that needs SMTPUTF8 and a relay that does not offer it: this will
+            # not change by trying again.
+            self._rset_or_drop()
+            return SendResult("permanent", f"the relay does not offer SMTPUTF8, needed for this address: {exc}")
+        except Exception as exc:  # noqa: BLE001 - nothing may escape the delivery of one mail
+            log.exception("unexpected failure while sending %s", name_hint)
+            self._drop()
+            return SendResult("temporary", f"{type(exc).__name__}: {exc}")
+
+    def _rset_or_drop(self) -> None:
+        """Reset the transaction to reuse the connection, or drop it if even that fails."""
+        if self.conn is None:
+            return
+        try:
+            self.conn.rset()
+        except Exception:  # noqa: BLE001
+            self._drop()
+
+    def _refused(self, code: int, msg: bytes | str, stage: str) -> SendResult:
+        # 421: the relay is closing the connection; anything else: reset and go on.
+        if code == 421:
+            self._drop()
+        else:
+            self._rset_or_drop()
+        return SendResult(_classify(code), f"{stage}{_answer(code, msg)}")
 
     def _transaction(self, conn: smtplib.SMTP, sender: str, recipients: list[str], raw: bytes) -> SendResult:
         """MAIL, RCPT per recipient, DATA: the steps of ``sendmail``, with each answer kept."""
+        sender = ascii_domain(sender)
+        # Relays get IDNA domains; the outbox keeps the addresses as the persons have them.
+        original = {ascii_domain(r): r for r in recipients}
+        recipients = list(original)
         options = ["SMTPUTF8"] if conn.has_extn("smtputf8") and not _ascii(sender, recipients) else []
         if conn.has_extn("size"):
             options.append(f"SIZE={len(raw)}")
         code, msg = conn.mail(sender, options)
         if code != 250:
-            conn.rset()
-            return SendResult(_classify(code), f"MAIL FROM: {_answer(code, msg)}")
+            return self._refused(code, msg, "MAIL FROM: ")
         accepted: list[str] = []
         refused: dict[str, tuple[int, str]] = {}
         for rcpt in recipients:
             code, msg = conn.rcpt(rcpt)
+            if code == 421:
+                return self._refused(code, msg, f"RCPT TO {rcpt}: ")
             if code in (250, 251):
                 accepted.append(rcpt)
             else:
                 refused[rcpt] = (code, _answer(code, msg))
-        temporary = tuple(r for r, (c, _) in refused.items() if not 500 <= c < 600)
+        temporary = tuple(original[r] for r, (c, _) in refused.items() if not 500 <= c < 600)
         refusals = "; ".join(f"{r}: {a}" for r, a in ((r, a) for r, (_, a) in refused.items()))
         if not accepted:
-            conn.rset()
+            self._rset_or_drop()
             return SendResult("temporary" if temporary else "permanent", refusals)
         # The long wait is for the answer after the dot: give DATA the RFC's time.
         if conn.sock is not None:
@@ -225,8 +260,7 @@ class SmtpTransport(Transport):
             if conn.sock is not None:
                 conn.sock.settimeout(self.settings.timeout)
         if code != 250:
-            conn.rset()
-            return SendResult(_classify(code), f"DATA: {_answer(code, msg)}")
+            return self._refused(code, msg, "DATA: ")
         answer = _answer(code, msg)
         if refused:
             answer = f"{answer}; refused: {refusals}"
