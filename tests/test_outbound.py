@@ -4,6 +4,7 @@ injected clock; a crash after the relay's 250 sends a mail at most twice; TLS an
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import os
@@ -51,6 +52,10 @@ class RelayHandler:
 
     async def handle_DATA(self, server, session, envelope):
         action = self.next_action()
+        if action.startswith("slow "):  # queue the mail, but answer 250 only this many seconds later
+            self.received.append((envelope.mail_from, list(envelope.rcpt_tos), bytes(envelope.original_content)))
+            await asyncio.sleep(float(action.split()[1]))
+            return "250 2.0.0 Ok: queued"
         if action == "250":
             self.received.append((envelope.mail_from, list(envelope.rcpt_tos), bytes(envelope.original_content)))
             if self.on_accept:
@@ -99,7 +104,8 @@ def relay():
     controller.stop()
 
 
-def relay_config(folder: Path, port: int, database_url: str = "", extra: str = "", smtp_extra: str = "") -> Path:
+def relay_config(folder: Path, port: int, database_url: str = "", extra: str = "", smtp_extra: str = "",
+                 data_timeout: float = 5) -> Path:
     db = f'[database]\nurl = "{database_url}"\n' if database_url else ""
     return write_config(folder, f"""{db}
 [gateway]
@@ -117,7 +123,7 @@ give_up_after = 7200
 host = "127.0.0.1"
 port = {port}
 timeout = 5
-data_timeout = 5
+data_timeout = {data_timeout}
 {smtp_extra}
 """)
 
@@ -221,6 +227,25 @@ def test_relay_that_drops_the_connection_mid_data(app, relay):
     rows = outbox_rows(app)
     assert [r.state for r in rows] == ["sent"] * 3
     assert sorted(rcpts[0] for _, rcpts, _ in relay.received) == [f"user{i}@example.org" for i in range(3)]
+
+
+def test_relay_that_answers_too_late_is_a_timeout_and_the_mail_goes_again(tmp_path, relay):
+    """No answer within data_timeout after the dot: temporary.  The relay did take it (its
+    250 came too late), so the retry is a duplicate with the same Message-ID: the reason
+    why data_timeout defaults to RFC 5321's 10 minutes."""
+    a = App(load_config(relay_config(tmp_path, relay.port, data_timeout=1), env={}))
+    open_ticket(a)
+    relay.script = ["slow 2"]
+    [(_, r)] = drain(a, T0)
+    assert r.outcome == "temporary" and "timed out" in r.answer
+    [row] = outbox_rows(a)
+    assert row.state == "pending" and utc(row.next_attempt_at) == T0 + dt.timedelta(seconds=60)
+    time.sleep(1.5)  # the relay finishes its slow answer
+    drain(a, T0 + dt.timedelta(seconds=60))
+    assert outbox_rows(a)[0].state == "sent"
+    ids = {m["Message-ID"] for m in relay.messages()}
+    assert len(relay.received) == 2 and ids == {f"<{row.message_id}>"}
+    a.engine.dispose()
 
 
 def test_relay_that_answers_550(app, relay):
