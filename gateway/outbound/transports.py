@@ -193,8 +193,9 @@ class SmtpTransport(Transport):
             self._drop()
             return SendResult(_classify(exc.smtp_code), _answer(exc.smtp_code, exc.smtp_error))
         except (smtplib.SMTPException, OSError) as exc:
-            # Dropped connection, timeout, reset: the relay did not take the mail (no 250
-            # after the dot), so sending it again later is right.
+            # Dropped connection, timeout, reset: no 250 came, so the mail is not known to
+            # be taken and goes again later.  (A relay that queued it but answered after
+            # data_timeout gets a copy with the same Message-ID: hence the long default.)
             self._drop()
             return SendResult("temporary", f"{type(exc).__name__}: {exc}")
         except UnicodeEncodeError as exc:
