@@ -295,6 +295,8 @@ def test_schedule_repeats_its_last_delay_then_gives_up_at_the_deadline(app, rela
     out = run_gateway("outbox", "list", "--json", "--config", cfg, cwd=tmp_path).stdout
     [listed] = json.loads(out)
     assert listed["state"] == "failed" and "Greylisted" in listed["last_answer"]
+    text = run_gateway("outbox", "list", "--config", cfg, cwd=tmp_path).stdout.decode()
+    assert "failed" in text and "gave up after 5 attempts: DATA: 451 4.7.1 Greylisted" in text
     out = run_gateway("outbox", "retry", "--failed", "--config", cfg, cwd=tmp_path).stdout.decode()
     assert f"1 mail(s) pending again: {row.id}" in out
     relay.script = []
