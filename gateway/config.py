@@ -74,7 +74,13 @@ class OutboundSmtpSection:
     password_env: str = ""
     # Path of a file holding the password.
     password_file: str = ""
+    # PEM file of the CA(s) to trust for the relay's certificate; empty: the system's.
+    tls_ca_file: str = ""
+    # Seconds to wait for the relay on connect and on each command.
     timeout: float = 30.0
+    # Seconds to wait for the relay's answer after the message data (RFC 5321 4.5.3.2:
+    # 10 minutes; a shorter wait turns a slow relay into duplicates).
+    data_timeout: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,10 @@ class OutboundSection:
     give_up_after: int = 5 * 24 * 3600
     # Hard bounces after which an address is marked undeliverable.
     undeliverable_after: int = 3
+    # Subject "[INC-000001] <title>" on every mail of a ticket, so that Gmail (which starts a
+    # new conversation when the subject changes) keeps one thread; false: the template's
+    # subject per event, tagged.
+    stable_subject: bool = True
     smtp: OutboundSmtpSection = field(default_factory=OutboundSmtpSection)
 
 

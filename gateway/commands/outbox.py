@@ -1,15 +1,16 @@
-"""outbox list, outbox flush."""
+"""outbox list, outbox show, outbox flush, outbox retry."""
 
 from __future__ import annotations
 
 import json
+import sys
 
 from sqlmodel import col, select
 
 from gateway.app import App
-from gateway.outbound.outbox import deliver_pending
+from gateway.outbound.outbox import deliver_pending, requeue
 from store.db import session_for
-from store.models import Outbox, Ticket
+from store.models import DeliveryAttempt, Outbox, Ticket
 
 
 def register(sub, common) -> None:
@@ -22,6 +23,16 @@ def register(sub, common) -> None:
     s.set_defaults(func=cmd_list)
     s = osub.add_parser("flush", parents=[common], help="deliver what is pending and due, now")
     s.set_defaults(func=cmd_flush)
+    s = osub.add_parser("show", parents=[common], help="one outbox mail with every delivery attempt")
+    s.add_argument("id", type=int)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_show)
+    s = osub.add_parser("retry", parents=[common],
+                        help="send again: make the mail(s) pending and due now, the give-up clock restarted")
+    which = s.add_mutually_exclusive_group(required=True)
+    which.add_argument("id", type=int, nargs="*", default=[], help="outbox id(s)")
+    which.add_argument("--failed", action="store_true", help="every failed mail")
+    s.set_defaults(func=cmd_retry)
 
 
 def outbox_json(row: Outbox, number: str | None) -> dict:
@@ -62,3 +73,42 @@ def cmd_flush(config, args) -> int:
     sent = sum(1 for _, r in results if r.outcome == "sent")
     print(f"{sent} sent, {len(results) - sent} not sent")
     return 0
+
+
+def cmd_show(config, args) -> int:
+    app = App(config)
+    with session_for(app.engine) as session:
+        row = session.get(Outbox, args.id)
+        if row is None:
+            print(f"no outbox mail {args.id}", file=sys.stderr)
+            return 1
+        ticket = session.get(Ticket, row.ticket_id) if row.ticket_id else None
+        data = outbox_json(row, ticket.number if ticket else None)
+        data["attempts_log"] = [
+            {"at": a.at.isoformat(), "outcome": a.outcome, "answer": a.answer}
+            for a in session.exec(select(DeliveryAttempt).where(DeliveryAttempt.outbox_id == row.id)
+                                  .order_by(col(DeliveryAttempt.at), col(DeliveryAttempt.id)))
+        ]
+    if args.json:
+        print(json.dumps(data, ensure_ascii=False, indent=2))
+        return 0
+    print(f"{data['id']} {data['state']} {data['ticket'] or '-'} {data['event']} <{data['message_id']}>")
+    print(f"to: {', '.join(data['to'])}\nsubject: {data['subject']}")
+    if data["next_attempt_at"]:
+        print(f"next attempt: {data['next_attempt_at']}")
+    for a in data["attempts_log"]:
+        print(f"  {a['at']}  {a['outcome']:<9} {a['answer']}")
+    return 0
+
+
+def cmd_retry(config, args) -> int:
+    if not args.failed and not args.id:
+        print("give outbox id(s) or --failed", file=sys.stderr)
+        return 2
+    app = App(config)
+    ids = requeue(app.engine, None if args.failed else args.id, failed=args.failed)
+    missing = sorted(set(args.id) - set(ids))
+    for i in missing:
+        print(f"no outbox mail {i}", file=sys.stderr)
+    print(f"{len(ids)} mail(s) pending again: {' '.join(str(i) for i in ids)}".rstrip(": "))
+    return 1 if missing else 0

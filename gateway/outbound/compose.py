@@ -3,17 +3,32 @@ can break, text and HTML as multipart/alternative.
 
 Every value that may come from a customer (a title, a name) is cleaned of control
 characters before it goes into a header, and the standard library encodes non-ASCII
-per RFC 2047 and refuses to generate a header with a line break in it.
+per RFC 2047 and refuses to generate a header with a line break in it.  The SMTP policy
+folds headers at 78 characters and writes CRLF; bodies are quoted-printable (lines of
+at most 76), so no line comes near RFC 5322's 998.
+
+One conversation per ticket, in every client:
+- Thunderbird, Apple Mail and Gmail follow ``In-Reply-To``/``References``: each mail
+  answers the ticket's latest message and lists the first one (the root) and the latest
+  ones (RFC 5322 3.6.4 allows trimming the middle).
+- Gmail also starts a new conversation when the subject changes, so the subject is the
+  same on every mail of a ticket: ``[INC-000001] <title>`` (``outbound.stable_subject``).
+- Outlook groups by ``Thread-Index`` (a conversation GUID, here derived from the ticket
+  number and the Message-ID domain, so it is stable without storing anything) and shows
+  ``Thread-Topic``.
 """
 
 from __future__ import annotations
 
+import base64
+import os
 import re
+import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.policy import SMTP
+from email.policy import SMTP, SMTPUTF8
 from email.utils import format_datetime, make_msgid
 
 from gateway.outbound.render import RenderedMail
@@ -22,9 +37,31 @@ LOOP_HEADER = "X-Helpdesk-Loop"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029\x85]+")
 
 
+# Longest subject text we write: a customer's 100 kB title would otherwise become a header
+# that relays truncate or refuse (Postfix header_size_limit is 100 kB for all headers).
+MAX_SUBJECT = 200
+
+
 def header_text(value: str) -> str:
     """One line of text, safe for a header."""
     return " ".join(_CONTROL.sub(" ", value or "").split())
+
+
+def shorten(value: str, limit: int = MAX_SUBJECT) -> str:
+    return value if len(value) <= limit else value[: limit - 1].rstrip() + "…"
+
+
+_MSGID = re.compile(r"^[^\s<>()\\,;:\"\[\]]+@[^\s<>()\\,;:\"]+$")
+
+
+def safe_msgid(value: str | None) -> str | None:
+    """A Message-ID (without <>) fit for In-Reply-To/References, else None.
+
+    Ids come from customers' mails: one with spaces, brackets or line breaks in it, or a
+    huge one, is left out rather than allowed to break or inflate the header."""
+    if not value or len(value) > 250 or not _MSGID.match(value):
+        return None
+    return value
 
 
 def new_message_id(domain: str) -> str:
@@ -45,31 +82,96 @@ class Envelope:
     loop_id: str  # the helpdesk address, in the loop header
     auto_submitted: str = "auto-generated"
     date: datetime | None = None
+    # The Subject (tagged here if the tag is missing); None: the template's subject.
+    subject: str | None = None
+    # Outlook's conversation headers; thread_index from ``thread_index()``.
+    thread_topic: str | None = None
+    thread_index: str | None = None
+
+
+_FILETIME_EPOCH = datetime(1601, 1, 1, tzinfo=timezone.utc)
+
+
+def _filetime(dt: datetime) -> int:
+    """100-nanosecond intervals since 1601 (Windows FILETIME)."""
+    dt = dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+    delta = dt - _FILETIME_EPOCH
+    return (delta.days * 86400 + delta.seconds) * 10_000_000 + delta.microseconds * 10
+
+
+def conversation_guid(number: str, domain: str) -> uuid.UUID:
+    """A GUID per ticket, the same every time it is computed."""
+    return uuid.uuid5(uuid.NAMESPACE_DNS, f"{number.upper()}.tickets.{domain.lower()}")
+
+
+def thread_index(conversation: uuid.UUID, started: datetime, now: datetime) -> str:
+    """Outlook's ``Thread-Index`` ([MS-OXOMSG] 2.2.1.3 PidTagConversationIndex).
+
+    22 bytes of header (the high 48 bits of the conversation's start FILETIME, then the
+    GUID) and one 5-byte child block for this mail (the time since the start, and 4
+    random bits and 4 bits of sequence), base64.  Outlook puts every mail whose header
+    bytes are equal into one conversation."""
+    start = _filetime(started)
+    header = (start >> 16).to_bytes(6, "big") + conversation.bytes
+    delta = max(0, _filetime(now) - start)
+    if delta < 1 << 49:
+        code = (delta >> 18) & 0x7FFFFFFF
+    else:
+        code = 0x80000000 | ((delta >> 23) & 0x7FFFFFFF)
+    child = code.to_bytes(4, "big") + bytes([(os.urandom(1)[0] & 0xF0) | 0x01])
+    return base64.b64encode(header + child).decode("ascii")
+
+
+def ascii_domain(addr: str) -> str:
+    """``jan@exämple.be`` -> ``jan@xn--exmple-cua.be``: an internationalised domain in the
+    form every relay and header understands; the local part is left as it is."""
+    local, _, domain = addr.rpartition("@")
+    if domain.isascii():
+        return addr
+    try:
+        return f"{local}@{domain.encode('idna').decode('ascii')}"
+    except UnicodeError:
+        return addr
+
+
+def needs_smtputf8(addr: str) -> bool:
+    """An address whose local part is not ASCII can only travel with SMTPUTF8 (RFC 6531)."""
+    return not ascii_domain(addr).isascii()
 
 
 def _address(name: str, addr: str) -> Address:
-    local, _, domain = addr.rpartition("@")
+    local, _, domain = ascii_domain(addr).rpartition("@")
     return Address(display_name=header_text(name), username=local, domain=domain)
 
 
 def build_message(mail: RenderedMail, env: Envelope) -> EmailMessage:
-    msg = EmailMessage(policy=SMTP)
+    # The SMTP policy would write a non-ASCII local part as an encoded word, which is no
+    # address at all; such a mail is written as UTF-8 (RFC 6532) and needs a relay that
+    # offers SMTPUTF8.  Everything else stays 7-bit.
+    utf8 = any(needs_smtputf8(a) for a in (env.from_addr, env.reply_to, *(a for _, a in env.to)))
+    msg = EmailMessage(policy=SMTPUTF8 if utf8 else SMTP)
     msg["From"] = _address(env.from_name, env.from_addr)
     msg["To"] = [_address(n, a) for n, a in env.to]
     msg["Reply-To"] = _address(env.from_name, env.reply_to)
-    subject = header_text(mail.subject)
+    subject = shorten(header_text(env.subject if env.subject is not None else mail.subject))
     tag = f"[{env.number}]"
     msg["Subject"] = subject if tag in subject else f"{tag} {subject}".strip()
     msg["Date"] = format_datetime(env.date) if env.date else format_datetime(datetime.now().astimezone())
     msg["Message-ID"] = f"<{env.message_id}>"
-    if env.in_reply_to:
-        msg["In-Reply-To"] = f"<{env.in_reply_to}>"
-    if env.references:
-        msg["References"] = " ".join(f"<{r}>" for r in env.references)
+    in_reply_to = safe_msgid(env.in_reply_to)
+    if in_reply_to:
+        msg["In-Reply-To"] = f"<{in_reply_to}>"
+    references = [r for r in map(safe_msgid, env.references) if r]
+    if references:
+        msg["References"] = " ".join(f"<{r}>" for r in references)
     # RFC 3834: automatic mail says so; Exchange is asked not to answer it with its own.
     msg["Auto-Submitted"] = env.auto_submitted
     msg["X-Auto-Response-Suppress"] = "All"
     msg[LOOP_HEADER] = env.loop_id
+    if env.thread_topic:
+        msg["Thread-Topic"] = header_text(env.thread_topic)
+    if env.thread_index:
+        msg["Thread-Index"] = env.thread_index
     msg.set_content(mail.text, subtype="plain", charset="utf-8", cte="quoted-printable")
     msg.add_alternative(mail.html, subtype="html", charset="utf-8", cte="quoted-printable")
     # After the content: set_content() clears every Content-* header.

@@ -10,7 +10,8 @@ from datetime import datetime
 from sqlmodel import Session, col, select
 
 from gateway.config import Config
-from gateway.outbound.compose import Envelope, build_message, new_message_id
+from gateway.outbound.compose import (Envelope, build_message, conversation_guid, header_text, new_message_id,
+                                      shorten, thread_index)
 from gateway.outbound.labels import PROCESS_LABELS, STATUS_LABELS, WAITING_LABELS
 from gateway.outbound.render import LANGUAGES, Renderer
 from gateway.tokens import reply_address
@@ -20,6 +21,23 @@ from store.tickets import latest_public_update
 log = logging.getLogger("gateway.outbound")
 
 MAX_REFERENCES = 20
+
+
+def thread_references(thread: list[str], limit: int = MAX_REFERENCES) -> tuple[str, ...]:
+    """The References of the next mail of a ticket: the root and the latest ones.
+
+    Keeping the first (RFC 5322 3.6.4: trim from the middle) lets a client that saw only
+    the start of the conversation still attach the mail to it."""
+    ids = [m for m in thread if m]
+    if len(ids) <= limit:
+        return tuple(ids)
+    return (ids[0], *ids[len(ids) - (limit - 1):])
+
+
+def stable_subject(number: str, title: str) -> str:
+    """``[INC-000001] <title>``: the same on every mail of a ticket (Gmail threads by it)."""
+    title = shorten(header_text(title))
+    return f"[{number}] {title}" if title else f"[{number}]"
 
 
 @dataclass(frozen=True)
@@ -86,10 +104,14 @@ class Notifier:
                 .order_by(col(TicketMessage.created_at), col(TicketMessage.id))
             )
         )
-        references = tuple(m for m in thread if m)[-MAX_REFERENCES:]
+        if in_reply_to and in_reply_to not in thread:
+            # The mail being answered is not (yet) a message of the ticket: still chain to it.
+            thread.append(in_reply_to)
+        references = thread_references(thread)
         if in_reply_to is None and references:
             in_reply_to = references[-1]
         message_id = new_message_id(self.config.message_id_domain)
+        topic = stable_subject(ticket.number, ticket.title)
         envelope = Envelope(
             from_name=self.config.gateway.name,
             from_addr=self.config.helpdesk_address,
@@ -102,6 +124,10 @@ class Notifier:
             loop_id=self.config.helpdesk_address,
             auto_submitted=auto_submitted,
             date=now,
+            subject=topic if self.config.outbound.stable_subject and header_text(ticket.title) else None,
+            thread_topic=topic,
+            thread_index=thread_index(conversation_guid(ticket.number, self.config.message_id_domain),
+                                      ticket.created_at or now, now),
         )
         msg = build_message(mail, envelope)
         row = Outbox(
