@@ -132,8 +132,8 @@ def test_smtp_mail_becomes_ticket_with_french_confirmation(tmp_path):
     (eml,) = files
     sent = email.message_from_bytes(eml.read_bytes(), policy=email.policy.default)
     assert sent["To"].addresses[0].addr_spec == "jeanne.dupont@example.be"
-    assert "[INC-000001]" in sent["Subject"]
-    assert "enregistrée" in sent["Subject"]
+    # One subject per ticket, so that Gmail keeps the conversation together.
+    assert sent["Subject"] == "[INC-000001] Nouvel utilisateur"
     assert sent["Content-Language"] == "fr"
     assert sent["Auto-Submitted"] == "auto-replied"
     assert sent["In-Reply-To"] == mail["Message-ID"]
