@@ -19,7 +19,7 @@ from gateway.config import Config
 from gateway.errors import Quarantine
 from gateway.ingest.automatic import classify
 from gateway.ingest.decide import (APPROVE, NEEDS_COMMENT, REFUSE, REOPEN, RESUME, Facts, FollowUp, Ignore,
-                                   NewTicket, QuarantineIt, ThreadHit, decide)
+                                   NewTicket, QuarantineIt, ThreadHit, clean_title, decide)
 from gateway.ingest.parse import Limits, ParsedMail, parse
 from gateway.ingest.references import find_reference
 from gateway.ingest.threading import find_ticket, permission
@@ -145,10 +145,14 @@ class Processor:
         assert isinstance(decision, NewTicket)
         person, _created = get_or_create_person(session, mail.from_addr, mail.from_name, self.language_of(mail))
         linked = get_ticket(session, decision.linked_to) if decision.linked_to else None
+        title = decision.title
+        if linked is not None and self._answers_our_subject(session, linked, title):
+            # A reply to one of our mails: its subject is our wording, the closed ticket's title is theirs.
+            title = linked.title
         ticket = create_ticket(
             session,
             process=decision.process,
-            title=decision.title,
+            title=title,
             description=mail.text if decision.description is None else decision.description,
             reporter=person,
             reference=decision.reference.value if decision.reference else None,
@@ -172,6 +176,12 @@ class Processor:
         detail = f"follows {linked.number}, which is Closed" if linked is not None else (
             f"sender may not write into {decision.refers_to}" if decision.refers_to else None)
         return Outcome(source, mid, decision.outcome, ticket.number, detail)
+
+    @staticmethod
+    def _answers_our_subject(session: Session, ticket: Ticket, title: str) -> bool:
+        sent = session.exec(select(TicketMessage.subject).where(TicketMessage.ticket_id == ticket.id,
+                                                                TicketMessage.direction == "out"))
+        return any(clean_title(subject) == title for subject in sent) or title == ticket.title
 
     def apply_reply(self, session: Session, inbound: InboundMessage, mail: ParsedMail, reply: FollowUp) -> Outcome:
         """Add an allowed sender's reply to its ticket and do what it asks, in the caller's
