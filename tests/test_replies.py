@@ -110,7 +110,8 @@ def outlook_reply(sender: str, name: str, subject: str, new: str, quoted_from: s
 
 def gmail_reply(sender: str, name: str, subject: str, new: str, *, mid: str, in_reply_to: str | None,
                 references: list[str] = (), to: str = HELPDESK, attribution: str | None = None,
-                quoted: str = "Bonjour,\n\nVotre ticket a été mis à jour.") -> bytes:
+                quoted: str = "Bonjour,\n\nVotre ticket a été mis à jour.",
+                attachment: tuple[str, bytes] | None = None) -> bytes:
     """Gmail's web client: In-Reply-To and References, the "Le … a écrit :" attribution
     wrapped over two lines and the history quoted with ``>``."""
     attribution = attribution or f"Le ven. 27 nov. 2026 à 10:00, Helpdesk <{to}> a\nécrit :"
@@ -118,6 +119,34 @@ def gmail_reply(sender: str, name: str, subject: str, new: str, *, mid: str, in_
     plain = f"{new}\n\n{attribution}\n\n{quote}\n"
     html = (f"<div dir=\"ltr\">{new}</div><br><div class=\"gmail_quote\"><div dir=\"ltr\" class=\"gmail_attr\">"
             f"{attribution}<br></div><blockquote class=\"gmail_quote\">{quoted}</blockquote></div>")
+    alternative = (
+        f"--000000000000c5a1d2060b3f\n"
+        f"Content-Type: text/plain; charset=\"UTF-8\"\n"
+        f"Content-Transfer-Encoding: quoted-printable\n\n"
+        f"{qp(plain)}\n"
+        f"--000000000000c5a1d2060b3f\n"
+        f"Content-Type: text/html; charset=\"UTF-8\"\n"
+        f"Content-Transfer-Encoding: quoted-printable\n\n"
+        f"{qp(html)}\n"
+        f"--000000000000c5a1d2060b3f--\n"
+    )
+    content_type = "multipart/alternative; boundary=\"000000000000c5a1d2060b3f\""
+    if attachment:
+        import base64
+        name, data = attachment
+        alternative = (
+            f"--000000000000c5a1d3060b41\n"
+            f"Content-Type: multipart/alternative; boundary=\"000000000000c5a1d2060b3f\"\n\n"
+            f"{alternative}\n"
+            f"--000000000000c5a1d3060b41\n"
+            f"Content-Type: image/png; name=\"{name}\"\n"
+            f"Content-Disposition: attachment; filename=\"{name}\"\n"
+            f"Content-Transfer-Encoding: base64\n"
+            f"X-Attachment-Id: f_lp1x2y3z0\n\n"
+            f"{base64.encodebytes(data).decode()}\n"
+            f"--000000000000c5a1d3060b41--\n"
+        )
+        content_type = "multipart/mixed; boundary=\"000000000000c5a1d3060b41\""
     headers = ""
     if references:
         headers += "References: " + " ".join(f"<{r}>" for r in references) + "\n"
@@ -131,16 +160,8 @@ def gmail_reply(sender: str, name: str, subject: str, new: str, *, mid: str, in_
         f"Message-ID: <{mid}>\n"
         f"Subject: {email.header.Header(subject, 'utf-8').encode()}\n"
         f"To: Helpdesk <{to}>\n"
-        f"Content-Type: multipart/alternative; boundary=\"000000000000c5a1d2060b3f\"\n\n"
-        f"--000000000000c5a1d2060b3f\n"
-        f"Content-Type: text/plain; charset=\"UTF-8\"\n"
-        f"Content-Transfer-Encoding: quoted-printable\n\n"
-        f"{qp(plain)}\n"
-        f"--000000000000c5a1d2060b3f\n"
-        f"Content-Type: text/html; charset=\"UTF-8\"\n"
-        f"Content-Transfer-Encoding: quoted-printable\n\n"
-        f"{qp(html)}\n"
-        f"--000000000000c5a1d2060b3f--\n"
+        f"Content-Type: {content_type}\n\n"
+        f"{alternative}"
     ).encode()
 
 
@@ -381,9 +402,12 @@ def test_our_own_tagged_address_on_the_thread_grants_nothing(gw):
     number = open_ticket(gw)
     # A mail claiming to come from our own tagged address is ours coming back, never a reply.
     _mid, reply_to, subject = last_notification(gw, number)
-    out = deliver(gw, outlook_reply(reply_to, "Helpdesk", f"RE: {subject}", "x", HELPDESK, subject, mid="own@x"))
-    assert out.outcome != "appended"
+    out = deliver(gw, outlook_reply(reply_to.upper().replace("@LOCALHOST", "@LocalHost"), "Helpdesk",
+                                    f"RE: {subject}", "x", HELPDESK, subject, mid="own@x"))
+    assert (out.outcome, out.ticket) == ("loop", number)
     assert len(messages(gw, number, "in")) == 1
+    with session_for(gw.engine) as s:
+        assert len(s.exec(select(Ticket)).all()) == 1
 
 
 # What a reply does -------------------------------------------------------------------
@@ -400,6 +424,21 @@ def test_reply_while_waiting_for_the_customer_resumes_the_work(gw):
     last = history(gw, number)[-1]
     assert (last.from_status, last.to_status, last.by) == (lifecycle.WAITING, lifecycle.IN_PROGRESS, MARIE)
     assert "customer answered" in last.note
+
+
+def test_reply_with_only_an_attachment_while_waiting_for_hardware_return_adds_it_and_resumes(gw):
+    number = open_ticket(gw)
+    agent_moves(gw, number, (lifecycle.WAITING, StatusData(waiting_reason="customer-hardware-return")))
+    notif_id, reply_to, subject = last_notification(gw, number)
+    png = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
+    out = deliver(gw, gmail_reply(MARIE, "Marie Dupont", f"Re: {subject}", "", mid="w2@mail.gmail.com",
+                                  in_reply_to=notif_id, to=reply_to, attachment=("bon-de-retour.png", png)))
+    assert (out.outcome, out.ticket) == ("appended", number)
+    assert ticket(gw, number).status == lifecycle.IN_PROGRESS
+    with session_for(gw.engine) as s:
+        from store.models import Attachment
+        (att,) = s.exec(select(Attachment).where(Attachment.message_id == messages(gw, number, "in")[-1].id)).all()
+        assert att.filename == "bon-de-retour.png" and gw.blobs.get(att.sha256) == png
 
 
 def test_reply_while_waiting_for_a_third_party_does_not_move_the_ticket(gw):

@@ -28,7 +28,7 @@ class ThreadHit:
     waiting_reason: str | None = None
     # Reporting or Affected Person: the people whose approval a ticket waits for.
     sender_is_approver: bool = False
-    why: str = ""  # reporting | affected | thread | company | stranger
+    why: str = ""  # reporting | affected | thread | company | own | stranger
 
 
 @dataclass(frozen=True)
@@ -182,6 +182,8 @@ def decide(mail: ParsedMail, facts: Facts) -> Decision:
     if not mail.from_addr:
         return QuarantineIt("no sender address (From) to answer or to file the ticket under")
     if facts.thread is not None:
+        if facts.thread.why == "own":
+            return Ignore("loop", f"sent from our own address {mail.from_addr}", facts.thread.number)
         if not facts.thread.sender_allowed:
             # Whatever header, tag or token they copied: a ticket of their own.
             return NewTicket(facts.process, clean_title(mail.subject), facts.reference, facts.thread.number)

@@ -41,7 +41,7 @@ MAX_REFERENCES = 50
 class Permission:
     allowed: bool
     approver: bool  # Reporting or Affected Person: may approve or refuse by mail
-    why: str  # reporting | affected | thread | company | stranger
+    why: str  # reporting | affected | thread | company | own | stranger
 
 
 def _ticket_by_number(session: Session, number: str) -> Ticket | None:
@@ -97,8 +97,11 @@ def permission(session: Session, ticket: Ticket, sender: str, own: tuple[str, ..
     """May ``sender`` write into ``ticket``?  Addresses are compared as mail does: the
     display name and the case do not matter."""
     sender = address_key(sender)
-    if not sender or is_own(sender, own):
+    if not sender:
         return Permission(False, False, "stranger")
+    if is_own(sender, own):
+        # Our own address, tagged or not: our mail coming back, never a person's reply.
+        return Permission(False, False, "own")
     reporter = session.get(Person, ticket.reporting_person_id)
     affected = session.get(Person, ticket.affected_person_id)
     if reporter is not None and address_key(reporter.email) == sender:
