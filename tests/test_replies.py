@@ -12,6 +12,7 @@ import email.header
 import email.policy
 import json
 import quopri
+from dataclasses import replace
 from email.utils import getaddresses
 
 import pytest
@@ -598,6 +599,28 @@ def test_approval_word_from_someone_who_is_not_an_approver_is_only_a_comment(gw)
                                     HELPDESK, "x", mid="chef-ok@outlook.com"))
     assert out.outcome == "appended" and "not an approver" in out.detail
     assert ticket(gw, number).status == lifecycle.APPROVAL
+
+
+def test_reply_failing_dmarc_at_our_mta_changes_nothing(gw):
+    number = open_ticket(gw)
+    solve(gw, number)
+    gw.processor.config = replace(gw.config, gateway=replace(gw.config.gateway, authserv_id="mx.localhost"))
+    subject = f"[{number}] Imprimante"
+
+    def reply(mid: str, results: str) -> bytes:
+        return results.encode() + outlook_reply(MARIE, "Marie", f"RE: {subject}", "Rouvrez, svp.", HELPDESK,
+                                                subject, mid=mid)
+
+    # Another server's verdict, whatever it says, is not ours to trust.
+    forged = "Authentication-Results: mx.evil.example; dmarc=pass header.from=client.be\n"
+    failed = ("Authentication-Results: mx.localhost; spf=fail smtp.mailfrom=client.be;\n"
+              " dkim=none; dmarc=fail (p=QUARANTINE) header.from=client.be\n")
+    out = deliver(gw, reply("dmarc-1@o", forged + failed))
+    assert (out.outcome, out.ticket) == ("held", number)
+    assert ticket(gw, number).status == lifecycle.SOLVED
+    assert messages(gw, number, "in")[-1].internal
+    out = deliver(gw, reply("dmarc-2@o", "Authentication-Results: mx.localhost; dmarc=pass header.from=client.be\n"))
+    assert out.outcome == "reopened"
 
 
 def test_same_mail_delivered_twice_is_added_once(gw):

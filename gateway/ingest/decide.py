@@ -29,6 +29,8 @@ class ThreadHit:
     # Reporting or Affected Person: the people whose approval a ticket waits for.
     sender_is_approver: bool = False
     why: str = ""  # reporting | affected | thread | company | own | stranger
+    # Our MTA says the From fails DMARC: anyone may have written it.
+    dmarc_failed: bool = False
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ REOPEN = "reopen"  # Solved -> In progress, the new text being the required comm
 NEEDS_COMMENT = "needs-comment"  # Solved, no new text: stays Solved, the customer is told
 APPROVE = "approve"  # Approval -> In progress
 REFUSE = "refuse"  # Approval -> Rejected, the text being the reason
+HOLD = "hold"  # kept for the agents (internal), changes nothing: the sender is not proven
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,7 @@ class FollowUp:
     @property
     def outcome(self) -> str:
         return {REOPEN: "reopened", APPROVE: "approval", REFUSE: "approval",
-                NEEDS_COMMENT: "needs-comment"}.get(self.action, "appended")
+                NEEDS_COMMENT: "needs-comment", HOLD: "held"}.get(self.action, "appended")
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,10 @@ def decide_reply(mail: ParsedMail, thread: ThreadHit) -> FollowUp:
 
     def follow(action: str, detail: str) -> FollowUp:
         return FollowUp(thread.number, thread.via, text, action, detail, reply.cut_by)
+
+    if thread.dmarc_failed:
+        # A forged From could otherwise reopen, approve or refuse in someone's name.
+        return follow(HOLD, "DMARC failed: kept for the agents, no action taken")
 
     if thread.status == lifecycle.SOLVED:
         if not text:

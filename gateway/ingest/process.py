@@ -18,11 +18,11 @@ from sqlmodel import Session, col, select
 from gateway.config import Config
 from gateway.errors import Quarantine
 from gateway.ingest.automatic import classify
-from gateway.ingest.decide import (APPROVE, NEEDS_COMMENT, REFUSE, REOPEN, RESUME, Facts, FollowUp, Ignore,
+from gateway.ingest.decide import (APPROVE, HOLD, NEEDS_COMMENT, REFUSE, REOPEN, RESUME, Facts, FollowUp, Ignore,
                                    NewTicket, QuarantineIt, ThreadHit, clean_title, decide)
 from gateway.ingest.parse import Limits, ParsedMail, parse
 from gateway.ingest.references import find_reference
-from gateway.ingest.threading import find_ticket, permission
+from gateway.ingest.threading import dmarc_failed, find_ticket, permission
 from gateway.outbound.notify import Notifier
 from store.addresses import key as address_key
 from store.blobs import BlobStore
@@ -81,7 +81,7 @@ class Processor:
             log.warning("<%s> %s referred to %s by %s but may not write into it: a ticket of their own",
                         mail.message_id, mail.from_addr, ticket.number, via)
         return ThreadHit(ticket.number, ticket.status, via, may.allowed, ticket.waiting_reason,
-                         may.approver, may.why)
+                         may.approver, may.why, dmarc_failed(mail, self.config.gateway.authserv_id))
 
     def gather(self, session: Session, inbound: InboundMessage, mail: ParsedMail) -> Facts:
         duplicate_of = None
@@ -189,9 +189,10 @@ class Processor:
         ticket = get_ticket(session, reply.number)
         by = address_key(mail.from_addr)
         reply_to = mail.message_id or None
-        # A reply that cannot reopen is kept for the agents, not shown as a public comment.
+        # A reply that cannot reopen, or whose sender is not proven, is kept for the agents,
+        # not shown as a public comment.
         self.add_message(session, ticket, inbound, mail, body_text=reply.comment,
-                         internal=reply.action == NEEDS_COMMENT)
+                         internal=reply.action in (NEEDS_COMMENT, HOLD))
         ticket.updated_at = utcnow()
         session.add(ticket)
         if reply.action == RESUME:

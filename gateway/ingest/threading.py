@@ -21,6 +21,7 @@ gets a ticket of their own (``gateway.ingest.decide``).
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 
 from sqlmodel import Session, select
@@ -91,6 +92,28 @@ def find_ticket(session: Session, mail: ParsedMail, recipients: list[str], secre
         if ticket is not None:
             return ticket, "tag"
     return None
+
+
+_DMARC = re.compile(r"(?:^|[;\s])dmarc\s*=\s*([a-z]+)", re.IGNORECASE)
+
+
+def dmarc_failed(mail: ParsedMail, authserv_id: str) -> bool:
+    """True when our own MTA (``authserv_id``) says the mail failed DMARC.
+
+    Only Authentication-Results headers that carry our authserv-id count: anyone can write
+    the header, and RFC 8601 §5 has our MTA remove forged ones with its id.  No result, or
+    no id configured, is not a failure: the permission check still applies.
+    """
+    if not authserv_id:
+        return False
+    for value in mail.header_all("authentication-results"):
+        served_by = value.split(";", 1)[0].split()
+        if not served_by or served_by[0].lower() != authserv_id.lower():
+            continue
+        m = _DMARC.search(value)
+        if m and m.group(1).lower() == "fail":
+            return True
+    return False
 
 
 def permission(session: Session, ticket: Ticket, sender: str, own: tuple[str, ...]) -> Permission:
