@@ -184,3 +184,22 @@ def test_plain_mail_is_untouched():
     body = "Le serveur de fichiers ne répond plus depuis ce matin.\nDe plus, l'imprimante est hors ligne."
     got = new_text(body)
     assert got.text == body and got.cut_by is None
+
+
+def test_html_only_replies_are_cut_after_conversion_to_text():
+    from gateway.ingest.htmltext import html_to_text
+
+    outlook = (
+        "<html><body><div>Bonjour,</div><div>Toujours en panne.</div><div id=\"appendonsend\"></div>"
+        "<hr style=\"display:inline-block;width:98%\" tabindex=\"-1\"><div id=\"divRplyFwdMsg\" dir=\"ltr\">"
+        "<font face=\"Calibri, sans-serif\" style=\"font-size:11pt\"><b>De :</b> Helpdesk &lt;helpdesk@localhost&gt;"
+        "<br><b>Envoyé :</b> vendredi 27 novembre 2026 10:00<br><b>À :</b> Marie &lt;m@c.be&gt;<br>"
+        "<b>Objet :</b> [INC-000001] Imprimante</font><div>&nbsp;</div></div><div>Bonjour Marie</div></body></html>"
+    )
+    assert new_text(html_to_text(outlook)).text == "Bonjour,\n\nToujours en panne."
+    gmail = (
+        "<div dir=\"ltr\">Oui, bureau 2.14.</div><br><div class=\"gmail_quote\"><div dir=\"ltr\" "
+        "class=\"gmail_attr\">Le ven. 27 nov. 2026 à 10:00, Helpdesk &lt;helpdesk@localhost&gt; a écrit&nbsp;:<br>"
+        "</div><blockquote class=\"gmail_quote\">Bonjour,<br>Votre ticket est résolu.</blockquote></div>"
+    )
+    assert new_text(html_to_text(gmail)).text == "Oui, bureau 2.14."

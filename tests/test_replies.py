@@ -545,6 +545,19 @@ def test_approval_by_reply_in_french(gw):
     assert "Votre approbation a été enregistrée" in told.subject
 
 
+def test_the_same_approval_sent_again_does_not_act_twice(gw):
+    number = _service_request(gw)
+    ask_approval(gw, number)
+    notif_id, reply_to, subject = last_notification(gw, number)
+    first = outlook_reply(MARIE, "Marie Dupont", f"RE: {subject}", "Approuvé.", reply_to, subject, mid="ap-1@o")
+    assert deliver(gw, first).outcome == "approval"
+    moves = len(history(gw, number))
+    # Sent again (a new Message-ID): the ticket no longer waits for approval; it is a comment.
+    again = outlook_reply(MARIE, "Marie Dupont", f"RE: {subject}", "Approuvé.", reply_to, subject, mid="ap-2@o")
+    assert deliver(gw, again).outcome == "appended"
+    assert len(history(gw, number)) == moves and ticket(gw, number).status == lifecycle.IN_PROGRESS
+
+
 def test_refusal_by_reply_in_dutch_from_an_iphone(gw):
     number = _service_request(gw, JAN, "Jan Peeters", "nl-BE", "sr-nl@klant.be")
     ask_approval(gw, number)
