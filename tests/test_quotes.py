@@ -159,7 +159,7 @@ Envoyé de mon iPhone
 
 
 @pytest.mark.parametrize("body,expected,rule", [
-    (OUTLOOK_FR, "Bonjour,\n\nL'imprimante fonctionne de nouveau, merci.\n\nCordialement,\nMarie", "header-block"),
+    (OUTLOOK_FR, "Bonjour,\n\nL'imprimante fonctionne de nouveau, merci.", "header-block"),
     (OUTLOOK_NL, "Het werkt nog steeds niet.", "header-block"),
     (OUTLOOK_DE, "Bitte noch einmal prüfen.", "separator"),
     (OUTLOOK_EN_SEPARATOR, "Still broken.", "header-block"),
@@ -203,3 +203,14 @@ def test_html_only_replies_are_cut_after_conversion_to_text():
         "</div><blockquote class=\"gmail_quote\">Bonjour,<br>Votre ticket est résolu.</blockquote></div>"
     )
     assert new_text(html_to_text(gmail)).text == "Oui, bureau 2.14."
+
+
+def test_closing_formula_and_short_signature_go_but_not_a_closing_in_the_middle():
+    assert new_text("Het werkt weer.\n\nMet vriendelijke groeten,\nJan Peeters\nICT-coördinator\n+32 2 555 01 23"
+                    ).text == "Het werkt weer."
+    assert new_text("Bitte prüfen.\n\nMit freundlichen Grüßen\nHans Müller").text == "Bitte prüfen."
+    middle = "Kind regards,\nfrom the whole team; but one more thing:\n" + "\n".join(f"step {i}: a long line of "
+                                                                                       f"instructions that matter "
+                                                                                       f"a lot" * 2 for i in range(8))
+    assert new_text(middle).text == middle
+    assert new_text("Cordialement,\nMarie").text == "Cordialement,\nMarie"  # nothing else: keep it

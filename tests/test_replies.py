@@ -284,7 +284,7 @@ def test_outlook_reply_without_in_reply_to_lands_by_its_tag(gw):
     assert (out.outcome, out.ticket) == ("appended", number)
     assert out.detail == "found by tag"
     reply = messages(gw, number, "in")[-1]
-    assert reply.body_text == "Le technicien peut passer cet après-midi, le bureau est le 2.14.\n\nCordialement,\nDupont, Marie"
+    assert reply.body_text == "Le technicien peut passer cet après-midi, le bureau est le 2.14."
     assert "Envoyé : vendredi 27 novembre 2026" in reply.body_full  # the full mail is kept
 
 

@@ -24,12 +24,12 @@ from gateway.ingest.parse import Limits, ParsedMail, parse
 from gateway.ingest.references import find_reference
 from gateway.ingest.threading import dmarc_failed, find_ticket, permission
 from gateway.outbound.notify import Notifier
+from store import lifecycle
 from store.addresses import key as address_key
 from store.blobs import BlobStore
 from store.db import session_for
-from store.models import Attachment, InboundMessage, Person, Ticket, TicketMessage, utcnow
-from store import lifecycle
 from store.lifecycle import StatusData
+from store.models import Attachment, InboundMessage, Person, Ticket, TicketMessage, utcnow
 from store.tickets import change_status, create_ticket, get_or_create_person, get_ticket
 
 log = logging.getLogger("gateway.ingest")

@@ -14,6 +14,9 @@ What is taken off, in the languages of our customers (French, Dutch, English, Ge
   lines, and the ``>`` quoted block below it.  Text that follows a quoted block (an answer
   written between the quotes, or below them) is kept.
 - A signature after a ``-- `` line, and the "Sent from my iPhone" family of mobile footers.
+- A closing formula ("Cordialement,", "Met vriendelijke groeten,", "Kind regards,",
+  "Mit freundlichen Grüßen") near the end of the new text, with the few short lines of
+  name and title below it.
 """
 
 from __future__ import annotations
@@ -63,6 +66,31 @@ _MOBILE = re.compile(
     r"|Von meinem \S+ gesendet|Gesendet von meinem \S+)\s*\.?\s*$",
     re.IGNORECASE,
 )
+
+
+# A closing formula on a line of its own; what follows it (name, title, phone) is the
+# signature when it is short.  Only cut at the end of the new text, so a closing in the
+# middle of a mail never loses what comes after it.
+_CLOSING = re.compile(
+    r"^\s*(?:(?:bien\s+)?cordialement|bien\s+à\s+vous|salutations(?:\s+distinguées)?|sincères\s+salutations"
+    r"|(?:met\s+)?(?:vriendelijke|beste)\s+groet(?:en)?|groeten|mvg"
+    r"|(?:kind|best|warm)\s+regards|regards|best\s+wishes|cheers|sincerely"
+    r"|mit\s+freundlichen\s+grüßen|(?:viele|beste|liebe)\s+grüße|mfg|gruß)\s*[,.!]?\s*$",
+    re.IGNORECASE,
+)
+_MAX_SIGNATURE_LINES = 6
+_MAX_SIGNATURE_LINE = 72
+
+
+def _strip_closing(kept: list[str]) -> tuple[list[str], bool]:
+    for i in range(len(kept) - 1, -1, -1):
+        if _CLOSING.match(kept[i]):
+            tail = [line for line in kept[i + 1:] if line.strip()]
+            if len(tail) <= _MAX_SIGNATURE_LINES and all(len(line) <= _MAX_SIGNATURE_LINE for line in tail):
+                if any(line.strip() for line in kept[:i]):  # never leave a mail without its text
+                    return kept[:i], True
+            return kept, False
+    return kept, False
 
 
 @dataclass(frozen=True)
@@ -141,5 +169,8 @@ def new_text(body: str) -> ReplyText:
             continue
         kept.append(line)
         i += 1
+    kept, closed = _strip_closing(kept)
+    if closed:
+        cut_by = cut_by or "closing"
     text = re.sub(r"\n{3,}", "\n\n", "\n".join(line.rstrip() for line in kept)).strip()
     return ReplyText(text, cut_by)
