@@ -684,3 +684,68 @@ def test_ingest_json_reports_each_outcome(gw, tmp_path):
     got = ingest("5.eml", outlook_reply(MARIE, "Marie", f"RE: [{sr}] Nouvel écran", "Akkoord.", HELPDESK, "x",
                                         mid="cli-5@o"))
     assert (got["outcome"], got["ticket"]) == ("approval", sr)
+
+
+# Over real SMTP ----------------------------------------------------------------------
+def test_reply_over_smtp_to_the_signed_reply_address(tmp_path, postgres_url):
+    """The whole path: the customer's mail and their reply to the notification's Reply-To
+    go through the gateway's own SMTP listener, on PostgreSQL; the reply lands by token."""
+    import signal
+    import smtplib
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT, free_port, wait_for_port
+
+    port = free_port()
+    config = tmp_path / "config.toml"
+    config.write_text(f'[database]\nurl = "{postgres_url}"\n[smtp]\nport = {port}\n')
+    env = dict(__import__("os").environ, PYTHONPATH=str(ROOT))
+    env.pop("GATEWAY_CONFIG", None)
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "--config", str(config), "serve"], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for_port(port, proc=proc)
+        outbox = tmp_path / "var" / "outbox"
+
+        def wait_for_mails(n: int) -> list:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                files = sorted(outbox.glob("*.eml")) if outbox.is_dir() else []
+                if len(files) >= n:
+                    return [email.message_from_bytes(f.read_bytes(), policy=email.policy.default) for f in files]
+                time.sleep(0.2)
+            raise AssertionError(f"{n} notifications expected in {outbox}")
+
+        with smtplib.SMTP("127.0.0.1", port) as smtp:
+            smtp.sendmail(MARIE, [HELPDESK], first_mail(MARIE, "Marie Dupont", "Imprimante en panne", "Erreur 49.",
+                                                        mid="smtp-1@client.be"))
+        (ack,) = wait_for_mails(1)
+        reply_to = getaddresses([str(ack["Reply-To"])])[0][1]
+        number = str(ack["Subject"]).split("]")[0].lstrip("[")
+        # The customer's mail program answers to Reply-To, with a subject it rewrote.
+        with smtplib.SMTP("127.0.0.1", port) as smtp:
+            smtp.sendmail(MARIE, [reply_to], gmail_reply(MARIE, "Marie Dupont", "Re: imprimante", "Bureau 2.14.",
+                                                         mid="smtp-2@mail.gmail.com", in_reply_to=None, to=reply_to))
+        from gateway.app import App
+        from gateway.config import load_config
+
+        app = App(load_config(config, env={}))
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and len(messages(app, number, "in")) < 2:
+                time.sleep(0.2)
+            reply = messages(app, number, "in")[-1]
+            assert (reply.body_text, reply.message_id) == ("Bureau 2.14.", "smtp-2@mail.gmail.com")
+            with session_for(app.engine) as s:
+                inbound = s.get(InboundMessage, reply.inbound_id)
+                assert (inbound.outcome, inbound.detail, inbound.rcpt_to) == ("appended", "found by token", reply_to)
+        finally:
+            app.engine.dispose()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
