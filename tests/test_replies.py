@@ -529,6 +529,20 @@ def _service_request(gw, sender=MARIE, name="Marie Dupont", lang="fr-BE", mid="s
     return out.ticket
 
 
+def test_thanks_to_a_closed_ticket_opens_nothing(gw):
+    number = open_ticket(gw)
+    solve(gw, number)
+    agent_moves(gw, number, (lifecycle.CLOSED, StatusData()))
+    notif_id, reply_to, subject = last_notification(gw, number)
+    out = deliver(gw, gmail_reply(MARIE, "Marie Dupont", f"Re: {subject}", "Merci !", mid="c2@mail.gmail.com",
+                                  in_reply_to=notif_id, to=reply_to))
+    assert (out.outcome, out.ticket) == ("ignored", number)
+    with session_for(gw.engine) as s:
+        assert len(s.exec(select(Ticket)).all()) == 1
+        assert s.exec(select(InboundMessage).where(InboundMessage.message_id == "c2@mail.gmail.com")).one().state \
+            == "processed"
+
+
 def test_approval_by_reply_in_french(gw):
     number = _service_request(gw)
     ask_approval(gw, number)

@@ -83,7 +83,7 @@ class FollowUp:
 
 @dataclass(frozen=True)
 class Ignore:
-    outcome: str  # duplicate | auto-reply | bounce | rejected
+    outcome: str  # duplicate | auto-reply | bounce | rejected | loop | ignored
     detail: str
     ticket: str | None = None
 
@@ -197,6 +197,11 @@ def decide(mail: ParsedMail, facts: Facts) -> Decision:
         if facts.thread.status == lifecycle.CLOSED:
             # Closed is final (manual §1.4.2): a new problem needs a new ticket.
             reply = new_text(mail.text)
+            if (not reply.text or only_thanks(reply.text)) and not mail.attachments:
+                # "Thanks" to the closing mail is no new problem: a new ticket would be noise.
+                # The mail stays in the inbound store with this outcome.
+                return Ignore("ignored", f"no new text or only thanks for {facts.thread.number}, which is Closed",
+                              facts.thread.number)
             return NewTicket(facts.process, clean_title(mail.subject), facts.reference,
                              linked_to=facts.thread.number, description=reply.text or mail.text)
         return decide_reply(mail, facts.thread)
