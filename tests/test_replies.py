@@ -346,7 +346,7 @@ def test_forged_tag_from_a_stranger_adds_nothing_to_the_victims_ticket(gw):
     own = ticket(gw, out.ticket)
     assert victim not in own.title and own.title == "Imprimante en panne au 2e étage"
     notes = [m.body_text for m in messages(gw, out.ticket, "note")]
-    assert any(victim in n for n in notes) and all(m.internal for m in messages(gw, out.ticket, "note"))
+    assert any(victim in n and "(by tag)" in n for n in notes) and all(m.internal for m in messages(gw, out.ticket, "note"))
     # The stranger's acknowledgement goes to the stranger only, and names only their own ticket.
     (ack,) = notifications(gw, out.ticket)
     assert ack.recipients == MALLORY and victim not in ack.raw.decode("utf-8", "replace")

@@ -50,6 +50,7 @@ class NewTicket:
     refers_to: str | None = None  # a ticket the sender referred to but may not write into
     linked_to: str | None = None  # the Closed ticket this reply came to (a new problem, a new ticket)
     description: str | None = None  # None: the whole text of the mail
+    refers_via: str | None = None  # how the mail referred to ``refers_to``: message-id | token | tag
 
     @property
     def outcome(self) -> str:
@@ -193,7 +194,8 @@ def decide(mail: ParsedMail, facts: Facts) -> Decision:
             return Ignore("loop", f"sent from our own address {mail.from_addr}", facts.thread.number)
         if not facts.thread.sender_allowed:
             # Whatever header, tag or token they copied: a ticket of their own.
-            return NewTicket(facts.process, clean_title(mail.subject), facts.reference, facts.thread.number)
+            return NewTicket(facts.process, clean_title(mail.subject), facts.reference, facts.thread.number,
+                             refers_via=facts.thread.via)
         if facts.thread.status == lifecycle.CLOSED:
             # Closed is final (manual §1.4.2): a new problem needs a new ticket.
             reply = new_text(mail.text)

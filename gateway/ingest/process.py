@@ -163,8 +163,8 @@ class Processor:
         self.add_message(session, ticket, inbound, mail, body_text=decision.description)
         if decision.refers_to:
             session.add(TicketMessage(ticket_id=ticket.id, direction="note", internal=True,
-                                      body_text=f"The sender referred to {decision.refers_to}, which they may not "
-                                                f"write into; this new ticket was opened instead."))
+                                      body_text=f"The sender referred to {decision.refers_to} (by {decision.refers_via}), "
+                                                f"which they may not write into; this new ticket was opened instead."))
         if linked is not None:
             session.add(TicketMessage(ticket_id=ticket.id, direction="note", internal=True,
                                       body_text=f"Opened from a reply to {linked.number}, which is Closed."))
