@@ -39,6 +39,9 @@ class GatewaySection:
     message_id_domain: str = ""
     # Secret for the signed reply addresses; set it from the environment in production.
     secret: str = "change-me"
+    # authserv-id of our own MTA's Authentication-Results (RFC 8601); empty: not read.
+    # A reply whose DMARC result from that MTA is "fail" changes nothing on its ticket.
+    authserv_id: str = ""
     # Catch-all: accept any local part at the helpdesk domains (else 550 on unknown ones).
     catch_all: bool = False
     # What to do with a mail from an unknown sender: create, reject or quarantine.

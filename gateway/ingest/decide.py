@@ -6,11 +6,15 @@ facts into a ``Facts`` and applies the ``Decision`` in one transaction.
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from dataclasses import dataclass
 
 from gateway.ingest.automatic import Automatic
 from gateway.ingest.parse import ParsedMail
-from gateway.ingest.references import Reference, title_from_subject
+from gateway.ingest.quotes import new_text
+from gateway.ingest.references import TAG, Reference, title_from_subject
+from store import lifecycle
 
 
 @dataclass(frozen=True)
@@ -21,6 +25,12 @@ class ThreadHit:
     status: str
     via: str  # message-id | token | tag
     sender_allowed: bool
+    waiting_reason: str | None = None
+    # Reporting or Affected Person: the people whose approval a ticket waits for.
+    sender_is_approver: bool = False
+    why: str = ""  # reporting | affected | thread | company | own | stranger
+    # Our MTA says the From fails DMARC: anyone may have written it.
+    dmarc_failed: bool = False
 
 
 @dataclass(frozen=True)
@@ -38,17 +48,43 @@ class NewTicket:
     title: str
     reference: Reference | None
     refers_to: str | None = None  # a ticket the sender referred to but may not write into
+    linked_to: str | None = None  # the Closed ticket this reply came to (a new problem, a new ticket)
+    description: str | None = None  # None: the whole text of the mail
+    refers_via: str | None = None  # how the mail referred to ``refers_to``: message-id | token | tag
+
+    @property
+    def outcome(self) -> str:
+        return "new-from-closed" if self.linked_to else "created"
+
+
+# What a reply does to its ticket.
+APPEND = "append"  # added as a comment, nothing else
+RESUME = "resume"  # Waiting for the customer -> In progress
+REOPEN = "reopen"  # Solved -> In progress, the new text being the required comment
+NEEDS_COMMENT = "needs-comment"  # Solved, no new text: stays Solved, the customer is told
+APPROVE = "approve"  # Approval -> In progress
+REFUSE = "refuse"  # Approval -> Rejected, the text being the reason
+HOLD = "hold"  # kept for the agents (internal), changes nothing: the sender is not proven
 
 
 @dataclass(frozen=True)
 class FollowUp:
     number: str
     via: str
+    comment: str = ""  # the new text of the mail (quotes and signature off)
+    action: str = APPEND
+    detail: str = ""
+    cut_by: str | None = None  # the rule that cut the quoted history, for the agent
+
+    @property
+    def outcome(self) -> str:
+        return {REOPEN: "reopened", APPROVE: "approval", REFUSE: "approval",
+                NEEDS_COMMENT: "needs-comment", HOLD: "held"}.get(self.action, "appended")
 
 
 @dataclass(frozen=True)
 class Ignore:
-    outcome: str  # duplicate | auto-reply | bounce | rejected
+    outcome: str  # duplicate | auto-reply | bounce | rejected | loop | ignored
     detail: str
     ticket: str | None = None
 
@@ -61,6 +97,90 @@ class QuarantineIt:
 Decision = NewTicket | FollowUp | Ignore | QuarantineIt
 
 
+# First words of an answer to an approval request, in French, Dutch, English and German.
+# Only the first word of the new text counts: "approved" further down, in a quote or after
+# "not" is no decision (see approval_word).
+APPROVAL_WORDS = frozenset({
+    "approve", "approved", "approuve", "approuvé", "approuvée", "approuver", "accord", "d'accord", "accordé",
+    "akkoord", "goedgekeurd", "goedkeuren", "genehmigt", "genehmige",
+})
+REFUSAL_WORDS = frozenset({
+    "reject", "rejected", "refuse", "refused", "refusé", "refusée", "refuser",
+    "afgewezen", "geweigerd", "weiger", "abgelehnt", "ablehnen", "lehne",
+})
+_FIRST_WORD = re.compile(r"^[\s*_\"'«»“”]*([\w'’-]+)", re.UNICODE)
+# A reply that only says thanks does not reopen a Solved ticket: the customer agrees.
+_THANKS = re.compile(
+    r"^(?:(?:merci|thanks?|thank\s+you|thx|bedankt|dank\s*(?:je|u)(?:wel)?|dankjewel|danke|vielen\s+dank"
+    r"|parfait|perfect|super|top|great|prima|ok|okay)(?:\s+(?:beaucoup|bien|a\s+lot|very\s+much|so\s+much"
+    r"|schön|sehr|veel|wel|à\s+vous|voor\s+de\s+hulp|for\s+your\s+help|pour\s+votre\s+aide|für\s+ihre\s+hilfe))*"
+    r"[\s!.,:;)(👍🙂😊]*)+(?:[A-Z][\w.-]*)?[\s!.]*$",
+    re.IGNORECASE | re.UNICODE,
+)
+
+
+def approval_word(text: str) -> str | None:
+    """``approve`` or ``refuse`` when the text starts with one of the words, else None."""
+    m = _FIRST_WORD.match(unicodedata.normalize("NFC", text))
+    if not m:
+        return None
+    word = m.group(1).lower().replace("’", "'").strip("-'")
+    if word in APPROVAL_WORDS:
+        return APPROVE
+    if word in REFUSAL_WORDS:
+        return REFUSE
+    return None
+
+
+def only_thanks(text: str) -> bool:
+    return bool(text) and len(text) <= 80 and bool(_THANKS.match(" ".join(text.split())))
+
+
+_PREFIXES = re.compile(r"^(?:\s*(?:(?:re|aw|tr|wg|antw|fwd?|sv|vs|réf)\s*:|\[external\]|\[extern\]))+",
+                       re.IGNORECASE)
+
+
+def clean_title(subject: str) -> str:
+    """A subject for a new ticket: without other tickets' tags, reply prefixes or reference."""
+    title = TAG.sub(" ", title_from_subject(subject))
+    prev = None
+    while prev != title:
+        prev = title
+        title = _PREFIXES.sub("", title).strip()
+    return " ".join(title.split())
+
+
+def decide_reply(mail: ParsedMail, thread: ThreadHit) -> FollowUp:
+    """What an allowed sender's reply does to the ticket, from its status."""
+    reply = new_text(mail.text)
+    text = reply.text
+
+    def follow(action: str, detail: str) -> FollowUp:
+        return FollowUp(thread.number, thread.via, text, action, detail, reply.cut_by)
+
+    if thread.dmarc_failed:
+        # A forged From could otherwise reopen, approve or refuse in someone's name.
+        return follow(HOLD, "DMARC failed: kept for the agents, no action taken")
+
+    if thread.status == lifecycle.SOLVED:
+        if not text:
+            return follow(NEEDS_COMMENT, "no new text: a comment is needed to reopen")
+        if only_thanks(text):
+            return follow(APPEND, "only thanks: the ticket stays Solved")
+        return follow(REOPEN, "reopened by the customer's comment")
+    if thread.status == lifecycle.APPROVAL:
+        word = approval_word(text)
+        if word and thread.sender_is_approver:
+            return follow(word, "approved by mail" if word == APPROVE else "refused by mail")
+        if word:
+            return follow(APPEND, f"not an approver ({thread.why}): added as a comment, approval pending")
+        return follow(APPEND, "no clear approval or refusal: added as a comment, approval pending")
+    if (thread.status == lifecycle.WAITING and thread.waiting_reason in lifecycle.CUSTOMER_WAITING_REASONS
+            and (text or mail.attachments)):
+        return follow(RESUME, f"the customer answered ({thread.waiting_reason})")
+    return follow(APPEND, f"found by {thread.via}")
+
+
 def decide(mail: ParsedMail, facts: Facts) -> Decision:
     if facts.duplicate_of:
         return Ignore("duplicate", f"Message-ID already on {facts.duplicate_of}", facts.duplicate_of)
@@ -70,7 +190,21 @@ def decide(mail: ParsedMail, facts: Facts) -> Decision:
     if not mail.from_addr:
         return QuarantineIt("no sender address (From) to answer or to file the ticket under")
     if facts.thread is not None:
-        if facts.thread.sender_allowed:
-            return FollowUp(facts.thread.number, facts.thread.via)
-        return NewTicket(facts.process, title_from_subject(mail.subject), facts.reference, facts.thread.number)
+        if facts.thread.why == "own":
+            return Ignore("loop", f"sent from our own address {mail.from_addr}", facts.thread.number)
+        if not facts.thread.sender_allowed:
+            # Whatever header, tag or token they copied: a ticket of their own.
+            return NewTicket(facts.process, clean_title(mail.subject), facts.reference, facts.thread.number,
+                             refers_via=facts.thread.via)
+        if facts.thread.status == lifecycle.CLOSED:
+            # Closed is final (manual §1.4.2): a new problem needs a new ticket.
+            reply = new_text(mail.text)
+            if (not reply.text or only_thanks(reply.text)) and not mail.attachments:
+                # "Thanks" to the closing mail is no new problem: a new ticket would be noise.
+                # The mail stays in the inbound store with this outcome.
+                return Ignore("ignored", f"no new text or only thanks for {facts.thread.number}, which is Closed",
+                              facts.thread.number)
+            return NewTicket(facts.process, clean_title(mail.subject), facts.reference,
+                             linked_to=facts.thread.number, description=reply.text or mail.text)
+        return decide_reply(mail, facts.thread)
     return NewTicket(facts.process, title_from_subject(mail.subject), facts.reference)

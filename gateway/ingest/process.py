@@ -18,16 +18,19 @@ from sqlmodel import Session, col, select
 from gateway.config import Config
 from gateway.errors import Quarantine
 from gateway.ingest.automatic import classify
-from gateway.ingest.decide import Facts, FollowUp, Ignore, NewTicket, QuarantineIt, ThreadHit, decide
+from gateway.ingest.decide import (APPROVE, HOLD, NEEDS_COMMENT, REFUSE, REOPEN, RESUME, Facts, FollowUp, Ignore,
+                                   NewTicket, QuarantineIt, ThreadHit, clean_title, decide)
 from gateway.ingest.parse import Limits, ParsedMail, parse
-from gateway.ingest.references import find_reference, ticket_tags
+from gateway.ingest.references import find_reference
+from gateway.ingest.threading import dmarc_failed, find_ticket, permission
 from gateway.outbound.notify import Notifier
-from gateway.tokens import verify_reply_address
+from store import lifecycle
 from store.addresses import key as address_key
 from store.blobs import BlobStore
 from store.db import session_for
+from store.lifecycle import StatusData
 from store.models import Attachment, InboundMessage, Person, Ticket, TicketMessage, utcnow
-from store.tickets import create_ticket, get_or_create_person
+from store.tickets import change_status, create_ticket, get_or_create_person, get_ticket
 
 log = logging.getLogger("gateway.ingest")
 
@@ -66,57 +69,32 @@ class Processor:
                 return routes[plain]
         return self.config.routing.default_process
 
-    def may_write(self, session: Session, ticket: Ticket, sender: str) -> bool:
-        """Reporting or Affected Person, someone on the thread, or someone with access to
-        their company's tickets."""
-        sender = address_key(sender)
-        people = [session.get(Person, ticket.reporting_person_id), session.get(Person, ticket.affected_person_id)]
-        if any(p is not None and p.email == sender for p in people):
-            return True
-        for msg in session.exec(select(TicketMessage).where(TicketMessage.ticket_id == ticket.id)):
-            on_thread = [address_key(a) for a in (msg.to_addrs + "," + msg.cc_addrs).split(",") if a]
-            if msg.direction == "in":
-                on_thread.append(address_key(msg.from_addr))
-            if sender in on_thread:
-                return True
-        person = session.exec(select(Person).where(Person.email == sender)).first()
-        if person is not None and person.company_access and person.company:
-            return any(p is not None and p.company == person.company for p in people)
-        return False
-
     def find_thread(self, session: Session, inbound: InboundMessage, mail: ParsedMail) -> ThreadHit | None:
-        def hit(ticket: Ticket, via: str) -> ThreadHit:
-            return ThreadHit(ticket.number, ticket.status, via, self.may_write(session, ticket, mail.from_addr))
-
-        ids = [m for m in (*mail.in_reply_to, *reversed(mail.references)) if m]
-        if ids:
-            row = session.exec(
-                select(TicketMessage.ticket_id).where(col(TicketMessage.message_id).in_(ids)).order_by(
-                    col(TicketMessage.id).desc())
-            ).first()
-            if row is not None:
-                return hit(session.get(Ticket, row), "message-id")
-        for addr in [a for a in inbound.rcpt_to.split(",") if a] + list(mail.to) + list(mail.cc):
-            number = verify_reply_address(self.config.gateway.secret, addr)
-            if number:
-                ticket = session.exec(select(Ticket).where(Ticket.number == number)).first()
-                if ticket is not None:
-                    return hit(ticket, "token")
-        for number in ticket_tags(mail.subject):
-            ticket = session.exec(select(Ticket).where(Ticket.number == number)).first()
-            if ticket is not None:
-                return hit(ticket, "tag")
-        return None
+        """The ticket the mail answers (``gateway.ingest.threading``) and what its sender may do."""
+        recipients = [a for a in inbound.rcpt_to.split(",") if a] + list(mail.to) + list(mail.cc)
+        found = find_ticket(session, mail, recipients, self.config.gateway.secret, self.own)
+        if found is None:
+            return None
+        ticket, via = found
+        may = permission(session, ticket, mail.from_addr, self.own)
+        if not may.allowed:
+            log.warning("<%s> %s referred to %s by %s but may not write into it: a ticket of their own",
+                        mail.message_id, mail.from_addr, ticket.number, via)
+        return ThreadHit(ticket.number, ticket.status, via, may.allowed, ticket.waiting_reason,
+                         may.approver, may.why, dmarc_failed(mail, self.config.gateway.authserv_id))
 
     def gather(self, session: Session, inbound: InboundMessage, mail: ParsedMail) -> Facts:
         duplicate_of = None
         if mail.message_id:
-            row = session.exec(
-                select(Ticket.number)
+            # The same mail delivered twice (other Received lines, so other bytes) has the
+            # same Message-ID and sender.  A different sender reusing a Message-ID is not a
+            # copy: dropping it would let anyone silence a mail by sending its ID first.
+            rows = session.exec(
+                select(Ticket.number, TicketMessage.from_addr)
                 .join(TicketMessage, col(TicketMessage.ticket_id) == col(Ticket.id))
                 .where(TicketMessage.message_id == mail.message_id, TicketMessage.direction == "in")
-            ).first()
-            duplicate_of = row
+            ).all()
+            duplicate_of = next((n for n, f in rows if address_key(f) == address_key(mail.from_addr)), None)
         automatic = classify(mail, self.own)
         thread = None if automatic else self.find_thread(session, inbound, mail)
         return Facts(
@@ -133,10 +111,11 @@ class Processor:
         return lang if lang in ("fr", "nl", "en", "de") else self.config.gateway.default_language
 
     def add_message(self, session: Session, ticket: Ticket, inbound: InboundMessage, mail: ParsedMail,
-                    body_text: str | None = None) -> TicketMessage:
+                    body_text: str | None = None, internal: bool = False) -> TicketMessage:
         msg = TicketMessage(
             ticket_id=ticket.id,
             direction="in",
+            internal=internal,
             from_addr=mail.from_addr,
             to_addrs=",".join(mail.to),
             cc_addrs=",".join(mail.cc),
@@ -162,31 +141,85 @@ class Processor:
         if isinstance(decision, QuarantineIt):
             return Outcome(source, mid, "quarantined", None, decision.reason)
         if isinstance(decision, FollowUp):
-            ticket = session.exec(select(Ticket).where(Ticket.number == decision.number)).one()
-            self.add_message(session, ticket, inbound, mail)
-            ticket.updated_at = utcnow()
-            session.add(ticket)
-            return Outcome(source, mid, "appended", ticket.number, f"found by {decision.via}")
+            return self.apply_reply(session, inbound, mail, decision)
         assert isinstance(decision, NewTicket)
         person, _created = get_or_create_person(session, mail.from_addr, mail.from_name, self.language_of(mail))
+        linked = get_ticket(session, decision.linked_to) if decision.linked_to else None
+        title = decision.title
+        if linked is not None and self._answers_our_subject(session, linked, title):
+            # A reply to one of our mails: its subject is our wording, the closed ticket's title is theirs.
+            title = linked.title
         ticket = create_ticket(
             session,
             process=decision.process,
-            title=decision.title,
-            description=mail.text,
+            title=title,
+            description=mail.text if decision.description is None else decision.description,
             reporter=person,
             reference=decision.reference.value if decision.reference else None,
             reference_source=decision.reference.source if decision.reference else None,
             by=person.email,
+            linked=linked,
         )
-        self.add_message(session, ticket, inbound, mail)
+        self.add_message(session, ticket, inbound, mail, body_text=decision.description)
         if decision.refers_to:
             session.add(TicketMessage(ticket_id=ticket.id, direction="note", internal=True,
-                                      body_text=f"The sender referred to {decision.refers_to}, which they may not "
-                                                f"write into; this new ticket was opened instead."))
-        self.notifier.enqueue(session, ticket, "new", in_reply_to=mail.message_id or None,
-                              auto_submitted="auto-replied")
-        return Outcome(source, mid, "created", ticket.number, None)
+                                      body_text=f"The sender referred to {decision.refers_to} (by {decision.refers_via}), "
+                                                f"which they may not write into; this new ticket was opened instead."))
+        if linked is not None:
+            session.add(TicketMessage(ticket_id=ticket.id, direction="note", internal=True,
+                                      body_text=f"Opened from a reply to {linked.number}, which is Closed."))
+            self.notifier.enqueue(session, ticket, "closed-new-ticket", in_reply_to=mail.message_id or None,
+                                  auto_submitted="auto-replied", extra={"closed_ticket": linked})
+        else:
+            self.notifier.enqueue(session, ticket, "new", in_reply_to=mail.message_id or None,
+                                  auto_submitted="auto-replied")
+        detail = f"follows {linked.number}, which is Closed" if linked is not None else (
+            f"sender may not write into {decision.refers_to}" if decision.refers_to else None)
+        return Outcome(source, mid, decision.outcome, ticket.number, detail)
+
+    @staticmethod
+    def _answers_our_subject(session: Session, ticket: Ticket, title: str) -> bool:
+        sent = session.exec(select(TicketMessage.subject).where(TicketMessage.ticket_id == ticket.id,
+                                                                TicketMessage.direction == "out"))
+        return any(clean_title(subject) == title for subject in sent) or title == ticket.title
+
+    def apply_reply(self, session: Session, inbound: InboundMessage, mail: ParsedMail, reply: FollowUp) -> Outcome:
+        """Add an allowed sender's reply to its ticket and do what it asks, in the caller's
+        transaction: the comment, the status change and the mail land together or not at all."""
+        ticket = get_ticket(session, reply.number)
+        by = address_key(mail.from_addr)
+        reply_to = mail.message_id or None
+        # A reply that cannot reopen, or whose sender is not proven, is kept for the agents,
+        # not shown as a public comment.
+        self.add_message(session, ticket, inbound, mail, body_text=reply.comment,
+                         internal=reply.action in (NEEDS_COMMENT, HOLD))
+        ticket.updated_at = utcnow()
+        session.add(ticket)
+        if reply.action == RESUME:
+            change_status(session, ticket, lifecycle.IN_PROGRESS,
+                          StatusData(note=f"The customer answered by mail ({by}); the work resumes."), by=by)
+        elif reply.action == REOPEN:
+            change_status(session, ticket, lifecycle.IN_PROGRESS, StatusData(note=reply.comment), by=by)
+        elif reply.action == NEEDS_COMMENT:
+            sender, _ = get_or_create_person(session, mail.from_addr, mail.from_name, self.language_of(mail))
+            self.notifier.enqueue(session, ticket, "reopen-needs-comment", in_reply_to=reply_to,
+                                  auto_submitted="auto-replied", only=[sender])
+        elif reply.action in (APPROVE, REFUSE):
+            approved = reply.action == APPROVE
+            word = "approved" if approved else "refused"
+            if approved:
+                change_status(session, ticket, lifecycle.IN_PROGRESS,
+                              StatusData(note=f"Approved by {by} by mail: {reply.comment}"), by=by)
+            else:
+                change_status(session, ticket, lifecycle.REJECTED,
+                              StatusData(reason=reply.comment, note=f"Refused by {by} by mail: {reply.comment}"),
+                              by=by)
+            self.notifier.enqueue(session, ticket, "approval-recorded", in_reply_to=reply_to,
+                                  auto_submitted="auto-replied",
+                                  extra={"decision": word, "approver": mail.from_name or by,
+                                         "answer": reply.comment})
+        log.info("<%s> %s %s: %s", mail.message_id, ticket.number, reply.action, reply.detail)
+        return Outcome(inbound.source, mail.message_id, reply.outcome, ticket.number, reply.detail)
 
     # Driving --------------------------------------------------------------------------
     def process(self, inbound_id: int) -> Outcome:

@@ -1,0 +1,146 @@
+"""Which ticket a mail answers, and whether its sender may write into that ticket.
+
+Finding the ticket, in this order (the first key that names a ticket wins):
+
+1. ``In-Reply-To``, then ``References`` from the newest: a Message-ID that the gateway sent
+   or received on a ticket.
+2. A signed reply address (``helpdesk+INC-000001.<token>@…``) among the envelope
+   recipients, To and Cc; a token that does not verify counts for nothing.
+3. The subject tag ``[INC-000001]``, whatever prefixes mail programs put before it.
+
+The personal reference ``##…##`` is not a thread key: two customers may use the same one.
+
+Every key can be copied by someone else (a forwarded notification, a guessed number, a
+References header pasted from another mail), so finding a ticket proves nothing about the
+sender.  ``permission`` then says whether the sender may write into it: the Reporting or
+Affected Person, someone who was on the thread (To or Cc of its mails, or the sender of a
+mail accepted on it), or someone granted access to their company's tickets.  Everyone else
+gets a ticket of their own (``gateway.ingest.decide``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+from sqlmodel import Session, select
+
+from gateway.ingest.parse import ParsedMail
+from gateway.ingest.references import ticket_tags
+from gateway.tokens import verify_reply_address
+from store.addresses import all_addresses, key as address_key, strip_tag
+from store.models import Person, Ticket, TicketMessage
+
+log = logging.getLogger("gateway.ingest")
+
+# A References header can be long; a real thread never needs more than its newest ids.
+MAX_REFERENCES = 50
+
+
+@dataclass(frozen=True)
+class Permission:
+    allowed: bool
+    approver: bool  # Reporting or Affected Person: may approve or refuse by mail
+    why: str  # reporting | affected | thread | company | own | stranger
+
+
+def _ticket_by_number(session: Session, number: str) -> Ticket | None:
+    return session.exec(select(Ticket).where(Ticket.number == number.upper())).first()
+
+
+def _ticket_by_message_id(session: Session, message_id: str) -> Ticket | None:
+    # Mails that are notes of a stranger's new ticket carry no thread; only mails that
+    # were on a ticket's thread (in or out) count.
+    row = session.exec(
+        select(TicketMessage.ticket_id)
+        .where(TicketMessage.message_id == message_id, TicketMessage.direction != "note")
+        .order_by(TicketMessage.id.desc())  # type: ignore[union-attr]
+    ).first()
+    return session.get(Ticket, row) if row is not None else None
+
+
+def is_own(address: str, own: tuple[str, ...]) -> bool:
+    """One of our addresses, with or without a ``+`` tag, in any case of the domain."""
+    plain = strip_tag(address)
+    return plain in {strip_tag(a) for a in own}
+
+
+def find_ticket(session: Session, mail: ParsedMail, recipients: list[str], secret: str,
+                own: tuple[str, ...]) -> tuple[Ticket, str] | None:
+    """The ticket the mail answers and the key that found it (message-id | token | tag)."""
+    ids = [m for m in mail.in_reply_to if m] + [m for m in reversed(mail.references) if m][:MAX_REFERENCES]
+    seen: set[str] = set()
+    for mid in ids:
+        if mid in seen:
+            continue
+        seen.add(mid)
+        ticket = _ticket_by_message_id(session, mid)
+        if ticket is not None:
+            return ticket, "message-id"
+    for addr in recipients:
+        # Only a token on one of our own addresses: the same local part elsewhere is not ours.
+        if not is_own(addr, own):
+            continue
+        number = verify_reply_address(secret, address_key(addr))
+        if number:
+            ticket = _ticket_by_number(session, number)
+            if ticket is not None:
+                return ticket, "token"
+    for number in ticket_tags(mail.subject):
+        ticket = _ticket_by_number(session, number)
+        if ticket is not None:
+            return ticket, "tag"
+    return None
+
+
+_DMARC = re.compile(r"(?:^|[;\s])dmarc\s*=\s*([a-z]+)", re.IGNORECASE)
+
+
+def dmarc_failed(mail: ParsedMail, authserv_id: str) -> bool:
+    """True when our own MTA (``authserv_id``) says the mail failed DMARC.
+
+    Only Authentication-Results headers that carry our authserv-id count: anyone can write
+    the header, and RFC 8601 §5 has our MTA remove forged ones with its id.  No result, or
+    no id configured, is not a failure: the permission check still applies.
+    """
+    if not authserv_id:
+        return False
+    for value in mail.header_all("authentication-results"):
+        served_by = value.split(";", 1)[0].split()
+        if not served_by or served_by[0].lower() != authserv_id.lower():
+            continue
+        m = _DMARC.search(value)
+        if m and m.group(1).lower() == "fail":
+            return True
+    return False
+
+
+def permission(session: Session, ticket: Ticket, sender: str, own: tuple[str, ...]) -> Permission:
+    """May ``sender`` write into ``ticket``?  Addresses are compared as mail does: the
+    display name and the case do not matter."""
+    sender = address_key(sender)
+    if not sender:
+        return Permission(False, False, "stranger")
+    if is_own(sender, own):
+        # Our own address, tagged or not: our mail coming back, never a person's reply.
+        return Permission(False, False, "own")
+    reporter = session.get(Person, ticket.reporting_person_id)
+    affected = session.get(Person, ticket.affected_person_id)
+    if reporter is not None and address_key(reporter.email) == sender:
+        return Permission(True, True, "reporting")
+    if affected is not None and address_key(affected.email) == sender:
+        return Permission(True, True, "affected")
+    for msg in session.exec(select(TicketMessage).where(TicketMessage.ticket_id == ticket.id,
+                                                        TicketMessage.direction != "note")):
+        on_thread = all_addresses(msg.to_addrs.replace(",", ", "), msg.cc_addrs.replace(",", ", "))
+        if msg.direction == "in":
+            on_thread.append(address_key(msg.from_addr))
+        # Our own addresses on a thread grant nothing to anyone.
+        if sender in [a for a in on_thread if not is_own(a, own)]:
+            return Permission(True, False, "thread")
+    person = session.exec(select(Person).where(Person.email == sender)).first()
+    if person is not None and person.company_access and person.company:
+        if any(p is not None and p.company == person.company for p in (reporter, affected)):
+            return Permission(True, False, "company")
+    return Permission(False, False, "stranger")
