@@ -1,8 +1,10 @@
 """Signed reply addresses: ``helpdesk+INC-000001.k3j9f2ab@example.com``.
 
 The token is an HMAC-SHA256 of the ticket number under the configured secret, cut to
-10 hex digits: enough that guessing one is hopeless for a mail-borne attacker, short
-enough for every mail program to keep.  A token that does not verify counts for nothing.
+20 hex digits (80 bits): guessing one is hopeless for a mail-borne attacker, and the
+address stays within the 64 characters a local part may have.  A token alone is never
+authority: the sender must also be allowed on the ticket (gateway.ingest.threading).
+A token that does not verify counts for nothing.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import hashlib
 import hmac
 import re
 
-_TOKEN_LEN = 10
+_TOKEN_LEN = 20
 _TAGGED = re.compile(r"^(?P<local>[^+@]+)\+(?P<number>(?:INC|SR|CHG)-\d{6})\.(?P<token>[0-9a-f]+)@(?P<domain>.+)$",
                      re.IGNORECASE)
 
