@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from store import lifecycle
 from store.db import PROCESS_PREFIX, session_for
@@ -145,6 +145,10 @@ def convert_to_change(app, number: str, *, by: str = "agent", note: str | None =
         if original.process not in lifecycle.CONVERTIBLE_PROCESSES:
             raise LifecycleError(f"{original.number} is a {original.process}: only an Incident or a Service Request "
                                  f"can be converted to a Change")
+        existing = session.exec(select(Ticket.number).where(Ticket.linked_ticket_id == original.id,
+                                                            Ticket.process == "change")).first()
+        if existing:
+            raise LifecycleError(f"{original.number} was already converted to {existing}")
         # Refuse before creating anything when the original may not wait.
         data = StatusData(waiting_reason="rfc", note=note)
         lifecycle.check_transition(original.process, original.status, lifecycle.WAITING, data)
