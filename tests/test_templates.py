@@ -10,12 +10,17 @@ import shutil
 
 import pytest
 from babel.messages.pofile import read_po
+from sqlmodel import select
 
 from conftest import run_gateway
+from gateway import actions
 from gateway.app import App
 from gateway.config import load_config
 from gateway.outbound.render import EVENTS, LANGUAGES, SHIPPED_DIR, compile_catalogs
 from gateway.commands.templates import run_check
+from store.db import session_for
+from store.lifecycle import StatusData
+from store.models import Outbox, Person
 
 MANUAL_EVENTS = ("new", "rejected", "waiting", "postponed", "planned", "solved", "approval")
 LOCALE = SHIPPED_DIR / "locale"
@@ -159,3 +164,29 @@ def test_compiled_catalogs_are_read_by_gettext(tmp_path):
     assert sorted(p.parent.parent.name for p in written) == sorted(LANGUAGES)
     with open(tmp_path / "locale" / "de" / "LC_MESSAGES" / "mail.mo", "rb") as fh:
         assert gettext.GNUTranslations(fh).gettext("Kind regards,") == "Mit freundlichen Grüßen"
+
+
+def test_a_broken_override_catalog_fails_the_check_but_never_stops_a_mail(tmp_path):
+    override = tmp_path / "mail-override"
+    po = override / "locale" / "fr" / "LC_MESSAGES" / "mail.po"
+    po.parent.mkdir(parents=True)
+    po.write_text('msgid ""\nmsgstr ""\n\nmsgid "Kind regards,"\nthis is not a catalog line\nmsgstr "Bien"\n')
+    app = App(load_config(_config(tmp_path, override), env={}))
+    try:
+        failures = run_check(app, events=MANUAL_EVENTS)
+        assert failures and {f.language for f in failures} == {"fr"}
+        assert all(f"{po}:5: cannot read catalog" in f.error for f in failures)
+        # The mail path falls back to the shipped wording instead of refusing the move.
+        number = actions.create_ticket(app, process="incident", reporter="marie@example.com", title="Écran noir",
+                                       description="L'écran reste noir.").number
+        with session_for(app.engine) as session:
+            marie = session.exec(select(Person)).one()
+            marie.language = "fr"
+            session.add(marie)
+            session.commit()
+        actions.set_status(app, number, "Rejected", StatusData(reason="Pas chez nous."))
+        with session_for(app.engine) as session:
+            row = session.exec(select(Outbox).where(Outbox.event == "rejected")).one()
+        assert row.language == "fr" and b"Cordialement" in row.raw
+    finally:
+        app.engine.dispose()

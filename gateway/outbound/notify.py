@@ -18,7 +18,7 @@ from sqlmodel import Session, col, select
 from gateway.config import Config
 from gateway.outbound.compose import Envelope, build_message, new_message_id
 from gateway.outbound.labels import APPROVE_WORD, PROCESS_LABELS, REJECT_WORD, STATUS_LABELS, WAITING_LABELS
-from gateway.outbound.render import FALLBACK_LANGUAGE, LANGUAGES, RenderedMail, Renderer
+from gateway.outbound.render import FALLBACK_LANGUAGE, LANGUAGES, RenderedMail, Renderer, RenderError
 from gateway.tokens import reply_address
 from store import lifecycle
 from store.models import Company, Outbox, Person, Ticket, TicketMessage, utcnow
@@ -71,7 +71,11 @@ class Notifier:
                 change_number: str = "", extra: dict | None = None) -> dict:
         """Everything a template may use; every key is always present (templates are
         rendered with undefined variables as errors)."""
-        tr = self.renderer.translations(lang)
+        try:
+            tr = self.renderer.translations(lang)
+        except RenderError as exc:  # a broken override catalog: the shipped words, and say so
+            log.error("%s", exc)
+            tr = self.renderer.translations(lang, use_override=False)
         solved_at = _aware(ticket.solved_at)
         close_on = solved_at + timedelta(days=self.config.lifecycle.close_after_days) if solved_at else None
         ctx = {

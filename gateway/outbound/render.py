@@ -87,8 +87,14 @@ class Renderer:
     def translations(self, lang: str, use_override: bool = True) -> Translations:
         translations = Translations()
         for path in self._catalog_paths(lang, use_override):
-            with open(path, "rb") as fh:
-                catalog = read_po(fh, locale=lang)
+            try:
+                with open(path, "rb") as fh:
+                    catalog = read_po(fh, locale=lang, abort_invalid=True)
+            except Exception as exc:  # an admin's catalog that does not parse
+                # babel counts lines from 0
+                line = getattr(exc, "lineno", None)
+                where = f"{path}:{line + 1}" if isinstance(line, int) else str(path)
+                raise RenderError(f"{where}: cannot read catalog: {exc}") from exc
             buf = io.BytesIO()
             write_mo(buf, catalog)
             buf.seek(0)
@@ -148,8 +154,8 @@ class Renderer:
             raise RenderError(f"unknown event {event!r}; events are: {', '.join(EVENTS)}")
         if lang not in LANGUAGES:
             lang = FALLBACK_LANGUAGE
-        env = self.environment(lang, use_override)
         try:
+            env = self.environment(lang, use_override)
             text_tpl = env.get_template(f"{event}.txt.j2")
             html_tpl = env.get_template(f"{event}.html.j2")
             ctx = text_tpl.new_context(dict(context))
@@ -160,6 +166,8 @@ class Renderer:
             raise RenderError(f"{exc.filename or exc.name}:{exc.lineno}: {exc.message}") from exc
         except jinja2.TemplateNotFound as exc:
             raise RenderError(f"template not found: {exc.name}") from exc
+        except RenderError:
+            raise
         except Exception as exc:
             raise RenderError(_locate(exc) + f"{type(exc).__name__}: {exc}") from exc
         subject = " ".join(subject.split())
