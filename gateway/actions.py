@@ -86,6 +86,16 @@ def create_ticket(app, *, process: str, reporter: str, title: str, description: 
         return Done(ticket.number, ticket.status, mails, people)
 
 
+def _locked(session: Session, number: str) -> Ticket:
+    """The ticket, locked until the commit: two agents (or an agent and the automatic
+    close) moving the same ticket take turns, and the second sees the first's status.
+    (SQLite's BEGIN IMMEDIATE already serialises writers; PostgreSQL needs FOR UPDATE.)"""
+    ticket = session.exec(select(Ticket).where(Ticket.number == number.strip().upper()).with_for_update()).first()
+    if ticket is None:
+        get_ticket(session, number)  # raises NotFound with the usual message
+    return ticket
+
+
 def _move(app, session: Session, ticket: Ticket, target: str, data: StatusData, *, by: str,
           now: datetime) -> Outbox | None:
     """Change the status and queue its mail, in ``session`` (the caller commits)."""
@@ -107,7 +117,7 @@ def set_status(app, number: str, status: str, data: StatusData, *, by: str = "ag
     manual says so, in the same transaction."""
     now = now or utcnow()
     with session_for(app.engine) as session:
-        ticket = get_ticket(session, number)
+        ticket = _locked(session, number)
         row = _move(app, session, ticket, status, data, by=by, now=now)
         session.commit()
         mails, people = _queued([row])
@@ -124,7 +134,7 @@ def comment(app, number: str, text: str, *, internal: bool = False, by: str = "a
         raise LifecycleError("a comment needs a text")
     now = now or utcnow()
     with session_for(app.engine) as session:
-        ticket = get_ticket(session, number)
+        ticket = _locked(session, number)
         if ticket.status == lifecycle.CLOSED:
             raise LifecycleError(f"{ticket.number} is Closed: a Closed ticket is final")
         session.add(TicketMessage(ticket_id=ticket.id, direction="note", internal=internal, from_addr=by,
@@ -141,7 +151,7 @@ def convert_to_change(app, number: str, *, by: str = "agent", note: str | None =
     ticket linked to it, and the original in Waiting with reason ``rfc``."""
     now = now or utcnow()
     with session_for(app.engine) as session:
-        original = get_ticket(session, number)
+        original = _locked(session, number)
         if original.process not in lifecycle.CONVERTIBLE_PROCESSES:
             raise LifecycleError(f"{original.number} is a {original.process}: only an Incident or a Service Request "
                                  f"can be converted to a Change")
@@ -180,7 +190,7 @@ def close_solved(app, now: datetime | None = None) -> list[str]:
     for number in due:
         try:
             with session_for(app.engine) as session:
-                ticket = get_ticket(session, number)
+                ticket = _locked(session, number)
                 if ticket.status != lifecycle.SOLVED:  # reopened meanwhile
                     continue
                 _move(app, session, ticket, lifecycle.CLOSED,

@@ -187,6 +187,10 @@ def test_close_solved_closes_only_what_is_due_and_closed_is_final(gw):
         move(gw, old, "In progress", 99, note="please reopen")
     with pytest.raises(LifecycleError, match="Closed ticket is final"):
         actions.comment(gw, old, "hello?")
+    # The running service's periodic hook is this same function.
+    from gateway.service import close_due
+
+    assert close_due(gw, now=T0 + timedelta(days=16, hours=1)) == [recent]
 
 
 def test_comments_public_and_internal(gw):
@@ -252,3 +256,28 @@ def test_status_change_rolls_back_when_its_mail_cannot_be_rendered(gw, tmp_path)
     t = ticket(gw, number)
     assert (t.status, t.solution, t.solved_at) == ("New", None, None)
     assert len(history(gw, number)) == 1 and outbox_events(gw, number) == ["new"]
+
+
+def test_an_agent_and_the_automatic_close_take_turns_on_one_ticket(gw):
+    """An agent reopens a ticket while the worker's close run is due: the close waits for
+    the agent's transaction and then sees In progress, instead of overwriting it."""
+    import threading
+    import time
+
+    from store.tickets import change_status
+
+    number = new_ticket(gw)
+    move(gw, number, "Solved", 1, solution="Done.")
+    result: dict = {}
+    with session_for(gw.engine) as session:
+        agents_view = actions._locked(session, number)
+        closer = threading.Thread(target=lambda: result.update(
+            closed=actions.close_solved(gw, now=T0 + timedelta(days=15))))
+        closer.start()
+        time.sleep(0.5)
+        assert closer.is_alive(), "the close run did not wait for the agent's transaction"
+        change_status(session, agents_view, "In progress", StatusData(note="Still broken."), by="agent.smith")
+        session.commit()
+    closer.join(30)
+    assert result["closed"] == []
+    assert ticket(gw, number).status == "In progress"

@@ -204,11 +204,11 @@ def test_language_falls_back_to_the_company_then_the_default(gw, tmp_path):
     try:
         with session_for(german.engine) as session:
             carl = session.exec(select(Person).where(Person.email == "carl@example.com")).one()
-            assert german.notifier.language_for(session, carl) == "de"
+            assert german.notifier.language_for(carl, session) == "de"
             carl.language = "es"  # a language we do not write: the fallbacks apply
-            assert german.notifier.language_for(session, carl) == "de"
+            assert german.notifier.language_for(carl, session) == "de"
             carl.company = "Acme NV"
-            assert german.notifier.language_for(session, carl) == "nl"
+            assert german.notifier.language_for(carl, session) == "nl"
     finally:
         german.engine.dispose()
 

@@ -53,9 +53,9 @@ class Notifier:
     config: Config
     renderer: Renderer
 
-    def language_for(self, session: Session | None, affected: Person) -> str:
-        """The Affected Person's language, else their company's, else the config's
-        default, else English."""
+    def language_for(self, affected: Person, session: Session | None = None) -> str:
+        """The Affected Person's language, else their company's (looked up in ``session``),
+        else the config's default, else English."""
         candidates = [affected.language]
         if session is not None and affected.company:
             company = session.get(Company, affected.company)
@@ -136,7 +136,7 @@ class Notifier:
         if not people:
             return None
         affected = session.get(Person, ticket.affected_person_id)
-        lang = self.language_for(session, affected or people[0])
+        lang = self.language_for(affected or people[0], session)
         # The affected person's name in the greeting when they are among the recipients.
         greeted = affected if affected is not None and affected.id in [p.id for p in people] else people[0]
         change = session.exec(
