@@ -121,7 +121,8 @@ def set_status(app, number: str, status: str, data: StatusData, *, by: str = "ag
         row = _move(app, session, ticket, status, data, by=by, now=now)
         session.commit()
         mails, people = _queued([row])
-        log.info("%s -> %s by %s%s", ticket.number, ticket.status, by, f" (mailed {', '.join(people)})" if people else "")
+        log.info("%s -> %s by %s%s", ticket.number, ticket.status, by,
+                 f" (mailed {', '.join(people)})" if people else "")
         return Done(ticket.number, ticket.status, mails, people)
 
 

@@ -15,7 +15,6 @@ from sqlmodel import col, select
 from gateway import actions
 from gateway.outbound.notify import Notifier
 from gateway.outbound.render import SHIPPED_DIR, Renderer, RenderError
-from store import lifecycle
 from store.db import session_for
 from store.lifecycle import LifecycleError, StatusData
 from store.models import Outbox, StatusChange, Ticket, TicketMessage

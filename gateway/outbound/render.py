@@ -210,7 +210,8 @@ class CheckFailure:
 
 
 def check_templates(renderer: Renderer, context_for, *, events: tuple[str, ...] = EVENTS,
-                    languages: tuple[str, ...] = LANGUAGES, waiting_reasons: tuple[str, ...] = ()) -> list[CheckFailure]:
+                    languages: tuple[str, ...] = LANGUAGES,
+                    waiting_reasons: tuple[str, ...] = ()) -> list[CheckFailure]:
     """Render every event x language (x waiting reason for ``waiting``) with the admin's
     overrides and undefined variables as errors; return the failures, each naming the
     template file and line.  ``context_for(event, lang, waiting_reason)`` gives the data."""
