@@ -7,7 +7,13 @@ import json
 from email import message_from_bytes
 from email.policy import default as default_policy
 
+from sqlmodel import select
+
 from conftest import run_gateway
+from gateway.app import App
+from gateway.config import Config
+from store.db import session_for
+from store.models import Person
 
 
 def gw(tmp_path, *args, check=True, env=None):
@@ -42,7 +48,20 @@ def test_persons_add_import_and_list(tmp_path):
     assert people["sam@example.com"]["language"] == ""
     assert people["jan@example.be"]["undeliverable"] is False and people["jan@example.be"]["hard_bounces"] == 0
     text = gw(tmp_path, "persons", "list").stdout.decode()
-    assert "jan@example.be" in text and "Voorbeeld NV" in text
+    assert "jan@example.be" in text and "Voorbeeld NV" in text and "UNDELIVERABLE" not in text
+    # What the bounce handling records is shown to the operator.
+    app = App(Config(base_dir=str(tmp_path)))  # the database the commands above used
+    try:
+        with session_for(app.engine) as session:
+            jan = session.exec(select(Person).where(Person.email == "jan@example.be")).one()
+            jan.hard_bounces, jan.undeliverable = 3, True
+            session.add(jan)
+            session.commit()
+    finally:
+        app.engine.dispose()
+    jan = next(p for p in js(tmp_path, "persons", "list") if p["email"] == "jan@example.be")
+    assert (jan["undeliverable"], jan["hard_bounces"]) == (True, 3)
+    assert "UNDELIVERABLE (3 hard bounces)" in gw(tmp_path, "persons", "list").stdout.decode()
     # Sam has no language: his company's applies once it is set.
     gw(tmp_path, "persons", "company", "Voorbeeld NV", "--language", "nl")
     done = js(tmp_path, "ticket", "create", "--process", "incident", "--reporter", "sam@example.com",
