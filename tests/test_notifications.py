@@ -8,6 +8,8 @@ from email import message_from_bytes
 from email.policy import default as default_policy
 from zoneinfo import ZoneInfo
 
+import re
+
 import pytest
 from babel.dates import format_date, format_datetime
 from sqlmodel import col, select
@@ -31,6 +33,22 @@ APPROVE = {"fr": ("approuvé", "refusé"), "nl": ("goedgekeurd", "afgewezen"), "
            "de": ("genehmigt", "abgelehnt")}
 # The appointment: 15:30 in Brussels, which is 09:30 in New York where the customer is.
 APPOINTMENT = datetime(2026, 12, 1, 15, 30, tzinfo=ZoneInfo("Europe/Brussels"))
+
+
+def _english_sentences() -> list[str]:
+    """Every English wording of the mails, cut at its placeholders, long enough to be
+    unmistakable."""
+    from babel.messages.pofile import read_po
+
+    from gateway.outbound.render import SHIPPED_DIR
+
+    with open(SHIPPED_DIR / "locale" / "mail.pot", "rb") as fh:
+        ids = [m.id for m in read_po(fh) if m.id]
+    pieces = [p.strip() for i in ids for p in re.split(r"%\(\w+\)s", i)]
+    return [p for p in pieces if len(p) >= 12 and " " in p]
+
+
+ENGLISH_SENTENCES = _english_sentences()
 
 
 def add_person(app, email, name, language="", company="", tz="Europe/Brussels") -> None:
@@ -79,6 +97,8 @@ def check_common(app, row, msg, text, html, lang, number):
     if lang != "en":
         for english in ("Kind regards", "Dear ", "Your ticket", "Reason:", "reply to this e-mail"):
             assert english not in text, f"English left in the {lang} mail: {english!r}"
+        for english in ENGLISH_SENTENCES:
+            assert english not in text and english not in html, f"English left in the {lang} mail: {english!r}"
     assert msg.get_content_type() == "multipart/alternative"
 
 
