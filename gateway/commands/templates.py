@@ -74,7 +74,7 @@ def cmd_preview(config, args) -> int:
                 raise CommandError(f"{ticket.number}: nobody to mail (every recipient is undeliverable)")
             mail, msg = composed.mail, composed.message
         else:
-            ticket, person = sample_ticket(args.event, args.waiting_reason)
+            ticket, person = sample_ticket(args.event, args.waiting_reason, args.lang)
             mail = app.renderer.render(args.event, args.lang,
                                        sample_context(notifier, args.event, args.lang, args.waiting_reason))
             msg = build_message(mail, Envelope(

@@ -232,29 +232,47 @@ class Notifier:
 SAMPLE_NOW = datetime(2026, 11, 27, 9, 30, tzinfo=timezone.utc)
 
 
-def sample_ticket(event: str, waiting_reason: str | None = None) -> tuple[Ticket, Person]:
+# What a customer and an agent would write, per language, so that a preview reads true.
+SAMPLE_TEXT = {
+    "fr": ("L'imprimante du 3e étage est en panne", "La pièce doit être commandée.",
+           "L'unité de fixation a été remplacée.", "Installation d'une imprimante couleur (450 EUR).",
+           "Le technicien repassera avec la pièce.", "3e étage, local 301"),
+    "nl": ("De printer op de 3de verdieping is defect", "Het onderdeel moet besteld worden.",
+           "De fuser-eenheid werd vervangen.", "Installatie van een kleurenprinter (450 EUR).",
+           "De technicus komt terug met het onderdeel.", "3de verdieping, lokaal 301"),
+    "en": ("Printer on the 3rd floor out of order", "The part has to be ordered.",
+           "The fuser unit was replaced.", "Installation of a colour printer (EUR 450).",
+           "The technician will come back with the part.", "3rd floor, room 301"),
+    "de": ("Drucker im 3. Stock defekt", "Das Ersatzteil muss bestellt werden.",
+           "Die Fixiereinheit wurde ersetzt.", "Installation eines Farbdruckers (450 EUR).",
+           "Der Techniker kommt mit dem Ersatzteil wieder.", "3. Stock, Raum 301"),
+}
+
+
+def sample_ticket(event: str, waiting_reason: str | None = None, lang: str = "en") -> tuple[Ticket, Person]:
     """A ticket in the status of ``event`` with its data, and its affected person."""
-    person = Person(id=0, email="marie.dupont@example.com", name="Marie Dupont", language="fr",
+    title, reason, solution, approval, _update, place = SAMPLE_TEXT.get(lang, SAMPLE_TEXT["en"])
+    person = Person(id=0, email="marie.dupont@example.com", name="Marie Dupont", language=lang,
                     company="Example SA", timezone="Europe/Brussels")
     status = {v: k for k, v in lifecycle.NOTIFIED.items()}.get(event, lifecycle.IN_PROGRESS)
     ticket = Ticket(
         id=None, number="SR-000123" if event.startswith("approval") else "INC-000123",
         process="service-request" if event.startswith("approval") else "incident",
-        status=status, title="Printer on the 3rd floor out of order",
+        status=status, title=title,
         description="The printer shows error E52.", personal_reference="PO1234",
         reporting_person_id=0, affected_person_id=0,
         waiting_reason=(waiting_reason or "customer-feedback") if status == lifecycle.WAITING else None,
-        status_reason="The part has to be ordered." if status in (lifecycle.REJECTED, lifecycle.POSTPONED,
+        status_reason=reason if status in (lifecycle.REJECTED, lifecycle.POSTPONED,
                                                                   lifecycle.WAITING) else None,
-        appointment_at=SAMPLE_NOW + timedelta(days=3, hours=4), appointment_place="3rd floor, room 301",
-        solution="The fuser unit was replaced.", solved_at=SAMPLE_NOW,
-        approval_text="Installation of a colour printer (EUR 450).",
+        appointment_at=SAMPLE_NOW + timedelta(days=3, hours=4), appointment_place=place,
+        solution=solution, solved_at=SAMPLE_NOW, approval_text=approval,
         created_at=SAMPLE_NOW, updated_at=SAMPLE_NOW,
     )
     return ticket, person
 
 
 def sample_context(notifier: Notifier, event: str, lang: str, waiting_reason: str | None = None) -> dict:
-    ticket, person = sample_ticket(event, waiting_reason)
-    return notifier.context(ticket, person, lang, latest_update="The technician will come back with the part.",
+    ticket, person = sample_ticket(event, waiting_reason, lang)
+    update = SAMPLE_TEXT.get(lang, SAMPLE_TEXT["en"])[4]
+    return notifier.context(ticket, person, lang, latest_update=update,
                             change_number="CHG-000042" if ticket.waiting_reason == "rfc" else "")
