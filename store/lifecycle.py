@@ -57,6 +57,8 @@ CUSTOMER_WAITING_REASONS = (
     "customer-hardware-return",
 )
 APPROVAL_PROCESSES = ("service-request", "change")
+# The provider may turn an Incident or a complex Service Request into a Non-Standard Change.
+CONVERTIBLE_PROCESSES = ("incident", "service-request")
 
 # Statuses whose arrival mails the customer (manual §1.5), and the template event of each.
 NOTIFIED = {NEW: "new", REJECTED: "rejected", WAITING: "waiting", POSTPONED: "postponed",

@@ -23,10 +23,18 @@ class Counter(SQLModel, table=True):
     value: int = 0
 
 
+class Company(SQLModel, table=True):
+    """A customer company; its language is the fallback for its people's mails (manual §1.5)."""
+
+    name: str = Field(primary_key=True)
+    language: str = ""
+
+
 class Person(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     email: str = Field(index=True, unique=True)  # normalised: see store.addresses
     name: str = ""
+    # fr, nl, en or de; "" when unknown (the company's, then the config's default applies).
     language: str = "en"
     company: str = Field(default="", index=True)
     # Granted access to every ticket of their company (manual §2).

@@ -7,7 +7,8 @@ row in the same session before committing, so that both land or neither does.
 
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import or_, update
 from sqlmodel import Session, col, select
@@ -95,35 +96,75 @@ def create_ticket(
 def change_status(
     session: Session, ticket: Ticket, target: str, data: StatusData, *, by: str, now: datetime | None = None
 ) -> StatusChange:
-    """Move ``ticket`` to ``target`` if the rules allow it, recording the history."""
-    now = now or utcnow()
+    """Move ``ticket`` to ``target`` if the rules allow it, recording the history.
+
+    Raises ``LifecycleError`` (naming both statuses) and changes nothing when the move
+    is refused.  The ticket keeps the data of its current status only: a reason, an
+    appointment or a solution of an earlier status is in the history, not on the ticket.
+    """
+    now = _utc(now or utcnow())
     target = lifecycle.canonical_status(target)
+    data = _stripped(data)
     lifecycle.check_transition(ticket.process, ticket.status, target, data)
     previous = ticket.status
     ticket.status = target
     ticket.updated_at = now
+    ticket.waiting_reason = data.waiting_reason if target == lifecycle.WAITING else None
     if target == lifecycle.WAITING:
-        ticket.waiting_reason = data.waiting_reason
         ticket.status_reason = data.note
-    else:
-        ticket.waiting_reason = None
-    if target in (lifecycle.REJECTED, lifecycle.POSTPONED):
+    elif target in (lifecycle.REJECTED, lifecycle.POSTPONED):
         ticket.status_reason = data.reason
+    else:
+        ticket.status_reason = None
     if target == lifecycle.PLANNED:
-        ticket.appointment_at = data.at
+        # Stored in UTC: SQLite keeps no offset, so an aware local time would be misread.
+        ticket.appointment_at = _utc(data.at)
         ticket.appointment_place = data.place
     if target == lifecycle.SOLVED:
         ticket.solution = data.solution
         ticket.solved_at = now
+    elif target != lifecycle.CLOSED:
+        # Reopened: the 14 days start again at the next Solved.
+        ticket.solved_at = None
     if target == lifecycle.APPROVAL:
         ticket.approval_text = data.approval_text
     session.add(ticket)
     note = data.note
     if note is None:
         note = data.reason or data.solution or data.approval_text
+        if target == lifecycle.PLANNED and data.at is not None:
+            note = data.at.isoformat() + (f" ({data.place})" if data.place else "")
     change = StatusChange(ticket_id=ticket.id, at=now, from_status=previous, to_status=target, by=by, note=note)
     session.add(change)
     return change
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:  # read back from a database column: UTC by convention
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+def _stripped(data: StatusData) -> StatusData:
+    """Blank texts count as absent, so that '   ' is not a reason."""
+
+    def clean(value: str | None) -> str | None:
+        return value.strip() or None if isinstance(value, str) else value
+
+    return replace(data, reason=clean(data.reason), waiting_reason=clean(data.waiting_reason),
+                   place=clean(data.place), solution=clean(data.solution),
+                   approval_text=clean(data.approval_text), note=clean(data.note))
+
+
+def solved_due(session: Session, now: datetime, close_after_days: int) -> list[Ticket]:
+    """Solved tickets whose ``close_after_days`` have passed at ``now``."""
+    cutoff = _utc(now) - timedelta(days=close_after_days)
+    return list(session.exec(
+        select(Ticket).where(Ticket.status == lifecycle.SOLVED, col(Ticket.solved_at).is_not(None))
+        .where(col(Ticket.solved_at) <= cutoff).order_by(col(Ticket.id))
+    ))
 
 
 def latest_public_update(session: Session, ticket: Ticket) -> str | None:

@@ -1,9 +1,10 @@
-"""ticket show, ticket list."""
+"""ticket show|list|create|set-status|comment|convert-to-change, and close-solved."""
 
 from __future__ import annotations
 
 import json
 from datetime import datetime
+from zoneinfo import ZoneInfo
 
 from sqlmodel import Session, col, select
 
@@ -11,6 +12,7 @@ from gateway.app import App
 from gateway.errors import CommandError
 from store.db import session_for
 from store.models import Attachment, Person, StatusChange, Ticket, TicketMessage
+from store.lifecycle import STATUSES, WAITING_REASONS, LifecycleError, StatusData
 from store.tickets import NotFound, get_ticket, search_tickets
 
 
@@ -30,6 +32,55 @@ def register(sub, common) -> None:
     s.add_argument("--all", action="store_true", help="include Closed tickets")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_list)
+
+    s = tsub.add_parser("create", parents=[common], help="register a ticket (phone channel) and confirm it by mail")
+    s.add_argument("--process", required=True, choices=("incident", "service-request", "change"))
+    s.add_argument("--reporter", required=True, metavar="EMAIL", help="the Reporting Person")
+    s.add_argument("--affected", metavar="EMAIL", help="the Affected Person (default: the reporter)")
+    s.add_argument("--title", required=True)
+    s.add_argument("--description", required=True)
+    s.add_argument("--reference", metavar="REF", help="the customer's personal reference, e.g. PO1234")
+    s.add_argument("--by", default="agent", help="who does it (kept in the history)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_create)
+
+    s = tsub.add_parser("set-status", parents=[common], help="move a ticket to another status (mails the customer "
+                                                            "when the manual says so)")
+    s.add_argument("number")
+    s.add_argument("status", help=", ".join(STATUSES) + " (in-progress etc. accepted)")
+    s.add_argument("--reason", help="Rejected, Postponed: the reason")
+    s.add_argument("--waiting-reason", choices=WAITING_REASONS, help="Waiting: why")
+    s.add_argument("--at", metavar="ISO-DATETIME", help="Planned: the appointment, e.g. 2026-12-01T14:00+01:00")
+    s.add_argument("--tz", metavar="ZONE", help="time zone of --at when it has no offset, e.g. Europe/Brussels")
+    s.add_argument("--place", help="Planned: where (optional)")
+    s.add_argument("--solution", help="Solved: the solution")
+    s.add_argument("--approval-text", help="Approval: what is to be approved")
+    s.add_argument("--note", help="a note for the history; Waiting: shown in the mail; Solved -> In progress: "
+                                  "the mandatory comment")
+    s.add_argument("--by", default="agent", help="who does it (kept in the history)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_set_status)
+
+    s = tsub.add_parser("comment", parents=[common], help="add a public comment (or an --internal note)")
+    s.add_argument("number")
+    s.add_argument("--text", required=True)
+    s.add_argument("--internal", action="store_true", help="never shown to the customer")
+    s.add_argument("--by", default="agent")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_comment)
+
+    s = tsub.add_parser("convert-to-change", parents=[common],
+                        help="create a linked CHG- ticket and put this one in Waiting (rfc)")
+    s.add_argument("number")
+    s.add_argument("--note", help="note for the history (default: 'converted to CHG-...')")
+    s.add_argument("--by", default="agent")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("close-solved", parents=[common],
+                       help="close Solved tickets older than lifecycle.close_after_days, now")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_close_solved)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -148,4 +199,82 @@ def cmd_list(config, args) -> int:
     for r in rows:
         ref = f" ##{r['personal_reference']}##" if r["personal_reference"] else ""
         print(f"{r['number']:<11} {r['status']:<14} {r['affected_person'] or '':<30} {r['title']}{ref}")
+    return 0
+
+
+def _print_done(done, as_json: bool, text: str) -> None:
+    if as_json:
+        print(json.dumps(done.as_dict(), ensure_ascii=False, indent=2))
+        return
+    mailed = f"; mailed {', '.join(done.mails)} to {', '.join(done.recipients)}" if done.mails else ""
+    print(text + mailed)
+
+
+def _run(action, *args, **kwargs):
+    """Run an agent operation, turning a refusal into a message without a traceback."""
+    try:
+        return action(*args, **kwargs)
+    except (LifecycleError, NotFound) as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _parse_at(value: str | None, zone: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        at = datetime.fromisoformat(value.strip().replace(" ", "T", 1))
+    except ValueError:
+        raise CommandError(f"--at: {value!r} is not an ISO date and time (e.g. 2026-12-01T14:00+01:00)") from None
+    if at.tzinfo is None and zone:
+        try:
+            at = at.replace(tzinfo=ZoneInfo(zone))
+        except Exception:
+            raise CommandError(f"--tz: unknown time zone {zone!r}") from None
+    return at
+
+
+def cmd_create(config, args) -> int:
+    from gateway import actions
+
+    done = _run(actions.create_ticket, App(config), process=args.process, reporter=args.reporter,
+                affected=args.affected, title=args.title, description=args.description,
+                reference=args.reference, by=args.by)
+    _print_done(done, args.json, f"{done.number} created ({done.status})")
+    return 0
+
+
+def cmd_set_status(config, args) -> int:
+    from gateway import actions
+
+    data = StatusData(reason=args.reason, waiting_reason=args.waiting_reason, at=_parse_at(args.at, args.tz),
+                      place=args.place, solution=args.solution, approval_text=args.approval_text, note=args.note)
+    done = _run(actions.set_status, App(config), args.number, args.status, data, by=args.by)
+    _print_done(done, args.json, f"{done.number} is now {done.status}")
+    return 0
+
+
+def cmd_comment(config, args) -> int:
+    from gateway import actions
+
+    done = _run(actions.comment, App(config), args.number, args.text, internal=args.internal, by=args.by)
+    _print_done(done, args.json, f"{done.number}: {'internal note' if args.internal else 'comment'} added")
+    return 0
+
+
+def cmd_convert(config, args) -> int:
+    from gateway import actions
+
+    done = _run(actions.convert_to_change, App(config), args.number, note=args.note, by=args.by)
+    _print_done(done, args.json, f"{done.number} is now {done.status} (rfc); change {done.linked} created")
+    return 0
+
+
+def cmd_close_solved(config, args) -> int:
+    from gateway import actions
+
+    closed = actions.close_solved(App(config))
+    if args.json:
+        print(json.dumps({"closed": closed}))
+    else:
+        print(f"{len(closed)} closed" + (f": {', '.join(closed)}" if closed else ""))
     return 0

@@ -37,3 +37,7 @@ WAITING_LABELS = {
     "final-solution": _("temporarily solved, waiting for the final solution"),
     "rfc": _("waiting for a change (RFC) to be carried out"),
 }
+
+# The words a customer replies with to answer an Approval mail, in their language.
+APPROVE_WORD = _("approved")
+REJECT_WORD = _("rejected")

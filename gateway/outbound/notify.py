@@ -1,21 +1,28 @@
 """Notifications: decide who gets which mail, render it, and write it to the outbox in the
-caller's transaction (so a status change and its mail land together or not at all)."""
+caller's transaction (so a status change and its mail land together or not at all).
+
+Recipients are the Reporting and the Affected Person, once each (one mail to both).
+The language is the Affected Person's, else their company's, else the config's default,
+else English (manual §1.5); dates are shown in the time zone of the person greeted.
+"""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
+from email.message import EmailMessage
 
 from sqlmodel import Session, col, select
 
 from gateway.config import Config
 from gateway.outbound.compose import (Envelope, build_message, conversation_guid, header_text, new_message_id,
                                       shorten, thread_index)
-from gateway.outbound.labels import PROCESS_LABELS, STATUS_LABELS, WAITING_LABELS
-from gateway.outbound.render import LANGUAGES, Renderer
+from gateway.outbound.labels import APPROVE_WORD, PROCESS_LABELS, REJECT_WORD, STATUS_LABELS, WAITING_LABELS
+from gateway.outbound.render import FALLBACK_LANGUAGE, LANGUAGES, RenderedMail, Renderer, RenderError
 from gateway.tokens import reply_address
-from store.models import Outbox, Person, Ticket, TicketMessage, utcnow
+from store import lifecycle
+from store.models import Company, Outbox, Person, Ticket, TicketMessage, utcnow
 from store.tickets import latest_public_update
 
 log = logging.getLogger("gateway.outbound")
@@ -41,32 +48,87 @@ def stable_subject(number: str, title: str) -> str:
 
 
 @dataclass(frozen=True)
+class Composed:
+    """A notification ready to be queued: who, in which language, and the MIME message."""
+
+    event: str
+    language: str
+    recipients: tuple[Person, ...]
+    mail: RenderedMail
+    message: EmailMessage
+    message_id: str
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # Database columns come back naive; they hold UTC.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value
+
+
+@dataclass(frozen=True)
 class Notifier:
     config: Config
     renderer: Renderer
 
-    def language_for(self, affected: Person) -> str:
-        """The Affected Person's language, else the config's default, else English."""
-        for lang in (affected.language, self.config.gateway.default_language):
+    def language_for(self, affected: Person, session: Session | None = None) -> str:
+        """The Affected Person's language, else their company's (looked up in ``session``),
+        else the config's default, else English."""
+        candidates = [affected.language]
+        if session is not None and affected.company:
+            company = session.get(Company, affected.company)
+            if company is not None:
+                candidates.append(company.language)
+        candidates.append(self.config.gateway.default_language)
+        for lang in candidates:
             if lang in LANGUAGES:
                 return lang
-        return "en"
+        return FALLBACK_LANGUAGE
 
-    def context(self, session: Session, ticket: Ticket, recipient: Person, lang: str, extra: dict | None) -> dict:
-        tr = self.renderer.translations(lang)
+    def context(self, ticket: Ticket, recipient: Person, lang: str, *, latest_update: str = "",
+                change_number: str = "", extra: dict | None = None) -> dict:
+        """Everything a template may use; every key is always present (templates are
+        rendered with undefined variables as errors)."""
+        try:
+            tr = self.renderer.translations(lang)
+        except RenderError as exc:  # a broken override catalog: the shipped words, and say so
+            log.error("%s", exc)
+            tr = self.renderer.translations(lang, use_override=False)
+        solved_at = _aware(ticket.solved_at)
+        close_on = solved_at + timedelta(days=self.config.lifecycle.close_after_days) if solved_at else None
         ctx = {
             "ticket": ticket,
             "recipient": recipient,
             "helpdesk": {"name": self.config.gateway.name, "address": self.config.helpdesk_address},
             "process_label": tr.gettext(PROCESS_LABELS.get(ticket.process, ticket.process)),
             "status_label": tr.gettext(STATUS_LABELS.get(ticket.status, ticket.status)),
+            "waiting_reason": ticket.waiting_reason or "",
             "waiting_label": tr.gettext(WAITING_LABELS[ticket.waiting_reason]) if ticket.waiting_reason else "",
-            "latest_update": latest_public_update(session, ticket) or "",
+            "reason": ticket.status_reason or "",
+            "latest_update": latest_update,
+            "appointment": _aware(ticket.appointment_at),
+            "place": ticket.appointment_place or "",
+            "solution": ticket.solution or "",
+            "close_after_days": self.config.lifecycle.close_after_days,
+            "close_on": close_on,
+            "approval_text": ticket.approval_text or "",
+            "approve_word": tr.gettext(APPROVE_WORD),
+            "reject_word": tr.gettext(REJECT_WORD),
+            "change_number": change_number,
         }
         ctx.update(extra or {})
         return ctx
 
-    def enqueue(
+    def recipients(self, session: Session, ticket: Ticket, only: list[Person] | None = None) -> list[Person]:
+        reporter = session.get(Person, ticket.reporting_person_id)
+        affected = session.get(Person, ticket.affected_person_id)
+        people: list[Person] = []
+        for person in only or [reporter, affected]:
+            if person is not None and person.id not in [p.id for p in people]:
+                people.append(person)
+        return people
+
+    def compose(
         self,
         session: Session,
         ticket: Ticket,
@@ -77,25 +139,32 @@ class Notifier:
         extra: dict | None = None,
         only: list[Person] | None = None,
         now: datetime | None = None,
-    ) -> Outbox | None:
-        """Render ``event`` for ``ticket`` and add it to the outbox (not committed here)."""
+        safe: bool = True,
+    ) -> Composed | None:
+        """Render ``event`` for ``ticket`` as a MIME message; writes nothing.
+
+        None when nobody can be mailed (every recipient undeliverable).  ``safe`` falls
+        back to the shipped template when an admin's override is broken."""
         now = now or utcnow()
-        reporter = session.get(Person, ticket.reporting_person_id)
-        affected = session.get(Person, ticket.affected_person_id)
-        people: list[Person] = []
-        for person in only or [reporter, affected]:
-            if person is not None and person.id not in [p.id for p in people]:
-                people.append(person)
+        people = self.recipients(session, ticket, only)
         skipped = [p.email for p in people if p.undeliverable]
         people = [p for p in people if not p.undeliverable]
         if skipped:
             log.info("%s: %s not mailed to undeliverable %s", ticket.number, event, ", ".join(skipped))
         if not people:
             return None
-        lang = self.language_for(affected or people[0])
+        affected = session.get(Person, ticket.affected_person_id)
+        lang = self.language_for(affected or people[0], session)
         # The affected person's name in the greeting when they are among the recipients.
-        greeted = affected if affected in people else people[0]
-        mail = self.renderer.render_safe(event, lang, self.context(session, ticket, greeted, lang, extra))
+        greeted = affected if affected is not None and affected.id in [p.id for p in people] else people[0]
+        change = session.exec(
+            select(Ticket.number).where(Ticket.linked_ticket_id == ticket.id, Ticket.process == "change")
+            .order_by(col(Ticket.id).desc())
+        ).first() if ticket.id is not None else None
+        ctx = self.context(ticket, greeted, lang, latest_update=latest_public_update(session, ticket) or "",
+                           change_number=change or "", extra=extra)
+        render = self.renderer.render_safe if safe else self.renderer.render
+        mail = render(event, lang, ctx)
 
         thread = list(
             session.exec(
@@ -129,14 +198,34 @@ class Notifier:
             thread_index=thread_index(conversation_guid(ticket.number, self.config.message_id_domain),
                                       ticket.created_at or now, now),
         )
-        msg = build_message(mail, envelope)
+        return Composed(event, lang, tuple(people), mail, build_message(mail, envelope), message_id)
+
+    def enqueue(
+        self,
+        session: Session,
+        ticket: Ticket,
+        event: str,
+        *,
+        in_reply_to: str | None = None,
+        auto_submitted: str = "auto-generated",
+        extra: dict | None = None,
+        only: list[Person] | None = None,
+        now: datetime | None = None,
+    ) -> Outbox | None:
+        """Render ``event`` for ``ticket`` and add it to the outbox (not committed here)."""
+        now = now or utcnow()
+        composed = self.compose(session, ticket, event, in_reply_to=in_reply_to, auto_submitted=auto_submitted,
+                                extra=extra, only=only, now=now)
+        if composed is None:
+            return None
+        msg = composed.message
         row = Outbox(
             ticket_id=ticket.id,
             event=event,
-            recipients=",".join(p.email for p in people),
-            language=lang,
+            recipients=",".join(p.email for p in composed.recipients),
+            language=composed.language,
             subject=str(msg["Subject"]),
-            message_id=message_id,
+            message_id=composed.message_id,
             raw=msg.as_bytes(),
             created_at=now,
             next_attempt_at=now,
@@ -150,10 +239,66 @@ class Notifier:
                 from_addr=self.config.helpdesk_address,
                 to_addrs=row.recipients,
                 subject=row.subject,
-                body_text=mail.text,
-                message_id=message_id,
+                body_text=composed.mail.text,
+                message_id=composed.message_id,
                 outbox_id=row.id,
                 created_at=now,
             )
         )
+        log.info("%s: %s mail <%s> queued for %s in %s", ticket.number, event, composed.message_id,
+                 row.recipients, composed.language)
         return row
+
+    def event_for(self, status: str) -> str | None:
+        """The template event mailed when a ticket arrives in ``status`` (manual §1.5)."""
+        return lifecycle.NOTIFIED.get(status)
+
+
+# Sample data for previews and ``templates check``: every field an event can show is set.
+SAMPLE_NOW = datetime(2026, 11, 27, 9, 30, tzinfo=timezone.utc)
+
+
+# What a customer and an agent would write, per language, so that a preview reads true.
+SAMPLE_TEXT = {
+    "fr": ("L'imprimante du 3e étage est en panne", "La pièce doit être commandée.",
+           "L'unité de fixation a été remplacée.", "Installation d'une imprimante couleur (450 EUR).",
+           "Le technicien repassera avec la pièce.", "3e étage, local 301"),
+    "nl": ("De printer op de 3de verdieping is defect", "Het onderdeel moet besteld worden.",
+           "De fuser-eenheid werd vervangen.", "Installatie van een kleurenprinter (450 EUR).",
+           "De technicus komt terug met het onderdeel.", "3de verdieping, lokaal 301"),
+    "en": ("Printer on the 3rd floor out of order", "The part has to be ordered.",
+           "The fuser unit was replaced.", "Installation of a colour printer (EUR 450).",
+           "The technician will come back with the part.", "3rd floor, room 301"),
+    "de": ("Drucker im 3. Stock defekt", "Das Ersatzteil muss bestellt werden.",
+           "Die Fixiereinheit wurde ersetzt.", "Installation eines Farbdruckers (450 EUR).",
+           "Der Techniker kommt mit dem Ersatzteil wieder.", "3. Stock, Raum 301"),
+}
+
+
+def sample_ticket(event: str, waiting_reason: str | None = None, lang: str = "en") -> tuple[Ticket, Person]:
+    """A ticket in the status of ``event`` with its data, and its affected person."""
+    title, reason, solution, approval, _update, place = SAMPLE_TEXT.get(lang, SAMPLE_TEXT["en"])
+    person = Person(id=0, email="marie.dupont@example.com", name="Marie Dupont", language=lang,
+                    company="Example SA", timezone="Europe/Brussels")
+    status = {v: k for k, v in lifecycle.NOTIFIED.items()}.get(event, lifecycle.IN_PROGRESS)
+    ticket = Ticket(
+        id=None, number="SR-000123" if event.startswith("approval") else "INC-000123",
+        process="service-request" if event.startswith("approval") else "incident",
+        status=status, title=title,
+        description="The printer shows error E52.", personal_reference="PO1234",
+        reporting_person_id=0, affected_person_id=0,
+        waiting_reason=(waiting_reason or "customer-feedback") if status == lifecycle.WAITING else None,
+        status_reason=reason if status in (lifecycle.REJECTED, lifecycle.POSTPONED,
+                                                                  lifecycle.WAITING) else None,
+        appointment_at=SAMPLE_NOW + timedelta(days=3, hours=4), appointment_place=place,
+        solution=solution, solved_at=SAMPLE_NOW, approval_text=approval,
+        created_at=SAMPLE_NOW, updated_at=SAMPLE_NOW,
+    )
+    return ticket, person
+
+
+def sample_context(notifier: Notifier, event: str, lang: str, waiting_reason: str | None = None) -> dict:
+    ticket, person = sample_ticket(event, waiting_reason, lang)
+    update = SAMPLE_TEXT.get(lang, SAMPLE_TEXT["en"])[4]
+    return notifier.context(ticket, person, lang, latest_update=update,
+                            change_number="CHG-000042" if ticket.waiting_reason == "rfc" else "")

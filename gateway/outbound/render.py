@@ -87,8 +87,14 @@ class Renderer:
     def translations(self, lang: str, use_override: bool = True) -> Translations:
         translations = Translations()
         for path in self._catalog_paths(lang, use_override):
-            with open(path, "rb") as fh:
-                catalog = read_po(fh, locale=lang)
+            try:
+                with open(path, "rb") as fh:
+                    catalog = read_po(fh, locale=lang, abort_invalid=True)
+            except Exception as exc:  # an admin's catalog that does not parse
+                # babel counts lines from 0
+                line = getattr(exc, "lineno", None)
+                where = f"{path}:{line + 1}" if isinstance(line, int) else str(path)
+                raise RenderError(f"{where}: cannot read catalog: {exc}") from exc
             buf = io.BytesIO()
             write_mo(buf, catalog)
             buf.seek(0)
@@ -148,8 +154,8 @@ class Renderer:
             raise RenderError(f"unknown event {event!r}; events are: {', '.join(EVENTS)}")
         if lang not in LANGUAGES:
             lang = FALLBACK_LANGUAGE
-        env = self.environment(lang, use_override)
         try:
+            env = self.environment(lang, use_override)
             text_tpl = env.get_template(f"{event}.txt.j2")
             html_tpl = env.get_template(f"{event}.html.j2")
             ctx = text_tpl.new_context(dict(context))
@@ -160,6 +166,8 @@ class Renderer:
             raise RenderError(f"{exc.filename or exc.name}:{exc.lineno}: {exc.message}") from exc
         except jinja2.TemplateNotFound as exc:
             raise RenderError(f"template not found: {exc.name}") from exc
+        except RenderError:
+            raise
         except Exception as exc:
             raise RenderError(_locate(exc) + f"{type(exc).__name__}: {exc}") from exc
         subject = " ".join(subject.split())
@@ -187,3 +195,63 @@ def _locate(exc: BaseException) -> str:
             where = f"{filename}:{tb.tb_lineno}: "
         tb = tb.tb_next
     return where
+
+
+@dataclass(frozen=True)
+class CheckFailure:
+    event: str
+    language: str
+    waiting_reason: str | None
+    error: str
+
+    def __str__(self) -> str:
+        case = f"{self.event}/{self.language}" + (f"/{self.waiting_reason}" if self.waiting_reason else "")
+        return f"{case}: {self.error}"
+
+
+def check_templates(renderer: Renderer, context_for, *, events: tuple[str, ...] = EVENTS,
+                    languages: tuple[str, ...] = LANGUAGES,
+                    waiting_reasons: tuple[str, ...] = ()) -> list[CheckFailure]:
+    """Render every event x language (x waiting reason for ``waiting``) with the admin's
+    overrides and undefined variables as errors; return the failures, each naming the
+    template file and line.  ``context_for(event, lang, waiting_reason)`` gives the data."""
+    strict = renderer if renderer.strict else Renderer(renderer.shipped_dir, renderer.override_dir, strict=True)
+    failures = []
+    for event in events:
+        reasons = waiting_reasons if event == "waiting" and waiting_reasons else (None,)
+        for lang in languages:
+            for reason in reasons:
+                try:
+                    strict.render(event, lang, context_for(event, lang, reason))
+                except RenderError as exc:
+                    failures.append(CheckFailure(event, lang, reason, str(exc)))
+    return failures
+
+
+def template_files(renderer: Renderer) -> list[tuple[str, str, Path | None]]:
+    """(event, kind, path in use or None when missing) for every event's text and HTML."""
+    rows = []
+    for event in EVENTS:
+        for kind in ("txt", "html"):
+            name = f"{event}.{kind}.j2"
+            found = None
+            for folder in ([renderer.override_dir] if renderer.override_dir else []) + [renderer.shipped_dir]:
+                if (folder / name).is_file():
+                    found = folder / name
+                    break
+            rows.append((event, kind, found))
+    return rows
+
+
+def compile_catalogs(folder: Path) -> list[Path]:
+    """Write ``mail.mo`` beside every ``locale/<lang>/LC_MESSAGES/mail.po`` under ``folder``."""
+    written = []
+    for po in sorted(Path(folder).glob("locale/*/LC_MESSAGES/mail.po")):
+        lang = po.parent.parent.name
+        with open(po, "rb") as fh:
+            catalog = read_po(fh, locale=lang)
+        mo = po.with_suffix(".mo")
+        with open(mo, "wb") as fh:
+            write_mo(fh, catalog)
+        written.append(mo)
+    return written
