@@ -161,7 +161,8 @@ class Renderer:
             ctx = text_tpl.new_context(dict(context))
             subject = "".join(text_tpl.blocks["subject"](ctx)) if "subject" in text_tpl.blocks else ""
             text = text_tpl.render(context)
-            html = html_tpl.render(context)
+            # The HTML part shows the same headline as the text part's first line.
+            html = html_tpl.render({**context, "headline": " ".join(subject.split())})
         except jinja2.TemplateSyntaxError as exc:
             raise RenderError(f"{exc.filename or exc.name}:{exc.lineno}: {exc.message}") from exc
         except jinja2.TemplateNotFound as exc:
