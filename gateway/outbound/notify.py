@@ -301,4 +301,17 @@ def sample_context(notifier: Notifier, event: str, lang: str, waiting_reason: st
     ticket, person = sample_ticket(event, waiting_reason, lang)
     update = SAMPLE_TEXT.get(lang, SAMPLE_TEXT["en"])[4]
     return notifier.context(ticket, person, lang, latest_update=update,
-                            change_number="CHG-000042" if ticket.waiting_reason == "rfc" else "")
+                            change_number="CHG-000042" if ticket.waiting_reason == "rfc" else "",
+                            extra=sample_extra(event, ticket, person, lang))
+
+
+def sample_extra(event: str, ticket: Ticket, person: Person, lang: str) -> dict:
+    """What the reply-handling events pass besides the ticket (gateway.ingest.process)."""
+    if event == "approval-recorded":
+        return {"decision": "approved", "approver": person.name or person.email,
+                "answer": SAMPLE_TEXT.get(lang, SAMPLE_TEXT["en"])[3]}
+    if event == "closed-new-ticket":
+        closed = Ticket(number="INC-000007", process=ticket.process, status=lifecycle.CLOSED, title=ticket.title,
+                        reporting_person_id=0, affected_person_id=0)
+        return {"closed_ticket": closed}
+    return {}
