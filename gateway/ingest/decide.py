@@ -30,6 +30,9 @@ class Facts:
     automatic: Automatic | None
     thread: ThreadHit | None
     reference: Reference | None
+    # The sender is a known Person, and the policy for unknown ones (create, reject, quarantine).
+    sender_known: bool = True
+    unknown_senders: str = "create"
 
 
 @dataclass(frozen=True)
@@ -65,12 +68,15 @@ def decide(mail: ParsedMail, facts: Facts) -> Decision:
     if facts.duplicate_of:
         return Ignore("duplicate", f"Message-ID already on {facts.duplicate_of}", facts.duplicate_of)
     if facts.automatic is not None:
-        outcome = "bounce" if facts.automatic.kind == "bounce" else "auto-reply"
-        return Ignore(outcome, facts.automatic.detail)
+        return Ignore(facts.automatic.outcome, facts.automatic.detail)
     if not mail.from_addr:
         return QuarantineIt("no sender address (From) to answer or to file the ticket under")
-    if facts.thread is not None:
-        if facts.thread.sender_allowed:
-            return FollowUp(facts.thread.number, facts.thread.via)
-        return NewTicket(facts.process, title_from_subject(mail.subject), facts.reference, facts.thread.number)
-    return NewTicket(facts.process, title_from_subject(mail.subject), facts.reference)
+    if facts.thread is not None and facts.thread.sender_allowed:
+        return FollowUp(facts.thread.number, facts.thread.via)
+    # Never answer an unknown sender that the policy refuses: that would be backscatter.
+    if not facts.sender_known and facts.unknown_senders == "reject":
+        return Ignore("rejected", f"unknown sender {mail.from_addr} (gateway.unknown_senders = reject)")
+    if not facts.sender_known and facts.unknown_senders == "quarantine":
+        return QuarantineIt(f"unknown sender {mail.from_addr} (gateway.unknown_senders = quarantine)")
+    refers_to = facts.thread.number if facts.thread is not None else None
+    return NewTicket(facts.process, title_from_subject(mail.subject), facts.reference, refers_to)

@@ -66,6 +66,8 @@ class ParsedMail:
     content_type: str
     report_type: str | None
     defects: tuple[str, ...] = field(default=())
+    # Content types of every MIME part, in order (for telling reports from mail).
+    part_types: tuple[str, ...] = field(default=())
 
     def header(self, name: str) -> str | None:
         name = name.lower()
@@ -197,8 +199,79 @@ def clean_filename(name: str, fallback: str = "attachment") -> str:
     return name
 
 
+def _report_bytes(part: email.message.Message) -> bytes:
+    """The text of a report part (compat32 splits delivery-status into header blocks)."""
+    payload = part.get_payload()
+    try:
+        if isinstance(payload, list):
+            return b"\n".join(sub.as_bytes() if isinstance(sub, email.message.Message) else b"" for sub in payload)
+        return part.get_payload(decode=True) or b""
+    except Exception:
+        return str(payload).encode("utf-8", "replace")
+
+
+def _unpack_tnef(attachments: list[ParsedAttachment], notes: list[str]) -> list[ParsedAttachment]:
+    """Outlook's winmail.dat (TNEF) hides the real files; replace it by them.  When it holds
+    no file (only a rich-text body) or cannot be read, it is kept as it came."""
+    out: list[ParsedAttachment] = []
+    for att in attachments:
+        is_tnef = att.content_type in ("application/ms-tnef", "application/vnd.ms-tnef") or \
+            att.filename.lower() == "winmail.dat"
+        if not is_tnef:
+            out.append(att)
+            continue
+        try:
+            from tnefparse import TNEF
+
+            tnef = TNEF(att.data, do_checksum=False)
+            files = [(f.long_filename() or f.name or "", f.data) for f in tnef.attachments]
+        except Exception as exc:  # a broken TNEF stream: keep the bytes
+            notes.append(f"winmail.dat not readable as TNEF ({type(exc).__name__}): kept as it came")
+            out.append(att)
+            continue
+        if not files:
+            out.append(att)
+            continue
+        for i, (name, data) in enumerate(files, 1):
+            if isinstance(name, bytes):
+                name = decode_bytes(name, None)
+            data = bytes(data or b"")
+            out.append(ParsedAttachment(clean_filename(name, f"winmail-{i}.bin"), _guess_type(name), data))
+        notes.append(f"winmail.dat unpacked into {len(files)} file(s)")
+    return out
+
+
+def _guess_type(name: str) -> str:
+    import mimetypes
+
+    return mimetypes.guess_type(name)[0] or "application/octet-stream"
+
+
 _EXT = {"text/plain": "txt", "text/html": "html", "message/rfc822": "eml", "text/calendar": "ics",
         "application/pdf": "pdf", "image/png": "png", "image/jpeg": "jpg", "image/gif": "gif"}
+
+
+_HEADER_LINE = re.compile(rb"^[\x21-\x39\x3b-\x7e]{1,76}:")
+# Headers that only a mail has; a text file with none of them is not a mail.
+_MAIL_HEADERS = ("from", "to", "subject", "date", "message-id", "received", "sender", "mime-version",
+                 "content-type", "return-path")
+# Machine-readable report parts: kept as attachments with their text, never walked as mail.
+_REPORT_PARTS = ("message/delivery-status", "message/global-delivery-status", "message/feedback-report",
+                 "message/disposition-notification", "text/rfc822-headers", "message/rfc822-headers",
+                 "message/global-headers")
+
+
+def _skip_leading_text(raw: bytes, notes: list[str]) -> bytes:
+    """Some clients put a line of text before the headers ("---- Original email message ----").
+    When the first line is not a header but the next ones are, read the mail from there."""
+    if _HEADER_LINE.match(raw) or raw.startswith(b"From "):
+        return raw
+    lines = raw.split(b"\n", 4)
+    for i in range(1, min(3, len(lines) - 1)):
+        if _HEADER_LINE.match(lines[i]) and _HEADER_LINE.match(lines[i + 1]):
+            notes.append(f"text before the headers skipped: {b' '.join(lines[:i]).strip()[:80]!r}")
+            return b"\n".join(lines[i:])
+    return raw
 
 
 def parse(raw: bytes, limits: Limits = Limits()) -> ParsedMail:
@@ -206,6 +279,7 @@ def parse(raw: bytes, limits: Limits = Limits()) -> ParsedMail:
     notes: list[str] = []
     if not raw.strip():
         raise Quarantine("empty message")
+    raw = _skip_leading_text(raw.lstrip(b"\r\n"), notes)
     head_end = raw.find(b"\n\n")
     head = raw if head_end < 0 else raw[:head_end]
     if b"\x00" in head:
@@ -219,8 +293,7 @@ def parse(raw: bytes, limits: Limits = Limits()) -> ParsedMail:
         raise Quarantine("MIME structure too deep to parse") from None
     except Exception as exc:  # the tolerant parser almost never raises
         raise Quarantine(f"unparseable message: {exc}") from None
-    if not any(k.lower() in ("from", "to", "subject", "date", "message-id", "received", "sender")
-               for k in msg.keys()):
+    if not any(k.lower() in _MAIL_HEADERS for k in msg.keys()):
         raise Quarantine("not an e-mail message: no mail headers found")
 
     headers = tuple((k.lower(), decode_header_value(v, notes)) for k, v in msg.items())
@@ -246,6 +319,7 @@ def parse(raw: bytes, limits: Limits = Limits()) -> ParsedMail:
     htmls: list[str] = []
     attachments: list[ParsedAttachment] = []
     counter = {"parts": 0}
+    part_types: list[str] = []
 
     def walk(part: email.message.Message, depth: int) -> None:
         counter["parts"] += 1
@@ -258,12 +332,17 @@ def parse(raw: bytes, limits: Limits = Limits()) -> ParsedMail:
             if name not in notes:
                 notes.append(name)
         ctype = part.get_content_type()
+        part_types.append(ctype)
         maintype = part.get_content_maintype()
         disposition = str(part.get("Content-Disposition") or "").split(";")[0].strip().lower()
         filename = _part_filename(part, notes)
         content_id = normalize_message_id(str(part.get("Content-ID"))) if part.get("Content-ID") else None
 
-        if ctype == "message/rfc822" or (maintype == "message" and ctype not in ("message/delivery-status",)):
+        if ctype in _REPORT_PARTS:
+            attachments.append(ParsedAttachment(clean_filename(filename or f"{ctype.split('/')[1]}.txt"), ctype,
+                                                _report_bytes(part), False, content_id))
+            return
+        if ctype == "message/rfc822" or maintype == "message":
             payload = part.get_payload()
             if isinstance(payload, list) and payload:
                 inner = payload[0]
@@ -279,7 +358,10 @@ def parse(raw: bytes, limits: Limits = Limits()) -> ParsedMail:
             name = filename or (inner_subject or "forwarded message") + ".eml"
             attachments.append(ParsedAttachment(clean_filename(name, "message.eml"), "message/rfc822", data))
             return
-        if part.is_multipart():
+        if maintype == "multipart" and not part.is_multipart():
+            # No boundary found: the parts cannot be told apart, so the whole is shown as text.
+            ctype, filename, disposition = "text/plain", None, ""
+        elif part.is_multipart():
             payload = part.get_payload()
             if not isinstance(payload, list):
                 return
@@ -313,6 +395,7 @@ def parse(raw: bytes, limits: Limits = Limits()) -> ParsedMail:
         walk(msg, 0)
     except RecursionError:
         raise Quarantine("MIME structure too deep to parse") from None
+    attachments = _unpack_tnef(attachments, notes)
 
     html = "\n".join(htmls) if htmls else None
     if texts:
@@ -343,4 +426,5 @@ def parse(raw: bytes, limits: Limits = Limits()) -> ParsedMail:
         content_type=ctype,
         report_type=str(report_type).lower() if report_type else None,
         defects=tuple(notes),
+        part_types=tuple(part_types),
     )
