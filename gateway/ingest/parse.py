@@ -11,6 +11,7 @@ from __future__ import annotations
 import email
 import email.header
 import email.message
+import email.policy
 import email.utils
 import hashlib
 import re
@@ -87,13 +88,18 @@ _ALIASES = {"iso-8859-1": "cp1252", "latin1": "cp1252", "latin-1": "cp1252", "us
             "gb2312": "gb18030", "gbk": "gb18030", "windows-874": "cp874", "x-sjis": "shift_jis"}
 
 
-def decode_bytes(data: bytes, charset: str | None, notes: list[str] | None = None) -> str:
-    """Decode with the declared charset, then UTF-8, then Windows-1252; note any loss."""
+def decode_bytes(data: bytes, charset: str | None, notes: list[str] | None = None, hint: str | None = None) -> str:
+    """Decode with the declared charset, then UTF-8, then ``hint`` (the charset the rest of
+    the mail declares, for undeclared 8-bit headers), then Windows-1252; note any loss."""
     declared = (charset or "").strip().strip('"').lower()
     candidates = []
     if declared:
         candidates.append(_ALIASES.get(declared, declared))
-    candidates += ["utf-8", "cp1252"]
+    candidates.append("utf-8")
+    if hint:
+        hint = hint.strip().strip('"').lower()
+        candidates.append(_ALIASES.get(hint, hint))
+    candidates.append("cp1252")
     for cs in candidates:
         try:
             return data.decode(cs)
@@ -104,7 +110,7 @@ def decode_bytes(data: bytes, charset: str | None, notes: list[str] | None = Non
     return data.decode("utf-8", errors="replace")
 
 
-def decode_header_value(value, notes: list[str] | None = None) -> str:
+def decode_header_value(value, notes: list[str] | None = None, hint: str | None = None) -> str:
     """Decode RFC 2047 encoded words (and raw 8-bit) in a header value to text."""
     if value is None:
         return ""
@@ -113,19 +119,19 @@ def decode_header_value(value, notes: list[str] | None = None) -> str:
     else:
         value = str(value)
         if "=?" not in value:
-            return _unfold(_fix_surrogates(value, notes))
+            return _unfold(_fix_surrogates(value, notes, hint))
         try:
             chunks = email.header.decode_header(value)
         except Exception:
-            return _unfold(_fix_surrogates(value, notes))
+            return _unfold(_fix_surrogates(value, notes, hint))
     out = []
     prev_encoded = False
     for chunk, cs in chunks:
         if isinstance(chunk, bytes):
-            text = decode_bytes(chunk, cs, notes) if cs else _fix_surrogates(chunk.decode("ascii", "surrogateescape"), notes)
+            text = decode_bytes(chunk, cs, notes) if cs else _fix_surrogates(chunk.decode("ascii", "surrogateescape"), notes, hint)
             encoded = cs is not None
         else:
-            text, encoded = _fix_surrogates(chunk, notes), False
+            text, encoded = _fix_surrogates(chunk, notes, hint), False
         # decode_header drops the whitespace between an encoded word and plain text.
         if out and not (encoded and prev_encoded) and not text.startswith((" ", "\t")) and not out[-1].endswith(" "):
             text = " " + text
@@ -134,20 +140,36 @@ def decode_header_value(value, notes: list[str] | None = None) -> str:
     return _unfold("".join(out))
 
 
-def _fix_surrogates(text: str, notes: list[str] | None) -> str:
-    """Raw 8-bit header bytes arrive as surrogates: decode them as UTF-8 or Windows-1252."""
+def _fix_surrogates(text: str, notes: list[str] | None, hint: str | None = None) -> str:
+    """Raw 8-bit header bytes arrive as surrogates: decode them as UTF-8, the mail's own
+    charset, or Windows-1252."""
     if not any("\udc80" <= ch <= "\udcff" for ch in text):
         return text
     raw = text.encode("utf-8", "surrogateescape")
-    return decode_bytes(raw, None, notes)
+    return decode_bytes(raw, None, notes, hint)
+
+
+def raw_header(msg: email.message.Message, name: str) -> str | None:
+    """A header as it came (8-bit bytes as surrogates), not the lossy Header object that
+    the compat32 policy makes of non-ASCII values."""
+    name = name.lower()
+    for key, value in msg.raw_items():
+        if key.lower() == name:
+            return value if isinstance(value, str) else str(value)
+    return None
+
+
+def raw_headers(msg: email.message.Message, name: str) -> list[str]:
+    name = name.lower()
+    return [v if isinstance(v, str) else str(v) for k, v in msg.raw_items() if k.lower() == name]
 
 
 def _unfold(text: str) -> str:
     return re.sub(r"\r?\n[ \t]*", " ", text).strip()
 
 
-def _addresses(values: list[str], notes: list[str]) -> tuple[tuple[str, str], ...]:
-    decoded = [decode_header_value(v, notes) for v in values if v is not None]
+def _addresses(values: list[str], notes: list[str], hint: str | None = None) -> tuple[tuple[str, str], ...]:
+    decoded = [decode_header_value(v, notes, hint) for v in values if v is not None]
     pairs = []
     for name, addr in email.utils.getaddresses(decoded):
         addr = normalize(addr)
@@ -165,22 +187,29 @@ def _message_ids(value: str | None) -> tuple[str, ...]:
     return tuple(normalize_message_id(v) for v in found)
 
 
-def _part_filename(part: email.message.Message, notes: list[str]) -> str | None:
+def _part_filename(part: email.message.Message, notes: list[str], hint: str | None = None) -> str | None:
+    """The file name of a part: RFC 2231 and encoded words decoded, raw 8-bit bytes read in
+    the mail's charset (compat32 would turn them into replacement characters)."""
+    probe = email.message.Message()
+    for header in ("Content-Disposition", "Content-Type"):
+        value = raw_header(part, header)
+        if value is not None:
+            probe[header] = _fix_surrogates(value, notes, hint)
     name = None
     try:
-        name = part.get_filename()
+        name = probe.get_filename()
     except Exception:
         name = None
     if name is None:
         try:
-            name = part.get_param("name")
+            name = probe.get_param("name")
             if isinstance(name, tuple):  # RFC 2231
                 name = email.utils.collapse_rfc2231_value(name)
         except Exception:
             name = None
     if name is None:
         return None
-    return decode_header_value(name, notes)
+    return decode_header_value(name, notes, hint)
 
 
 def clean_filename(name: str, fallback: str = "attachment") -> str:
@@ -199,12 +228,27 @@ def clean_filename(name: str, fallback: str = "attachment") -> str:
     return name
 
 
+_CRLF = email.policy.compat32.clone(linesep="\r\n")
+
+
+def _charset_hint(msg: email.message.Message) -> str | None:
+    """The first charset the mail declares, to read undeclared 8-bit headers with."""
+    for i, part in enumerate(msg.walk()):
+        if i > 50:
+            break
+        charset = part.get_content_charset()
+        if charset and charset not in ("us-ascii", "ascii", "utf-8"):
+            return charset
+    return None
+
+
 def _report_bytes(part: email.message.Message) -> bytes:
     """The text of a report part (compat32 splits delivery-status into header blocks)."""
     payload = part.get_payload()
     try:
         if isinstance(payload, list):
-            return b"\n".join(sub.as_bytes() if isinstance(sub, email.message.Message) else b"" for sub in payload)
+            data = b"".join(sub.as_bytes() if isinstance(sub, email.message.Message) else b"" for sub in payload)
+            return data.rstrip(b"\r\n") + b"\n"
         return part.get_payload(decode=True) or b""
     except Exception:
         return str(payload).encode("utf-8", "replace")
@@ -274,12 +318,35 @@ def _skip_leading_text(raw: bytes, notes: list[str]) -> bytes:
     return raw
 
 
+def _repair_header_block(raw: bytes, notes: list[str]) -> bytes:
+    """Some mailers continue a header on lines that are not indented (a base64 tracker, a
+    wrapped Received).  The standard parser then ends the header block early and loses
+    From and Subject.  Lines of the header block that are neither a header nor indented,
+    and that have real headers after them, are read as continuation lines."""
+    m = re.search(rb"\r?\n\r?\n", raw)
+    if m is None:
+        return raw
+    head, rest = raw[: m.start()], raw[m.start():]
+    lines = head.split(b"\n")
+    is_header = [bool(_HEADER_LINE.match(line)) or line[:1] in (b" ", b"\t") or (i == 0 and line.startswith(b"From "))
+                 for i, line in enumerate(lines)]
+    if all(is_header):
+        return raw
+    last_header = max((i for i, ok in enumerate(is_header) if ok and _HEADER_LINE.match(lines[i])), default=-1)
+    fixed = [line if ok or i > last_header else b" " + line for i, (line, ok) in enumerate(zip(lines, is_header))]
+    if fixed == lines:
+        return raw
+    notes.append("header lines continued without indentation: read as continuations")
+    return b"\n".join(fixed) + rest
+
+
 def parse(raw: bytes, limits: Limits = Limits()) -> ParsedMail:
     """Parse a raw RFC 5322 message.  Raises Quarantine over a limit or for what is not mail."""
     notes: list[str] = []
     if not raw.strip():
         raise Quarantine("empty message")
     raw = _skip_leading_text(raw.lstrip(b"\r\n"), notes)
+    raw = _repair_header_block(raw, notes)
     head_end = raw.find(b"\n\n")
     head = raw if head_end < 0 else raw[:head_end]
     if b"\x00" in head:
@@ -296,12 +363,14 @@ def parse(raw: bytes, limits: Limits = Limits()) -> ParsedMail:
     if not any(k.lower() in _MAIL_HEADERS for k in msg.keys()):
         raise Quarantine("not an e-mail message: no mail headers found")
 
-    headers = tuple((k.lower(), decode_header_value(v, notes)) for k, v in msg.items())
+    hint = _charset_hint(msg)
+    crlf = raw.count(b"\r\n") * 2 > raw.count(b"\n")
+    headers = tuple((k.lower(), decode_header_value(v, notes, hint)) for k, v in msg.raw_items())
     for defect in msg.defects:
         notes.append(type(defect).__name__)
 
-    subject = decode_header_value(msg.get("Subject"), notes)
-    froms = _addresses(msg.get_all("From") or msg.get_all("Sender") or [], notes)
+    subject = decode_header_value(raw_header(msg, "Subject"), notes, hint)
+    froms = _addresses(raw_headers(msg, "From") or raw_headers(msg, "Sender"), notes, hint)
     from_name, from_addr = froms[0] if froms else ("", "")
     to = tuple(a for _, a in _addresses(msg.get_all("To") or [], notes))
     cc = tuple(a for _, a in _addresses(msg.get_all("Cc") or [], notes))
@@ -315,7 +384,8 @@ def parse(raw: bytes, limits: Limits = Limits()) -> ParsedMail:
     lang = msg.get("Content-Language")
     lang = str(lang).split(",")[0].strip().lower() if lang else None
 
-    texts: list[str] = []
+    # Body fragments in order, (content type, text); alternatives are resolved as walked.
+    fragments: list[tuple[str, str]] = []
     htmls: list[str] = []
     attachments: list[ParsedAttachment] = []
     counter = {"parts": 0}
@@ -335,7 +405,7 @@ def parse(raw: bytes, limits: Limits = Limits()) -> ParsedMail:
         part_types.append(ctype)
         maintype = part.get_content_maintype()
         disposition = str(part.get("Content-Disposition") or "").split(";")[0].strip().lower()
-        filename = _part_filename(part, notes)
+        filename = _part_filename(part, notes, part.get_content_charset() or hint)
         content_id = normalize_message_id(str(part.get("Content-ID"))) if part.get("Content-ID") else None
 
         if ctype in _REPORT_PARTS:
@@ -347,7 +417,8 @@ def parse(raw: bytes, limits: Limits = Limits()) -> ParsedMail:
             if isinstance(payload, list) and payload:
                 inner = payload[0]
                 try:
-                    data = inner.as_bytes()
+                    # Keep the line endings the mail came with, so the content hash matches.
+                    data = inner.as_bytes(policy=_CRLF if crlf else email.policy.compat32)
                 except Exception:
                     data = str(inner).encode("utf-8", "replace")
             else:
@@ -355,7 +426,8 @@ def parse(raw: bytes, limits: Limits = Limits()) -> ParsedMail:
             inner_subject = ""
             if isinstance(payload, list) and payload:
                 inner_subject = decode_header_value(payload[0].get("Subject"), notes)
-            name = filename or (inner_subject or "forwarded message") + ".eml"
+            description = decode_header_value(raw_header(part, "Content-Description"), notes, hint)
+            name = filename or (inner_subject or description or "forwarded message") + ".eml"
             attachments.append(ParsedAttachment(clean_filename(name, "message.eml"), "message/rfc822", data))
             return
         if maintype == "multipart" and not part.is_multipart():
@@ -365,9 +437,22 @@ def parse(raw: bytes, limits: Limits = Limits()) -> ParsedMail:
             payload = part.get_payload()
             if not isinstance(payload, list):
                 return
-            for sub in payload:
-                if isinstance(sub, email.message.Message):
+            subs = [sub for sub in payload if isinstance(sub, email.message.Message)]
+            if ctype != "multipart/alternative":
+                for sub in subs:
                     walk(sub, depth + 1)
+                return
+            # Alternatives say the same thing: keep the plain-text one as the body when
+            # there is one, else the richest (the last); attachments of all are kept.
+            choices = []
+            for sub in subs:
+                start = len(fragments)
+                walk(sub, depth + 1)
+                choices.append(fragments[start:])
+                del fragments[start:]
+            plain = [c for c in choices if any(t == "text/plain" for t, _ in c)]
+            rich = [c for c in choices if c]
+            fragments.extend(plain[0] if plain else (rich[-1] if rich else []))
             return
         try:
             data = part.get_payload(decode=True) or b""
@@ -379,9 +464,8 @@ def parse(raw: bytes, limits: Limits = Limits()) -> ParsedMail:
                         and (filename is None or disposition == "inline"))
         if is_body_text:
             text = decode_bytes(data, part.get_content_charset(), notes)
-            if ctype == "text/plain":
-                texts.append(text)
-            else:
+            fragments.append((ctype, text))
+            if ctype == "text/html":
                 htmls.append(text)
             return
         inline = disposition == "inline" or (content_id is not None and disposition != "attachment")
@@ -398,12 +482,8 @@ def parse(raw: bytes, limits: Limits = Limits()) -> ParsedMail:
     attachments = _unpack_tnef(attachments, notes)
 
     html = "\n".join(htmls) if htmls else None
-    if texts:
-        text = "\n".join(t.strip("\n") for t in texts)
-    elif html is not None:
-        text = html_to_text(html)
-    else:
-        text = ""
+    # Fragments of a multipart/mixed (text, then HTML, then text again) are all body.
+    text = "\n".join((t if kind == "text/plain" else html_to_text(t)).strip("\r\n") for kind, t in fragments)
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     ctype = msg.get_content_type()
     report_type = msg.get_param("report-type") if ctype == "multipart/report" else None
