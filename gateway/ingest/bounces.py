@@ -69,8 +69,11 @@ _BODY = re.compile(
     re.IGNORECASE)
 
 _TEMPORARY = re.compile(r"\(delay\)|delayed|still being retried|will (?:continue|keep) trying|"
-                        r"has not yet been delivered|warning:|notification: (?:warning|delayed)|"
-                        r"will retry|temporar", re.IGNORECASE)
+                        r"has not yet been delivered|warning|notification: (?:warning|delayed)|postponed|"
+                        r"attempts will continue|will continue to try|will retry|temporar", re.IGNORECASE)
+# A failure that no retry will cure, even when the subject says "warning".
+_PERMANENT = re.compile(r"user unknown|unknown user|no such user|does not exist|invalid recipient|"
+                        r"\b5\.[0-7]\.\d{1,3}\b|^5\d\d[ -]", re.IGNORECASE | re.MULTILINE)
 
 _FEEDBACK_SUBJECT = re.compile(r"^complaint about message from|abuse report", re.IGNORECASE)
 
@@ -90,7 +93,7 @@ def _is_daemon(mail: ParsedMail) -> bool:
 
 def _status_fields(mail: ParsedMail) -> tuple[list[str], list[str], list[str]]:
     """Recipients, actions and statuses from the machine-readable part of a DSN."""
-    recipients, actions, statuses = [], [], []
+    originals, finals, actions, statuses = [], [], [], []
     for att in mail.attachments:
         if att.content_type not in ("message/delivery-status", "message/global-delivery-status"):
             continue
@@ -99,12 +102,14 @@ def _status_fields(mail: ParsedMail) -> tuple[list[str], list[str], list[str]]:
             name = name.lower()
             if name in ("final-recipient", "original-recipient"):
                 addr = normalize(value.split(";", 1)[-1].strip().strip("<>"))
-                if "@" in addr and addr not in recipients:
-                    recipients.append(addr)
+                if "@" in addr:
+                    (originals if name == "original-recipient" else finals).append(addr)
             elif name == "action":
                 actions.append(value.strip().lower())
             elif name == "status":
                 statuses.append(value.strip())
+    # The original recipient is the address we wrote to; the final one may be an alias.
+    recipients = list(dict.fromkeys(originals or finals))
     return recipients, actions, statuses
 
 
@@ -192,7 +197,8 @@ def analyse(mail: ParsedMail) -> Report | None:
     subject = bool(_SUBJECT.search(mail.subject))
     body = bool(_BODY.search(mail.text[:20000]))
     if (daemon and (subject or body)) or (subject and body):
-        hard = not (_TEMPORARY.search(mail.subject) or _TEMPORARY.search(mail.text[:3000]))
+        head = mail.text[:3000]
+        hard = bool(_PERMANENT.search(head)) or not (_TEMPORARY.search(mail.subject) or _TEMPORARY.search(head))
         signals = ", ".join(s for s, on in (("mail-system sender", daemon), ("bounce subject", subject),
                                              ("bounce text", body)) if on)
         return Report("bounce", f"non-standard bounce ({signals}; {'permanent' if hard else 'temporary'})",

@@ -8,6 +8,7 @@ readable text and a note of what could not be decoded.
 
 from __future__ import annotations
 
+import codecs
 import email
 import email.header
 import email.message
@@ -88,26 +89,48 @@ _ALIASES = {"iso-8859-1": "cp1252", "latin1": "cp1252", "latin-1": "cp1252", "us
             "gb2312": "gb18030", "gbk": "gb18030", "windows-874": "cp874", "x-sjis": "shift_jis"}
 
 
+_LATIN = {"iso-8859-1", "iso8859-1", "latin1", "latin-1", "iso-8859-15", "windows-1252", "cp1252", "us-ascii",
+          "ascii"}
+_UTF8_SEQUENCE = re.compile(rb"[\xc2-\xf4][\x80-\xbf]+")
+
+
+def _cp1252_for_invalid(err: UnicodeDecodeError):
+    """Codec error handler: bytes that are not UTF-8 are read as Windows-1252."""
+    return err.object[err.start:err.end].decode("cp1252", "replace"), err.end
+
+
+codecs.register_error("gateway-cp1252", _cp1252_for_invalid)
+
+
 def decode_bytes(data: bytes, charset: str | None, notes: list[str] | None = None, hint: str | None = None) -> str:
     """Decode with the declared charset, then UTF-8, then ``hint`` (the charset the rest of
-    the mail declares, for undeclared 8-bit headers), then Windows-1252; note any loss."""
+    the mail declares, for undeclared 8-bit headers), then Windows-1252; note any loss.
+
+    Two wrong labels are common enough to be handled: UTF-8 labelled ISO-8859-1 or ASCII
+    (a valid UTF-8 text is taken as UTF-8: Latin-1 text is almost never valid UTF-8),
+    and Windows-1252 labelled ISO-8859-1 (decoded as Windows-1252, its superset).  Text
+    mixing UTF-8 with stray single-byte characters keeps both readable.
+    """
     declared = (charset or "").strip().strip('"').lower()
     candidates = []
+    if declared in _LATIN and _UTF8_SEQUENCE.search(data):
+        candidates.append("utf-8")
     if declared:
         candidates.append(_ALIASES.get(declared, declared))
     candidates.append("utf-8")
     if hint:
         hint = hint.strip().strip('"').lower()
         candidates.append(_ALIASES.get(hint, hint))
-    candidates.append("cp1252")
     for cs in candidates:
         try:
             return data.decode(cs)
         except (LookupError, UnicodeDecodeError):
             continue
     if notes is not None:
-        notes.append(f"text not decodable as {declared or 'any charset'}: undecodable bytes replaced")
-    return data.decode("utf-8", errors="replace")
+        notes.append(f"text not decodable as {declared or 'any declared charset'}: read as UTF-8 and Windows-1252")
+    if _UTF8_SEQUENCE.search(data):
+        return data.decode("utf-8", errors="gateway-cp1252")
+    return data.decode("cp1252", errors="gateway-cp1252")
 
 
 def decode_header_value(value, notes: list[str] | None = None, hint: str | None = None) -> str:
@@ -450,8 +473,8 @@ def parse(raw: bytes, limits: Limits = Limits()) -> ParsedMail:
                 walk(sub, depth + 1)
                 choices.append(fragments[start:])
                 del fragments[start:]
-            plain = [c for c in choices if any(t == "text/plain" for t, _ in c)]
-            rich = [c for c in choices if c]
+            plain = [c for c in choices if any(t == "text/plain" and x.strip() for t, x in c)]
+            rich = [c for c in choices if any(x.strip() for _, x in c)]
             fragments.extend(plain[0] if plain else (rich[-1] if rich else []))
             return
         try:
@@ -461,7 +484,7 @@ def parse(raw: bytes, limits: Limits = Limits()) -> ParsedMail:
             notes.append(f"undecodable transfer encoding in a {ctype} part")
         # Text is the body unless it is marked or named as an attachment.
         is_body_text = (ctype in ("text/plain", "text/html") and disposition != "attachment"
-                        and (filename is None or disposition == "inline"))
+                        and filename is None)
         if is_body_text:
             text = decode_bytes(data, part.get_content_charset(), notes)
             fragments.append((ctype, text))
