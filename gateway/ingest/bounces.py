@@ -77,7 +77,7 @@ _PERMANENT = re.compile(r"user unknown|unknown user|no such user|does not exist|
 
 _FEEDBACK_SUBJECT = re.compile(r"^complaint about message from|abuse report", re.IGNORECASE)
 
-_MID_LINE = re.compile(r"^[ \t>]*message-id:[ \t]*<?([^\s<>]+@[^\s<>]+?)>?[ \t]*$", re.IGNORECASE | re.MULTILINE)
+_MID_LINE = re.compile(r"^[ \t>]*message-id:[ \t]*<?([^\s<>]+@[^\s<>]+?)>?[ \t\r]*$", re.IGNORECASE | re.MULTILINE)
 _FIELD = re.compile(r"^([A-Za-z-]+):[ \t]*(.*)$", re.MULTILINE)
 
 
@@ -120,7 +120,9 @@ def original_message_ids(mail: ParsedMail) -> tuple[str, ...]:
     for att in mail.attachments:
         if att.content_type in ("message/rfc822", "text/rfc822-headers", "message/rfc822-headers",
                                 "message/global", "message/global-headers"):
-            head = att.data[:65536].split(b"\n\n", 1)[0] if att.content_type == "message/rfc822" else att.data[:65536]
+            head = att.data[:65536]
+            if att.content_type == "message/rfc822":
+                head = re.split(rb"\r?\n\r?\n", head, maxsplit=1)[0]
             found += _MID_LINE.findall(head.decode("utf-8", "replace"))
     found += _MID_LINE.findall(mail.text[:200_000])
     own = mail.message_id
