@@ -126,7 +126,7 @@ def decode_bytes(data: bytes, charset: str | None, notes: list[str] | None = Non
     for cs in candidates:
         try:
             return data.decode(cs)
-        except (LookupError, UnicodeDecodeError):
+        except (LookupError, ValueError):  # unknown, malformed ("utf-8\0") or wrong label
             continue
     if notes is not None:
         notes.append(f"text not decodable as {declared or 'any declared charset'}: read as UTF-8 and Windows-1252")
