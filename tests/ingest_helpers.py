@@ -37,9 +37,10 @@ def customer_mail(sender: str = "marie.dupont@example.be", subject: str = "Print
     msg["To"] = "helpdesk@localhost"
     msg["Subject"] = subject
     msg["Message-ID"] = make_msgid(domain="example.be")
+    msg.set_content(body)
+    # After the content: set_content() clears every Content-* header.
     for name, value in headers.items():
         msg[name.replace("_", "-")] = value
-    msg.set_content(body)
     return msg.as_bytes()
 
 

@@ -77,7 +77,8 @@ class _TextExtractor(HTMLParser):
                 target = href[7:] if href.lower().startswith("mailto:") else href
                 if target not in text_so_far:
                     self.out.append(f" <{target}>")
-        if tag in _BLOCK:
+        # A list item ends where the next begins: no blank line between items.
+        if tag in _BLOCK and tag != "li":
             self.out.append("\n")
             if tag in ("p", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "table", "ul", "ol"):
                 self.out.append("\n")
