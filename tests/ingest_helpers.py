@@ -17,9 +17,12 @@ from store.db import session_for
 from store.models import InboundMessage, Outbox, Person, Ticket
 
 
-def make_app(folder: Path, toml: str = "") -> App:
+def make_app(folder: Path, toml: str = "", database_url: str | None = None) -> App:
+    """A gateway in ``folder`` (SQLite there, or ``database_url``) with extra config TOML."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "config.toml"
+    if database_url:
+        toml = f'[database]\nurl = "{database_url}"\n' + toml
     path.write_text(toml)
     return App(load_config(path, env={}))
 

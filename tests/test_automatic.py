@@ -120,8 +120,8 @@ def _bounce_for(corpus, outbox_mid: str, n: int) -> bytes:
     return raw.replace(b"20150830145606.9246B20C3E96@mx1.zammad.com", f"bounce-{n}@mx1.zammad.com".encode())
 
 
-def test_bounce_marks_the_outbox_mail_failed_and_counts_hard_bounces(tmp_path, corpus):
-    app = make_app(tmp_path)
+def test_bounce_marks_the_outbox_mail_failed_and_counts_hard_bounces(tmp_path, corpus, database_url):
+    app = make_app(tmp_path, database_url=database_url)
     customer = "not_existing@znuny.com"  # the address Postfix's DSN reports as unknown
     for n in range(3):
         assert receive(app, customer_mail(sender=customer, subject=f"Problem {n}")).outcome == "created"
@@ -152,8 +152,8 @@ def test_a_bounce_of_someone_elses_mail_touches_nothing(tmp_path, corpus):
 @pytest.mark.parametrize("policy, outcome, state", [("reject", "rejected", "processed"),
                                                     ("quarantine", "quarantined", "quarantined"),
                                                     ("create", "created", "processed")])
-def test_unknown_sender_policy(tmp_path, policy, outcome, state):
-    app = make_app(tmp_path, f'[gateway]\nunknown_senders = "{policy}"\n')
+def test_unknown_sender_policy(tmp_path, policy, outcome, state, database_url):
+    app = make_app(tmp_path, f'[gateway]\nunknown_senders = "{policy}"\n', database_url)
     result = receive(app, customer_mail(sender="stranger@example.org"))
     assert result.outcome == outcome
     assert [r.state for r in inbound_rows(app)] == [state]  # stored either way, with the reason
@@ -173,8 +173,8 @@ def test_known_sender_gets_a_ticket_under_reject_policy(tmp_path):
     assert receive(app, customer_mail(sender="known@example.org")).outcome == "created"
 
 
-def test_storm_of_200_mails_sends_at_most_the_rate_limit(tmp_path):
-    app = make_app(tmp_path)
+def test_storm_of_200_mails_sends_at_most_the_rate_limit(tmp_path, database_url):
+    app = make_app(tmp_path, database_url=database_url)
     limit = app.config.limits.rate_limit
     outcomes = [receive(app, customer_mail(sender="storm@example.org", subject=f"Alert {i}")).outcome
                 for i in range(200)]
@@ -183,8 +183,8 @@ def test_storm_of_200_mails_sends_at_most_the_rate_limit(tmp_path):
     assert len(outbox_rows(app)) == limit
 
 
-def test_rate_falls_and_notifications_resume(tmp_path):
-    app = make_app(tmp_path, "[limits]\nrate_limit = 2\nrate_window = 1\n")
+def test_rate_falls_and_notifications_resume(tmp_path, database_url):
+    app = make_app(tmp_path, "[limits]\nrate_limit = 2\nrate_window = 1\n", database_url)
     for i in range(4):
         receive(app, customer_mail(sender="burst@example.org", subject=f"Burst {i}"))
     assert len(outbox_rows(app)) == 2

@@ -232,3 +232,32 @@ def test_zammad_attachment_hashes_for_a_real_mail(corpus):
     expected = {hashlib.md5(a["data"]).hexdigest() for a in exp["attachments"]}
     assert expected <= {hashlib.md5(a.data).hexdigest() for a in mail.attachments}
     assert all(len(a.sha256) == 64 and a.size == len(a.data) for a in mail.attachments)
+
+
+def test_a_sample_of_the_corpus_through_the_whole_processor(corpus, parsed, tmp_path):
+    """Every 8th message (about 120, from every source) stored and processed as the
+    running service does: the outcome is what parse() and classify() said, and nothing
+    is left for a retry."""
+    from ingest_helpers import make_app, receive
+
+    app = make_app(tmp_path)
+    everything = message_files(corpus)
+    # Every 8th file, and every file of the small sources, so all ten are in.
+    files = [f for i, f in enumerate(everything)
+             if i % 8 == 0 or f.relative_to(corpus).parts[0] in ("django-helpdesk", "talon")]
+    assert len({f.relative_to(corpus).parts[0] for f in files}) == 10
+    for path in files:
+        rel = str(path.relative_to(corpus))
+        outcome = receive(app, path.read_bytes(), source=f"corpus:{rel}")
+        mail = parsed[rel]
+        if isinstance(mail, Quarantine):
+            assert (outcome.outcome, outcome.detail) == ("quarantined", mail.reason), rel
+            continue
+        auto = classify(mail, app.processor.own, app.config.message_id_domain)
+        if auto is not None:
+            assert outcome.outcome == auto.outcome, (rel, outcome)
+            assert outcome.ticket is None, rel  # no outbox mail of ours bounced here
+        elif mail.from_addr:
+            assert outcome.outcome in ("created", "appended", "duplicate"), (rel, outcome)
+        else:
+            assert outcome.outcome == "quarantined" and "no sender" in outcome.detail, rel
