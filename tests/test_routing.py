@@ -96,7 +96,22 @@ def test_over_a_limit_at_smtp_is_a_5xx_and_nothing_is_stored(door):
         with pytest.raises(smtplib.SMTPDataError) as info:
             client.sendmail("marie@example.be", ["helpdesk@example.com"], nested)
     assert info.value.smtp_code == 552 and b"nesting" in info.value.smtp_error
+    looping = b"".join(b"Received: from relay%d.example.net by relay.example.net\r\n" % i for i in range(60))
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        with pytest.raises(smtplib.SMTPDataError) as info:
+            client.sendmail("marie@example.be", ["helpdesk@example.com"], looping + customer_mail())
+    assert info.value.smtp_code == 552 and b"mail loop" in info.value.smtp_error
     assert stored == []
+
+
+def test_over_a_limit_from_another_path_is_quarantined_with_the_reason(tmp_path):
+    from ingest_helpers import inbound_rows, receive
+
+    app = make_app(tmp_path)
+    outcome = receive(app, _nested(app.config.limits.max_depth + 5), source="imap:test")
+    assert outcome.outcome == "quarantined" and "nesting deeper than 20" in outcome.detail
+    [row] = inbound_rows(app)
+    assert row.state == "quarantined" and app.blobs.get(row.sha256)  # kept, with the reason
 
 
 def _nested(depth: int) -> bytes:

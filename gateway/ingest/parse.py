@@ -48,6 +48,8 @@ class Limits:
     max_header_length: int = 64 * 1024
     # The whole header block (Postfix's header_size_limit is 100 KB).
     max_header_block: int = 256 * 1024
+    # Received headers: more means a mail loop (Postfix's hopcount_limit is 50).
+    max_received: int = 50
 
 
 @dataclass(frozen=True)
@@ -378,9 +380,13 @@ def over_limits(raw: bytes, limits: Limits) -> str | None:
         return "not an e-mail message: binary data in the header"
     if len(head) > limits.max_header_block:
         return f"header block larger than {limits.max_header_block} bytes"
+    hops = 0
     for line in re.split(rb"\r?\n(?![ \t])", head):
         if len(line) > limits.max_header_length:
             return f"header longer than {limits.max_header_length} bytes"
+        hops += line[:9].lower() == b"received:"
+    if hops > limits.max_received:
+        return f"mail loop: {hops} Received headers (more than {limits.max_received})"
     boundaries = {(a or b).strip() for a, b in _BOUNDARY.findall(raw)}
     if not boundaries:
         return None
