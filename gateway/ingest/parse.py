@@ -9,6 +9,7 @@ readable text and a note of what could not be decoded.
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import email
 import email.header
 import email.message
@@ -553,6 +554,12 @@ def parse(raw: bytes, limits: Limits = Limits()) -> ParsedMail:
     except RecursionError:
         raise Quarantine("MIME structure too deep to parse") from None
     attachments = _unpack_tnef(attachments, notes)
+    # An image the HTML shows by "cid:" is inline, whatever its Content-Disposition says
+    # (Outlook often sends such images as "attachment").
+    if htmls:
+        shown = {m.lower() for h in htmls for m in re.findall(r"cid:([^\s\"'>)]+)", h, re.IGNORECASE)}
+        attachments = [dataclasses.replace(a, inline=True) if a.content_id and a.content_id.lower() in shown else a
+                       for a in attachments]
 
     html = "\n".join(htmls) if htmls else None
     # Fragments of a multipart/mixed (text, then HTML, then text again) are all body.
