@@ -193,3 +193,11 @@ def test_rate_falls_and_notifications_resume(tmp_path, database_url):
     time.sleep(1.2)
     receive(app, customer_mail(sender="burst@example.org", subject="Later"))
     assert len(outbox_rows(app)) == 3
+
+
+def test_a_customer_writing_about_delivery_problems_gets_a_ticket(tmp_path):
+    app = make_app(tmp_path)
+    raw = customer_mail(sender="sysadmin@customer.example", subject="Our e-mails are not delivered",
+                        body="Since this morning our mails are not delivered to our clients. Can you check the "
+                             "relay? Thanks")
+    assert receive(app, raw).outcome == "created"

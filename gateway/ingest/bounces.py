@@ -9,7 +9,10 @@ that bounced.  Nothing it recognises may become a ticket.
 The rules follow what the mail systems really send (the sisimai and flufl.bounce
 sample sets): a standard report is recognised by its structure; a non-standard one
 needs two signals out of three (a mail-system sender, a bounce subject, a bounce text),
-so that a customer who merely writes "not delivered" still gets a ticket.
+so that a customer who merely writes "not delivered" still gets a ticket.  A customer
+who forwards a bounce under its own subject ("Fwd: Returned mail: ...") is taken for a
+bounce, as sisimai expects (lhost-sendmail-14); the mail is stored and reported, so an
+agent can still see it.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ class Report:
 # Senders that are mail systems, not people.
 _DAEMON_LOCAL = re.compile(
     r"^(mailer[-_.]?daemon|postmaster|post_master|poostmaster|mail\.delivery\.system|double-bounce|mdaemon"
-    r"|mail[-_.]?delivery(?:[-_.]?(?:system|subsystem))?|mail[-_.]?administrator|sysadmin|bounces?)$",
+    r"|mail[-_.]?delivery(?:[-_.]?(?:system|subsystem))?|mail[-_.]?administrator|bounces?)$",
     re.IGNORECASE)
 _DAEMON_NAME = re.compile(r"mail delivery (?:sub)?system|mail administrator|mailer[-_ ]daemon|postmaster",
                           re.IGNORECASE)
@@ -42,9 +45,10 @@ _DAEMON_NAME = re.compile(r"mail delivery (?:sub)?system|mail administrator|mail
 _SUBJECT = re.compile(
     r"undeliver|undelivered mail|delivery status notification|delivery (?:status|failure|notification|failed|"
     r"has failed|problem|report)|failure (?:notice|delivery)|failed delivery|returned mail|mail delivery "
-    r"(?:failed|failure|system)|message delivery has failed|could not be delivered|not delivered|"
-    r"mail system error|delayed mail|delivery warning|permanent delivery failure|mail failed|returning (?:message )?to sender|"
-    r"non[- ]delivery|non remis|non distribuable|unzustellbar|nicht zustellbar|zustellung fehlgeschlagen|onbestelbaar|"
+    r"(?:failed|failure|system)|message delivery has failed|could not be delivered|"
+    r"mail system error|delayed mail|delivery warning|permanent delivery failure|mail failed|"
+    r"returning (?:message )?to sender|non[- ]delivery|non remis|non distribuable|unzustellbar|nicht zustellbar|"
+    r"zustellung fehlgeschlagen|onbestelbaar|"
     r"niet bezorgd|kan niet worden bezorgd|[ée]chec de (?:la )?(?:remise|distribution)|non recapitabile|"
     r"warning: could not send|errors from localhost|loop alert|are not member|"
     r"\u30e1\u30c3\u30bb\u30fc\u30b8\u3092\u914d\u4fe1\u3067\u304d\u307e\u305b\u3093|"  # Japanese: cannot deliver
