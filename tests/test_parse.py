@@ -119,6 +119,18 @@ def test_forwarded_mail_kept_as_eml(corpus):
     mail = parse((corpus / "zammad" / "mail069.box").read_bytes())
     eml = [a for a in mail.attachments if a.content_type == "message/rfc822"]
     assert eml and eml[0].filename.endswith(".eml") and eml[0].data.startswith(b"Return-Path:")
+    # Byte for byte as forwarded: the MD5 Zammad records for this attachment.
+    import hashlib
+
+    assert hashlib.md5(eml[0].data).hexdigest() == hashlib.md5(_zammad_attachment(corpus, "mail069", ".eml")).hexdigest()
+
+
+def _zammad_attachment(corpus, name: str, suffix: str) -> bytes:
+    from corpus_checks import load_zammad
+
+    exp = load_zammad(corpus / "zammad" / f"{name}.yml")
+    data = [a["data"] for a in exp["attachments"] if a["filename"].endswith(suffix)][0]
+    return data if isinstance(data, bytes) else data.encode()
 
 
 def _tnef_attr(level: int, attr_id: int, data: bytes) -> bytes:

@@ -257,6 +257,35 @@ def clean_filename(name: str, fallback: str = "attachment") -> str:
 
 
 _CRLF = email.policy.compat32.clone(linesep="\r\n")
+_RFC822_PART = re.compile(rb"^content-type:[ \t]*message/rfc822", re.IGNORECASE | re.MULTILINE)
+
+
+def _raw_inner_message(raw: bytes, cursor: dict, boundary: str | None,
+                       inner: email.message.Message) -> bytes | None:
+    """The bytes of a forwarded message exactly as they came, cut from the raw mail
+    between its part's header block and the next delimiter of the enclosing multipart
+    (re-serialising would refold headers and change the content hash).  None when it
+    cannot be found for sure; the caller then re-serialises."""
+    if boundary is None:
+        return None
+    m = _RFC822_PART.search(raw, cursor["pos"])
+    if m is None:
+        return None
+    sep = re.compile(rb"\r?\n\r?\n").search(raw, m.end())
+    if sep is None:
+        return None
+    start = sep.end()
+    delimiter = re.compile(rb"\r?\n--" + re.escape(boundary.encode("utf-8", "surrogateescape")) + rb"(?:--)?[ \t]*(?:\r?\n|$)")
+    end_m = delimiter.search(raw, start)
+    end = end_m.start() if end_m else len(raw)
+    data = raw[start:end]
+    # The slice must be the message compat32 found there, else it is not trusted.
+    found = re.search(rb"(?im)^message-id:[ \t]*(\S+)", data.split(b"\n\n", 1)[0].split(b"\r\n\r\n", 1)[0])
+    expected = inner.get("Message-ID")
+    if (found.group(1).decode("ascii", "replace") if found else None) != (str(expected).strip() if expected else None):
+        return None
+    cursor["pos"] = end
+    return data
 
 
 def _charset_hint(msg: email.message.Message) -> str | None:
@@ -465,7 +494,9 @@ def parse(raw: bytes, limits: Limits = Limits()) -> ParsedMail:
     counter = {"parts": 0}
     part_types: list[str] = []
 
-    def walk(part: email.message.Message, depth: int) -> None:
+    cursor = {"pos": 0}
+
+    def walk(part: email.message.Message, depth: int, boundary: str | None = None) -> None:
         counter["parts"] += 1
         if counter["parts"] > limits.max_parts:
             raise Quarantine(f"more than {limits.max_parts} MIME parts")
@@ -490,11 +521,13 @@ def parse(raw: bytes, limits: Limits = Limits()) -> ParsedMail:
             payload = part.get_payload()
             if isinstance(payload, list) and payload:
                 inner = payload[0]
-                try:
-                    # Keep the line endings the mail came with, so the content hash matches.
-                    data = inner.as_bytes(policy=_CRLF if crlf else email.policy.compat32)
-                except Exception:
-                    data = str(inner).encode("utf-8", "replace")
+                data = _raw_inner_message(raw, cursor, boundary, inner)
+                if data is None:
+                    try:
+                        # Keep the line endings the mail came with.
+                        data = inner.as_bytes(policy=_CRLF if crlf else email.policy.compat32)
+                    except Exception:
+                        data = str(inner).encode("utf-8", "replace")
             else:
                 data = part.get_payload(decode=True) or b""
             inner_subject = ""
@@ -512,16 +545,17 @@ def parse(raw: bytes, limits: Limits = Limits()) -> ParsedMail:
             if not isinstance(payload, list):
                 return
             subs = [sub for sub in payload if isinstance(sub, email.message.Message)]
+            inner_boundary = part.get_boundary()
             if ctype != "multipart/alternative":
                 for sub in subs:
-                    walk(sub, depth + 1)
+                    walk(sub, depth + 1, inner_boundary)
                 return
             # Alternatives say the same thing: keep the plain-text one as the body when
             # there is one, else the richest (the last); attachments of all are kept.
             choices = []
             for sub in subs:
                 start = len(fragments)
-                walk(sub, depth + 1)
+                walk(sub, depth + 1, inner_boundary)
                 choices.append(fragments[start:])
                 del fragments[start:]
             plain = [c for c in choices if any(t == "text/plain" and x.strip() for t, x in c)]
