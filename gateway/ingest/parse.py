@@ -260,6 +260,28 @@ _CRLF = email.policy.compat32.clone(linesep="\r\n")
 _RFC822_PART = re.compile(rb"^content-type:[ \t]*message/rfc822", re.IGNORECASE | re.MULTILINE)
 
 
+def _raw_report_part(raw: bytes, cursor: dict, boundary: str | None, ctype: str, rebuilt: bytes) -> bytes | None:
+    """A report part (delivery status, returned headers) exactly as it came; None unless
+    the slice holds the same fields as the parsed part."""
+    if boundary is None:
+        return None
+    m = re.compile(rb"^content-type:[ \t]*" + re.escape(ctype.encode()), re.IGNORECASE | re.MULTILINE).search(
+        raw, cursor["pos"])
+    if m is None:
+        return None
+    sep = re.compile(rb"\r?\n\r?\n").search(raw, m.end())
+    if sep is None:
+        return None
+    delimiter = re.compile(rb"\r?\n--" + re.escape(boundary.encode("utf-8", "surrogateescape")) + rb"(?:--)?[ \t]*(?:\r?\n|$)")
+    end_m = delimiter.search(raw, sep.end())
+    end = end_m.start() if end_m else len(raw)
+    data = raw[sep.end():end]
+    if re.sub(rb"\s+", b"", data) != re.sub(rb"\s+", b"", rebuilt):
+        return None
+    cursor["pos"] = end
+    return data
+
+
 def _raw_inner_message(raw: bytes, cursor: dict, boundary: str | None,
                        inner: email.message.Message) -> bytes | None:
     """The bytes of a forwarded message exactly as they came, cut from the raw mail
@@ -514,8 +536,10 @@ def parse(raw: bytes, limits: Limits = Limits()) -> ParsedMail:
         content_id = normalize_message_id(str(part.get("Content-ID"))) if part.get("Content-ID") else None
 
         if ctype in _REPORT_PARTS:
+            rebuilt = _report_bytes(part)
+            data = _raw_report_part(raw, cursor, boundary, ctype, rebuilt)
             attachments.append(ParsedAttachment(clean_filename(filename or f"{ctype.split('/')[1]}.txt"), ctype,
-                                                _report_bytes(part), False, content_id))
+                                                rebuilt if data is None else data, False, content_id))
             return
         if ctype == "message/rfc822" or maintype == "message":
             payload = part.get_payload()
