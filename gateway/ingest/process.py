@@ -19,8 +19,8 @@ from sqlmodel import Session, col, select
 from gateway.config import Config
 from gateway.errors import Quarantine
 from gateway.ingest.automatic import Automatic, classify
-from gateway.ingest.language import detect_language
 from gateway.ingest.decide import Facts, FollowUp, Ignore, NewTicket, QuarantineIt, ThreadHit, decide
+from gateway.ingest.language import detect_language
 from gateway.ingest.parse import Limits, ParsedMail, parse
 from gateway.ingest.references import find_reference, ticket_tags
 from gateway.outbound.notify import Notifier
@@ -242,7 +242,8 @@ class Processor:
                                       body_text=f"The sender referred to {decision.refers_to}, which they may not "
                                                 f"write into; this new ticket was opened instead."))
         session.flush()
-        if self.over_rate(session, person.email):
+        # Counted on the From as stored on the ticket messages.
+        if self.over_rate(session, mail.from_addr):
             log.warning("<%s> %s: %s is over the rate limit, no notification", mail.message_id, ticket.number,
                         person.email)
         else:
