@@ -88,6 +88,9 @@ def test_readable_text_from_html():
 def test_sanitized_html_for_display():
     clean = sanitize_html(HTML)
     assert "<script" not in clean and "onerror" not in clean and "alert(1)" not in clean
+    assert "tracker.example" not in clean  # remote images blocked
+    kept = sanitize_html('<img src="cid:logo@x"><a href="data:text/html,<script>">x</a>')
+    assert 'src="cid:logo@x"' in kept and "data:text/html" not in kept
     assert "<p>Bonjour,</p>" in clean and 'href="https://intranet.example.be/kb/12"' in clean
 
 
