@@ -113,6 +113,12 @@ def test_our_own_mail_coming_back_is_a_loop(tmp_path):
     assert len(tickets(app)) == 1 and len(outbox_rows(app)) == 1
 
 
+def test_mail_from_a_routed_address_of_ours_is_a_loop(tmp_path):
+    app = make_app(tmp_path, '[routing]\nroutes = { "requests@localhost" = "service-request" }\n')
+    assert receive(app, customer_mail(sender="Requests@localhost")).outcome == "loop"
+    assert tickets(app) == []
+
+
 def _bounce_for(corpus, outbox_mid: str, n: int) -> bytes:
     """Postfix's real DSN of zammad/mail033, returning our outbox mail ``outbox_mid``."""
     raw = corpus_mail(corpus, "zammad/mail033-undelivered-mail-returned-to-sender.box")

@@ -53,7 +53,8 @@ class Processor:
         self.blobs = blobs
         self.notifier = notifier
         self.limits = Limits(config.limits.max_parts, config.limits.max_depth, config.limits.max_header_length)
-        self.own = tuple(a.lower() for a in config.gateway.addresses)
+        # Every address we answer for is ours: mail from any of them is our own coming back.
+        self.own = tuple(dict.fromkeys(a.lower() for a in (*config.gateway.addresses, *config.routing.routes)))
 
     # Facts ----------------------------------------------------------------------------
     def route(self, inbound: InboundMessage, mail: ParsedMail) -> str:
