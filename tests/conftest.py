@@ -18,7 +18,33 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-CORPUS = ROOT.parent / "shared" / "corpus"
+
+
+def find_corpus() -> Path | None:
+    """The shared mail corpus: $GATEWAY_CORPUS, else ``shared/corpus`` in a folder above the
+    checkout (a worktree may sit one level deeper than the main checkout)."""
+    if os.environ.get("GATEWAY_CORPUS"):
+        return Path(os.environ["GATEWAY_CORPUS"])
+    for parent in ROOT.parents:
+        candidate = parent / "shared" / "corpus"
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+CORPUS = find_corpus() or ROOT.parent / "shared" / "corpus"
+
+
+@pytest.fixture(scope="session")
+def corpus() -> Path:
+    """The corpus folder; under CI a missing corpus fails, elsewhere the test skips saying why."""
+    path = find_corpus()
+    if path is None or not path.is_dir():
+        problem = f"mail corpus not found (looked for shared/corpus above {ROOT}; set GATEWAY_CORPUS)"
+        if os.environ.get("CI"):
+            pytest.fail(problem)
+        pytest.skip(problem)
+    return path
 POSTGRES_URL = os.environ.get("GATEWAY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 

@@ -40,6 +40,9 @@ class Facts:
     automatic: Automatic | None
     thread: ThreadHit | None
     reference: Reference | None
+    # The sender is a known Person, and the policy for unknown ones (create, reject, quarantine).
+    sender_known: bool = True
+    unknown_senders: str = "create"
 
 
 @dataclass(frozen=True)
@@ -185,17 +188,12 @@ def decide(mail: ParsedMail, facts: Facts) -> Decision:
     if facts.duplicate_of:
         return Ignore("duplicate", f"Message-ID already on {facts.duplicate_of}", facts.duplicate_of)
     if facts.automatic is not None:
-        outcome = "bounce" if facts.automatic.kind == "bounce" else "auto-reply"
-        return Ignore(outcome, facts.automatic.detail)
+        return Ignore(facts.automatic.outcome, facts.automatic.detail)
     if not mail.from_addr:
         return QuarantineIt("no sender address (From) to answer or to file the ticket under")
-    if facts.thread is not None:
-        if facts.thread.why == "own":
-            return Ignore("loop", f"sent from our own address {mail.from_addr}", facts.thread.number)
-        if not facts.thread.sender_allowed:
-            # Whatever header, tag or token they copied: a ticket of their own.
-            return NewTicket(facts.process, clean_title(mail.subject), facts.reference, facts.thread.number,
-                             refers_via=facts.thread.via)
+    if facts.thread is not None and facts.thread.why == "own":
+        return Ignore("loop", f"sent from our own address {mail.from_addr}", facts.thread.number)
+    if facts.thread is not None and facts.thread.sender_allowed:
         if facts.thread.status == lifecycle.CLOSED:
             # Closed is final (manual §1.4.2): a new problem needs a new ticket.
             reply = new_text(mail.text)
@@ -207,4 +205,13 @@ def decide(mail: ParsedMail, facts: Facts) -> Decision:
             return NewTicket(facts.process, clean_title(mail.subject), facts.reference,
                              linked_to=facts.thread.number, description=reply.text or mail.text)
         return decide_reply(mail, facts.thread)
+    # Never answer an unknown sender that the policy refuses: that would be backscatter.
+    if not facts.sender_known and facts.unknown_senders == "reject":
+        return Ignore("rejected", f"unknown sender {mail.from_addr} (gateway.unknown_senders = reject)")
+    if not facts.sender_known and facts.unknown_senders == "quarantine":
+        return QuarantineIt(f"unknown sender {mail.from_addr} (gateway.unknown_senders = quarantine)")
+    if facts.thread is not None:
+        # Whatever header, tag or token they copied: a ticket of their own.
+        return NewTicket(facts.process, clean_title(mail.subject), facts.reference, facts.thread.number,
+                         refers_via=facts.thread.via)
     return NewTicket(facts.process, title_from_subject(mail.subject), facts.reference)

@@ -77,7 +77,8 @@ class _TextExtractor(HTMLParser):
                 target = href[7:] if href.lower().startswith("mailto:") else href
                 if target not in text_so_far:
                     self.out.append(f" <{target}>")
-        if tag in _BLOCK:
+        # A list item ends where the next begins: no blank line between items.
+        if tag in _BLOCK and tag != "li":
             self.out.append("\n")
             if tag in ("p", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "table", "ul", "ol"):
                 self.out.append("\n")
@@ -106,6 +107,18 @@ def html_to_text(markup: str) -> str:
     return text.strip()
 
 
+def _attribute_filter(tag: str, attribute: str, value: str) -> str | None:
+    """Remote content is blocked: an image loads only from the mail itself (``cid:``) or
+    inline data, never from a tracker's server; a link never opens a ``data:`` document."""
+    low = value.strip().lower()
+    if tag == "img" and attribute == "src" and not low.startswith(("cid:", "data:image/")):
+        return None
+    if attribute == "href" and low.startswith("data:"):
+        return None
+    return value
+
+
 def sanitize_html(markup: str) -> str:
-    """HTML safe to display: allowlisted tags and attributes, no scripts, no event handlers."""
-    return nh3.clean(markup, url_schemes={"http", "https", "mailto", "cid", "data"})
+    """HTML safe to display: allowlisted tags and attributes, no scripts, no event
+    handlers, no remote images."""
+    return nh3.clean(markup, url_schemes={"http", "https", "mailto", "cid", "data"}, attribute_filter=_attribute_filter)

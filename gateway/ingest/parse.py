@@ -8,9 +8,12 @@ readable text and a note of what could not be decoded.
 
 from __future__ import annotations
 
+import codecs
+import dataclasses
 import email
 import email.header
 import email.message
+import email.policy
 import email.utils
 import hashlib
 import re
@@ -44,6 +47,10 @@ class Limits:
     max_parts: int = 500
     max_depth: int = 20
     max_header_length: int = 64 * 1024
+    # The whole header block (Postfix's header_size_limit is 100 KB).
+    max_header_block: int = 256 * 1024
+    # Received headers: more means a mail loop (Postfix's hopcount_limit is 50).
+    max_received: int = 50
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,8 @@ class ParsedMail:
     content_type: str
     report_type: str | None
     defects: tuple[str, ...] = field(default=())
+    # Content types of every MIME part, in order (for telling reports from mail).
+    part_types: tuple[str, ...] = field(default=())
 
     def header(self, name: str) -> str | None:
         name = name.lower()
@@ -85,24 +94,51 @@ _ALIASES = {"iso-8859-1": "cp1252", "latin1": "cp1252", "latin-1": "cp1252", "us
             "gb2312": "gb18030", "gbk": "gb18030", "windows-874": "cp874", "x-sjis": "shift_jis"}
 
 
-def decode_bytes(data: bytes, charset: str | None, notes: list[str] | None = None) -> str:
-    """Decode with the declared charset, then UTF-8, then Windows-1252; note any loss."""
+_LATIN = {"iso-8859-1", "iso8859-1", "latin1", "latin-1", "iso-8859-15", "windows-1252", "cp1252", "us-ascii",
+          "ascii"}
+_UTF8_SEQUENCE = re.compile(rb"[\xc2-\xf4][\x80-\xbf]+")
+
+
+def _cp1252_for_invalid(err: UnicodeDecodeError):
+    """Codec error handler: bytes that are not UTF-8 are read as Windows-1252."""
+    return err.object[err.start:err.end].decode("cp1252", "replace"), err.end
+
+
+codecs.register_error("gateway-cp1252", _cp1252_for_invalid)
+
+
+def decode_bytes(data: bytes, charset: str | None, notes: list[str] | None = None, hint: str | None = None) -> str:
+    """Decode with the declared charset, then UTF-8, then ``hint`` (the charset the rest of
+    the mail declares, for undeclared 8-bit headers), then Windows-1252; note any loss.
+
+    Two wrong labels are common enough to be handled: UTF-8 labelled ISO-8859-1 or ASCII
+    (a valid UTF-8 text is taken as UTF-8: Latin-1 text is almost never valid UTF-8),
+    and Windows-1252 labelled ISO-8859-1 (decoded as Windows-1252, its superset).  Text
+    mixing UTF-8 with stray single-byte characters keeps both readable.
+    """
     declared = (charset or "").strip().strip('"').lower()
     candidates = []
+    if declared in _LATIN and _UTF8_SEQUENCE.search(data):
+        candidates.append("utf-8")
     if declared:
         candidates.append(_ALIASES.get(declared, declared))
-    candidates += ["utf-8", "cp1252"]
+    candidates.append("utf-8")
+    if hint:
+        hint = hint.strip().strip('"').lower()
+        candidates.append(_ALIASES.get(hint, hint))
     for cs in candidates:
         try:
             return data.decode(cs)
-        except (LookupError, UnicodeDecodeError):
+        except (LookupError, ValueError):  # unknown, malformed ("utf-8\0") or wrong label
             continue
     if notes is not None:
-        notes.append(f"text not decodable as {declared or 'any charset'}: undecodable bytes replaced")
-    return data.decode("utf-8", errors="replace")
+        notes.append(f"text not decodable as {declared or 'any declared charset'}: read as UTF-8 and Windows-1252")
+    if _UTF8_SEQUENCE.search(data):
+        return data.decode("utf-8", errors="gateway-cp1252")
+    return data.decode("cp1252", errors="gateway-cp1252")
 
 
-def decode_header_value(value, notes: list[str] | None = None) -> str:
+def decode_header_value(value, notes: list[str] | None = None, hint: str | None = None) -> str:
     """Decode RFC 2047 encoded words (and raw 8-bit) in a header value to text."""
     if value is None:
         return ""
@@ -111,19 +147,19 @@ def decode_header_value(value, notes: list[str] | None = None) -> str:
     else:
         value = str(value)
         if "=?" not in value:
-            return _unfold(_fix_surrogates(value, notes))
+            return _unfold(_fix_surrogates(value, notes, hint))
         try:
             chunks = email.header.decode_header(value)
         except Exception:
-            return _unfold(_fix_surrogates(value, notes))
+            return _unfold(_fix_surrogates(value, notes, hint))
     out = []
     prev_encoded = False
     for chunk, cs in chunks:
         if isinstance(chunk, bytes):
-            text = decode_bytes(chunk, cs, notes) if cs else _fix_surrogates(chunk.decode("ascii", "surrogateescape"), notes)
+            text = decode_bytes(chunk, cs, notes) if cs else _fix_surrogates(chunk.decode("ascii", "surrogateescape"), notes, hint)
             encoded = cs is not None
         else:
-            text, encoded = _fix_surrogates(chunk, notes), False
+            text, encoded = _fix_surrogates(chunk, notes, hint), False
         # decode_header drops the whitespace between an encoded word and plain text.
         if out and not (encoded and prev_encoded) and not text.startswith((" ", "\t")) and not out[-1].endswith(" "):
             text = " " + text
@@ -132,20 +168,36 @@ def decode_header_value(value, notes: list[str] | None = None) -> str:
     return _unfold("".join(out))
 
 
-def _fix_surrogates(text: str, notes: list[str] | None) -> str:
-    """Raw 8-bit header bytes arrive as surrogates: decode them as UTF-8 or Windows-1252."""
+def _fix_surrogates(text: str, notes: list[str] | None, hint: str | None = None) -> str:
+    """Raw 8-bit header bytes arrive as surrogates: decode them as UTF-8, the mail's own
+    charset, or Windows-1252."""
     if not any("\udc80" <= ch <= "\udcff" for ch in text):
         return text
     raw = text.encode("utf-8", "surrogateescape")
-    return decode_bytes(raw, None, notes)
+    return decode_bytes(raw, None, notes, hint)
+
+
+def raw_header(msg: email.message.Message, name: str) -> str | None:
+    """A header as it came (8-bit bytes as surrogates), not the lossy Header object that
+    the compat32 policy makes of non-ASCII values."""
+    name = name.lower()
+    for key, value in msg.raw_items():
+        if key.lower() == name:
+            return value if isinstance(value, str) else str(value)
+    return None
+
+
+def raw_headers(msg: email.message.Message, name: str) -> list[str]:
+    name = name.lower()
+    return [v if isinstance(v, str) else str(v) for k, v in msg.raw_items() if k.lower() == name]
 
 
 def _unfold(text: str) -> str:
     return re.sub(r"\r?\n[ \t]*", " ", text).strip()
 
 
-def _addresses(values: list[str], notes: list[str]) -> tuple[tuple[str, str], ...]:
-    decoded = [decode_header_value(v, notes) for v in values if v is not None]
+def _addresses(values: list[str], notes: list[str], hint: str | None = None) -> tuple[tuple[str, str], ...]:
+    decoded = [decode_header_value(v, notes, hint) for v in values if v is not None]
     pairs = []
     for name, addr in email.utils.getaddresses(decoded):
         addr = normalize(addr)
@@ -163,22 +215,29 @@ def _message_ids(value: str | None) -> tuple[str, ...]:
     return tuple(normalize_message_id(v) for v in found)
 
 
-def _part_filename(part: email.message.Message, notes: list[str]) -> str | None:
+def _part_filename(part: email.message.Message, notes: list[str], hint: str | None = None) -> str | None:
+    """The file name of a part: RFC 2231 and encoded words decoded, raw 8-bit bytes read in
+    the mail's charset (compat32 would turn them into replacement characters)."""
+    probe = email.message.Message()
+    for header in ("Content-Disposition", "Content-Type"):
+        value = raw_header(part, header)
+        if value is not None:
+            probe[header] = _fix_surrogates(value, notes, hint)
     name = None
     try:
-        name = part.get_filename()
+        name = probe.get_filename()
     except Exception:
         name = None
     if name is None:
         try:
-            name = part.get_param("name")
+            name = probe.get_param("name")
             if isinstance(name, tuple):  # RFC 2231
                 name = email.utils.collapse_rfc2231_value(name)
         except Exception:
             name = None
     if name is None:
         return None
-    return decode_header_value(name, notes)
+    return decode_header_value(name, notes, hint)
 
 
 def clean_filename(name: str, fallback: str = "attachment") -> str:
@@ -197,8 +256,217 @@ def clean_filename(name: str, fallback: str = "attachment") -> str:
     return name
 
 
+_CRLF = email.policy.compat32.clone(linesep="\r\n")
+_RFC822_PART = re.compile(rb"^content-type:[ \t]*message/rfc822", re.IGNORECASE | re.MULTILINE)
+
+
+def _raw_report_part(raw: bytes, cursor: dict, boundary: str | None, ctype: str, rebuilt: bytes) -> bytes | None:
+    """A report part (delivery status, returned headers) exactly as it came; None unless
+    the slice holds the same fields as the parsed part."""
+    if boundary is None:
+        return None
+    m = re.compile(rb"^content-type:[ \t]*" + re.escape(ctype.encode()), re.IGNORECASE | re.MULTILINE).search(
+        raw, cursor["pos"])
+    if m is None:
+        return None
+    sep = re.compile(rb"\r?\n\r?\n").search(raw, m.end())
+    if sep is None:
+        return None
+    delimiter = re.compile(rb"\r?\n--" + re.escape(boundary.encode("utf-8", "surrogateescape")) + rb"(?:--)?[ \t]*(?:\r?\n|$)")
+    end_m = delimiter.search(raw, sep.end())
+    end = end_m.start() if end_m else len(raw)
+    data = raw[sep.end():end]
+    if re.sub(rb"\s+", b"", data) != re.sub(rb"\s+", b"", rebuilt):
+        return None
+    cursor["pos"] = end
+    return data
+
+
+def _raw_inner_message(raw: bytes, cursor: dict, boundary: str | None,
+                       inner: email.message.Message) -> bytes | None:
+    """The bytes of a forwarded message exactly as they came, cut from the raw mail
+    between its part's header block and the next delimiter of the enclosing multipart
+    (re-serialising would refold headers and change the content hash).  None when it
+    cannot be found for sure; the caller then re-serialises."""
+    if boundary is None:
+        return None
+    m = _RFC822_PART.search(raw, cursor["pos"])
+    if m is None:
+        return None
+    sep = re.compile(rb"\r?\n\r?\n").search(raw, m.end())
+    if sep is None:
+        return None
+    start = sep.end()
+    delimiter = re.compile(rb"\r?\n--" + re.escape(boundary.encode("utf-8", "surrogateescape")) + rb"(?:--)?[ \t]*(?:\r?\n|$)")
+    end_m = delimiter.search(raw, start)
+    end = end_m.start() if end_m else len(raw)
+    data = raw[start:end]
+    # The slice must be the message compat32 found there, else it is not trusted.
+    found = re.search(rb"(?im)^message-id:[ \t]*(\S+)", data.split(b"\n\n", 1)[0].split(b"\r\n\r\n", 1)[0])
+    expected = inner.get("Message-ID")
+    if (found.group(1).decode("ascii", "replace") if found else None) != (str(expected).strip() if expected else None):
+        return None
+    cursor["pos"] = end
+    return data
+
+
+def _charset_hint(msg: email.message.Message) -> str | None:
+    """The first charset the mail declares, to read undeclared 8-bit headers with."""
+    for i, part in enumerate(msg.walk()):
+        if i > 50:
+            break
+        charset = part.get_content_charset()
+        if charset and charset not in ("us-ascii", "ascii", "utf-8"):
+            return charset
+    return None
+
+
+def _report_bytes(part: email.message.Message) -> bytes:
+    """The text of a report part (compat32 splits delivery-status into header blocks)."""
+    payload = part.get_payload()
+    try:
+        if isinstance(payload, list):
+            data = b"".join(sub.as_bytes() if isinstance(sub, email.message.Message) else b"" for sub in payload)
+            return data.rstrip(b"\r\n") + b"\n"
+        return part.get_payload(decode=True) or b""
+    except Exception:
+        return str(payload).encode("utf-8", "replace")
+
+
+def _unpack_tnef(attachments: list[ParsedAttachment], notes: list[str]) -> list[ParsedAttachment]:
+    """Outlook's winmail.dat (TNEF) hides the real files; replace it by them.  When it holds
+    no file (only a rich-text body) or cannot be read, it is kept as it came."""
+    out: list[ParsedAttachment] = []
+    for att in attachments:
+        is_tnef = att.content_type in ("application/ms-tnef", "application/vnd.ms-tnef") or \
+            att.filename.lower() == "winmail.dat"
+        if not is_tnef:
+            out.append(att)
+            continue
+        try:
+            from tnefparse import TNEF
+
+            tnef = TNEF(att.data, do_checksum=False)
+            files = [(f.long_filename() or f.name or "", f.data) for f in tnef.attachments]
+        except Exception as exc:  # a broken TNEF stream: keep the bytes
+            notes.append(f"winmail.dat not readable as TNEF ({type(exc).__name__}): kept as it came")
+            out.append(att)
+            continue
+        if not files:
+            out.append(att)
+            continue
+        for i, (name, data) in enumerate(files, 1):
+            if isinstance(name, bytes):
+                name = decode_bytes(name, None)
+            data = bytes(data or b"")
+            out.append(ParsedAttachment(clean_filename(name, f"winmail-{i}.bin"), _guess_type(name), data))
+        notes.append(f"winmail.dat unpacked into {len(files)} file(s)")
+    return out
+
+
+def _guess_type(name: str) -> str:
+    import mimetypes
+
+    return mimetypes.guess_type(name)[0] or "application/octet-stream"
+
+
 _EXT = {"text/plain": "txt", "text/html": "html", "message/rfc822": "eml", "text/calendar": "ics",
         "application/pdf": "pdf", "image/png": "png", "image/jpeg": "jpg", "image/gif": "gif"}
+
+
+_HEADER_LINE = re.compile(rb"^[\x21-\x39\x3b-\x7e]{1,76}:")
+# Headers that only a mail has; a text file with none of them is not a mail.
+_MAIL_HEADERS = ("from", "to", "subject", "date", "message-id", "received", "sender", "mime-version",
+                 "content-type", "return-path")
+# Machine-readable report parts: kept as attachments with their text, never walked as mail.
+_REPORT_PARTS = ("message/delivery-status", "message/global-delivery-status", "message/feedback-report",
+                 "message/disposition-notification", "text/rfc822-headers", "message/rfc822-headers",
+                 "message/global-headers")
+
+
+def _skip_leading_text(raw: bytes, notes: list[str]) -> bytes:
+    """Some clients put a line of text before the headers ("---- Original email message ----").
+    When the first line is not a header but the next ones are, read the mail from there."""
+    if _HEADER_LINE.match(raw) or raw.startswith(b"From "):
+        return raw
+    lines = raw.split(b"\n", 4)
+    for i in range(1, min(3, len(lines) - 1)):
+        if _HEADER_LINE.match(lines[i]) and _HEADER_LINE.match(lines[i + 1]):
+            notes.append(f"text before the headers skipped: {b' '.join(lines[:i]).strip()[:80]!r}")
+            return b"\n".join(lines[i:])
+    return raw
+
+
+def _repair_header_block(raw: bytes, notes: list[str]) -> bytes:
+    """Some mailers continue a header on lines that are not indented (a base64 tracker, a
+    wrapped Received).  The standard parser then ends the header block early and loses
+    From and Subject.  Lines of the header block that are neither a header nor indented,
+    and that have real headers after them, are read as continuation lines."""
+    m = re.search(rb"\r?\n\r?\n", raw)
+    if m is None:
+        return raw
+    head, rest = raw[: m.start()], raw[m.start():]
+    lines = head.split(b"\n")
+    is_header = [bool(_HEADER_LINE.match(line)) or line[:1] in (b" ", b"\t") or (i == 0 and line.startswith(b"From "))
+                 for i, line in enumerate(lines)]
+    if all(is_header):
+        return raw
+    last_header = max((i for i, ok in enumerate(is_header) if ok and _HEADER_LINE.match(lines[i])), default=-1)
+    fixed = [line if ok or i > last_header else b" " + line for i, (line, ok) in enumerate(zip(lines, is_header))]
+    if fixed == lines:
+        return raw
+    notes.append("header lines continued without indentation: read as continuations")
+    return b"\n".join(fixed) + rest
+
+
+_BOUNDARY = re.compile(rb"""boundary\s*=\s*(?:"([^"\r\n]{1,200})"|([^\s;"]{1,200}))""", re.IGNORECASE)
+
+
+def over_limits(raw: bytes, limits: Limits) -> str | None:
+    """The first limit ``raw`` is over, as a reason, or None.  Linear in the size and run
+    before the standard parser, whose time and recursion grow with a hostile structure
+    (100,000 parts take tens of seconds; nesting of 1,000 overflows the stack)."""
+    m = re.search(rb"\r?\n\r?\n", raw)
+    head = raw if m is None else raw[: m.start()]
+    if b"\x00" in head:
+        return "not an e-mail message: binary data in the header"
+    if len(head) > limits.max_header_block:
+        return f"header block larger than {limits.max_header_block} bytes"
+    hops = 0
+    for line in re.split(rb"\r?\n(?![ \t])", head):
+        if len(line) > limits.max_header_length:
+            return f"header longer than {limits.max_header_length} bytes"
+        hops += line[:9].lower() == b"received:"
+    if hops > limits.max_received:
+        return f"mail loop: {hops} Received headers (more than {limits.max_received})"
+    boundaries = {(a or b).strip() for a, b in _BOUNDARY.findall(raw)}
+    if not boundaries:
+        return None
+    # Walk the delimiter lines: a boundary seen for the first time opens a level, its
+    # closing delimiter (or a delimiter of an outer level) closes the inner ones.
+    stack: list[bytes] = []
+    parts = depth = 0
+    for line in re.finditer(rb"^--([^\r\n]{1,204})", raw, re.MULTILINE):
+        token = line.group(1).rstrip()
+        closing = token.endswith(b"--") and token[:-2] in boundaries
+        name = token[:-2] if closing else token
+        if name not in boundaries:
+            continue
+        if closing:
+            if name in stack:
+                del stack[stack.index(name):]
+            continue
+        parts += 1
+        if name in stack:
+            del stack[stack.index(name) + 1:]
+        else:
+            stack.append(name)
+            depth = max(depth, len(stack))
+        if parts > limits.max_parts:
+            return f"more than {limits.max_parts} MIME parts"
+        if depth > limits.max_depth:
+            return f"MIME nesting deeper than {limits.max_depth}"
+    return None
 
 
 def parse(raw: bytes, limits: Limits = Limits()) -> ParsedMail:
@@ -206,29 +474,28 @@ def parse(raw: bytes, limits: Limits = Limits()) -> ParsedMail:
     notes: list[str] = []
     if not raw.strip():
         raise Quarantine("empty message")
-    head_end = raw.find(b"\n\n")
-    head = raw if head_end < 0 else raw[:head_end]
-    if b"\x00" in head:
-        raise Quarantine("not an e-mail message: binary data in the header")
-    for line in re.split(rb"\r?\n(?![ \t])", head):
-        if len(line) > limits.max_header_length:
-            raise Quarantine(f"header longer than {limits.max_header_length} bytes")
+    raw = _skip_leading_text(raw.lstrip(b"\r\n"), notes)
+    raw = _repair_header_block(raw, notes)
+    problem = over_limits(raw, limits)
+    if problem:
+        raise Quarantine(problem)
     try:
         msg = email.message_from_bytes(raw)
     except RecursionError:
         raise Quarantine("MIME structure too deep to parse") from None
     except Exception as exc:  # the tolerant parser almost never raises
         raise Quarantine(f"unparseable message: {exc}") from None
-    if not any(k.lower() in ("from", "to", "subject", "date", "message-id", "received", "sender")
-               for k in msg.keys()):
+    if not any(k.lower() in _MAIL_HEADERS for k in msg.keys()):
         raise Quarantine("not an e-mail message: no mail headers found")
 
-    headers = tuple((k.lower(), decode_header_value(v, notes)) for k, v in msg.items())
+    hint = _charset_hint(msg)
+    crlf = raw.count(b"\r\n") * 2 > raw.count(b"\n")
+    headers = tuple((k.lower(), decode_header_value(v, notes, hint)) for k, v in msg.raw_items())
     for defect in msg.defects:
         notes.append(type(defect).__name__)
 
-    subject = decode_header_value(msg.get("Subject"), notes)
-    froms = _addresses(msg.get_all("From") or msg.get_all("Sender") or [], notes)
+    subject = decode_header_value(raw_header(msg, "Subject"), notes, hint)
+    froms = _addresses(raw_headers(msg, "From") or raw_headers(msg, "Sender"), notes, hint)
     from_name, from_addr = froms[0] if froms else ("", "")
     to = tuple(a for _, a in _addresses(msg.get_all("To") or [], notes))
     cc = tuple(a for _, a in _addresses(msg.get_all("Cc") or [], notes))
@@ -242,12 +509,16 @@ def parse(raw: bytes, limits: Limits = Limits()) -> ParsedMail:
     lang = msg.get("Content-Language")
     lang = str(lang).split(",")[0].strip().lower() if lang else None
 
-    texts: list[str] = []
+    # Body fragments in order, (content type, text); alternatives are resolved as walked.
+    fragments: list[tuple[str, str]] = []
     htmls: list[str] = []
     attachments: list[ParsedAttachment] = []
     counter = {"parts": 0}
+    part_types: list[str] = []
 
-    def walk(part: email.message.Message, depth: int) -> None:
+    cursor = {"pos": 0}
+
+    def walk(part: email.message.Message, depth: int, boundary: str | None = None) -> None:
         counter["parts"] += 1
         if counter["parts"] > limits.max_parts:
             raise Quarantine(f"more than {limits.max_parts} MIME parts")
@@ -258,34 +529,62 @@ def parse(raw: bytes, limits: Limits = Limits()) -> ParsedMail:
             if name not in notes:
                 notes.append(name)
         ctype = part.get_content_type()
+        part_types.append(ctype)
         maintype = part.get_content_maintype()
         disposition = str(part.get("Content-Disposition") or "").split(";")[0].strip().lower()
-        filename = _part_filename(part, notes)
+        filename = _part_filename(part, notes, part.get_content_charset() or hint)
         content_id = normalize_message_id(str(part.get("Content-ID"))) if part.get("Content-ID") else None
 
-        if ctype == "message/rfc822" or (maintype == "message" and ctype not in ("message/delivery-status",)):
+        if ctype in _REPORT_PARTS:
+            rebuilt = _report_bytes(part)
+            data = _raw_report_part(raw, cursor, boundary, ctype, rebuilt)
+            attachments.append(ParsedAttachment(clean_filename(filename or f"{ctype.split('/')[1]}.txt"), ctype,
+                                                rebuilt if data is None else data, False, content_id))
+            return
+        if ctype == "message/rfc822" or maintype == "message":
             payload = part.get_payload()
             if isinstance(payload, list) and payload:
                 inner = payload[0]
-                try:
-                    data = inner.as_bytes()
-                except Exception:
-                    data = str(inner).encode("utf-8", "replace")
+                data = _raw_inner_message(raw, cursor, boundary, inner)
+                if data is None:
+                    try:
+                        # Keep the line endings the mail came with.
+                        data = inner.as_bytes(policy=_CRLF if crlf else email.policy.compat32)
+                    except Exception:
+                        data = str(inner).encode("utf-8", "replace")
             else:
                 data = part.get_payload(decode=True) or b""
             inner_subject = ""
             if isinstance(payload, list) and payload:
                 inner_subject = decode_header_value(payload[0].get("Subject"), notes)
-            name = filename or (inner_subject or "forwarded message") + ".eml"
+            description = decode_header_value(raw_header(part, "Content-Description"), notes, hint)
+            name = filename or (inner_subject or description or "forwarded message") + ".eml"
             attachments.append(ParsedAttachment(clean_filename(name, "message.eml"), "message/rfc822", data))
             return
-        if part.is_multipart():
+        if maintype == "multipart" and not part.is_multipart():
+            # No boundary found: the parts cannot be told apart, so the whole is shown as text.
+            ctype, filename, disposition = "text/plain", None, ""
+        elif part.is_multipart():
             payload = part.get_payload()
             if not isinstance(payload, list):
                 return
-            for sub in payload:
-                if isinstance(sub, email.message.Message):
-                    walk(sub, depth + 1)
+            subs = [sub for sub in payload if isinstance(sub, email.message.Message)]
+            inner_boundary = part.get_boundary()
+            if ctype != "multipart/alternative":
+                for sub in subs:
+                    walk(sub, depth + 1, inner_boundary)
+                return
+            # Alternatives say the same thing: keep the plain-text one as the body when
+            # there is one, else the richest (the last); attachments of all are kept.
+            choices = []
+            for sub in subs:
+                start = len(fragments)
+                walk(sub, depth + 1, inner_boundary)
+                choices.append(fragments[start:])
+                del fragments[start:]
+            plain = [c for c in choices if any(t == "text/plain" and x.strip() for t, x in c)]
+            rich = [c for c in choices if any(x.strip() for _, x in c)]
+            fragments.extend(plain[0] if plain else (rich[-1] if rich else []))
             return
         try:
             data = part.get_payload(decode=True) or b""
@@ -294,12 +593,11 @@ def parse(raw: bytes, limits: Limits = Limits()) -> ParsedMail:
             notes.append(f"undecodable transfer encoding in a {ctype} part")
         # Text is the body unless it is marked or named as an attachment.
         is_body_text = (ctype in ("text/plain", "text/html") and disposition != "attachment"
-                        and (filename is None or disposition == "inline"))
+                        and filename is None)
         if is_body_text:
             text = decode_bytes(data, part.get_content_charset(), notes)
-            if ctype == "text/plain":
-                texts.append(text)
-            else:
+            fragments.append((ctype, text))
+            if ctype == "text/html":
                 htmls.append(text)
             return
         inline = disposition == "inline" or (content_id is not None and disposition != "attachment")
@@ -313,14 +611,17 @@ def parse(raw: bytes, limits: Limits = Limits()) -> ParsedMail:
         walk(msg, 0)
     except RecursionError:
         raise Quarantine("MIME structure too deep to parse") from None
+    attachments = _unpack_tnef(attachments, notes)
+    # An image the HTML shows by "cid:" is inline, whatever its Content-Disposition says
+    # (Outlook often sends such images as "attachment").
+    if htmls:
+        shown = {m.lower() for h in htmls for m in re.findall(r"cid:([^\s\"'>)]+)", h, re.IGNORECASE)}
+        attachments = [dataclasses.replace(a, inline=True) if a.content_id and a.content_id.lower() in shown else a
+                       for a in attachments]
 
     html = "\n".join(htmls) if htmls else None
-    if texts:
-        text = "\n".join(t.strip("\n") for t in texts)
-    elif html is not None:
-        text = html_to_text(html)
-    else:
-        text = ""
+    # Fragments of a multipart/mixed (text, then HTML, then text again) are all body.
+    text = "\n".join((t if kind == "text/plain" else html_to_text(t)).strip("\r\n") for kind, t in fragments)
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     ctype = msg.get_content_type()
     report_type = msg.get_param("report-type") if ctype == "multipart/report" else None
@@ -343,4 +644,5 @@ def parse(raw: bytes, limits: Limits = Limits()) -> ParsedMail:
         content_type=ctype,
         report_type=str(report_type).lower() if report_type else None,
         defects=tuple(notes),
+        part_types=tuple(part_types),
     )

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from gateway.config import Config
 from gateway.errors import Quarantine
-from gateway.ingest.automatic import classify
+from gateway.ingest.automatic import Automatic, classify
 from gateway.ingest.decide import (APPROVE, HOLD, NEEDS_COMMENT, REFUSE, REOPEN, RESUME, Facts, FollowUp, Ignore,
                                    NewTicket, QuarantineIt, ThreadHit, clean_title, decide)
+from gateway.ingest.language import detect_language
 from gateway.ingest.parse import Limits, ParsedMail, parse
 from gateway.ingest.references import find_reference
 from gateway.ingest.threading import dmarc_failed, find_ticket, permission
@@ -29,7 +31,7 @@ from store.addresses import key as address_key
 from store.blobs import BlobStore
 from store.db import session_for
 from store.lifecycle import StatusData
-from store.models import Attachment, InboundMessage, Person, Ticket, TicketMessage, utcnow
+from store.models import Attachment, InboundMessage, Outbox, Person, Ticket, TicketMessage, utcnow
 from store.tickets import change_status, create_ticket, get_or_create_person, get_ticket
 
 log = logging.getLogger("gateway.ingest")
@@ -54,7 +56,8 @@ class Processor:
         self.blobs = blobs
         self.notifier = notifier
         self.limits = Limits(config.limits.max_parts, config.limits.max_depth, config.limits.max_header_length)
-        self.own = tuple(a.lower() for a in config.gateway.addresses)
+        # Every address we answer for is ours: mail from any of them is our own coming back.
+        self.own = tuple(dict.fromkeys(a.lower() for a in (*config.gateway.addresses, *config.routing.routes)))
 
     # Facts ----------------------------------------------------------------------------
     def route(self, inbound: InboundMessage, mail: ParsedMail) -> str:
@@ -95,20 +98,75 @@ class Processor:
                 .where(TicketMessage.message_id == mail.message_id, TicketMessage.direction == "in")
             ).all()
             duplicate_of = next((n for n, f in rows if address_key(f) == address_key(mail.from_addr)), None)
-        automatic = classify(mail, self.own)
+        automatic = classify(mail, self.own, self.config.message_id_domain)
         thread = None if automatic else self.find_thread(session, inbound, mail)
+        known = bool(mail.from_addr) and session.exec(
+            select(Person.id).where(Person.email == address_key(mail.from_addr))).first() is not None
         return Facts(
             process=self.route(inbound, mail),
             duplicate_of=duplicate_of,
             automatic=automatic,
             thread=thread,
-            reference=find_reference(mail),
+            reference=None if automatic else find_reference(mail),
+            sender_known=known,
+            unknown_senders=self.config.gateway.unknown_senders,
         )
+
+    def over_rate(self, session: Session, sender: str) -> bool:
+        """More than limits.rate_limit mails from ``sender`` in the last rate_window seconds:
+        the sender still gets tickets but no notifications, so a storm (a loop with a
+        machine we do not recognise, or a mail bomb) cannot make us send a storm back."""
+        since = utcnow() - timedelta(seconds=self.config.limits.rate_window)
+        recent = session.exec(
+            select(TicketMessage.id).where(TicketMessage.direction == "in", TicketMessage.from_addr == sender,
+                                           col(TicketMessage.created_at) >= since)
+            .limit(self.config.limits.rate_limit + 1)
+        ).all()
+        # The mail being processed is already among them.
+        return len(recent) > self.config.limits.rate_limit
+
+    def record_report(self, session: Session, mail: ParsedMail, automatic: Automatic) -> tuple[str | None, str]:
+        """A bounce: mark the outbox mail that bounced as failed (a permanent failure) and
+        count a hard bounce on its recipients; after outbound.undeliverable_after hard
+        bounces the address is marked undeliverable.  Returns (ticket number, detail)."""
+        report = automatic.report
+        if report is None or report.kind != "bounce" or not report.original_message_ids:
+            return None, automatic.detail
+        rows = session.exec(select(Outbox).where(col(Outbox.message_id).in_(report.original_message_ids))).all()
+        if not rows:
+            return None, automatic.detail + "; no outbox mail of ours among the returned Message-IDs"
+        ticket_number = None
+        reported = {address_key(a) for a in report.recipients}
+        for row in rows:
+            answer = f"bounce <{mail.message_id}>: {automatic.detail}"
+            row.last_answer = answer[:2000]
+            if report.hard and row.state != "failed":
+                row.state = "failed"
+                recipients = [address_key(a) for a in row.recipients.split(",") if a]
+                # Count only the recipients the report names, when it names any of ours.
+                hit = [a for a in recipients if a in reported] or recipients
+                for addr in hit:
+                    person = session.exec(select(Person).where(Person.email == addr)).first()
+                    if person is None:
+                        continue
+                    person.hard_bounces += 1
+                    if person.hard_bounces >= self.config.outbound.undeliverable_after:
+                        person.undeliverable = True
+                    session.add(person)
+            session.add(row)
+            if row.ticket_id is not None and ticket_number is None:
+                ticket = session.get(Ticket, row.ticket_id)
+                ticket_number = ticket.number if ticket else None
+        state = "marked failed" if report.hard else "delayed, kept"
+        return ticket_number, f"{automatic.detail}; outbox <{rows[0].message_id}> {state}"
 
     # Applying -------------------------------------------------------------------------
     def language_of(self, mail: ParsedMail) -> str:
+        """Content-Language, else the language of the text when it is clear, else the default."""
         lang = (mail.content_language or "").split("-")[0].lower()
-        return lang if lang in ("fr", "nl", "en", "de") else self.config.gateway.default_language
+        if lang in ("fr", "nl", "en", "de"):
+            return lang
+        return detect_language(f"{mail.subject}\n{mail.text}") or self.config.gateway.default_language
 
     def add_message(self, session: Session, ticket: Ticket, inbound: InboundMessage, mail: ParsedMail,
                     body_text: str | None = None, internal: bool = False) -> TicketMessage:
@@ -168,11 +226,9 @@ class Processor:
         if linked is not None:
             session.add(TicketMessage(ticket_id=ticket.id, direction="note", internal=True,
                                       body_text=f"Opened from a reply to {linked.number}, which is Closed."))
-            self.notifier.enqueue(session, ticket, "closed-new-ticket", in_reply_to=mail.message_id or None,
-                                  auto_submitted="auto-replied", extra={"closed_ticket": linked})
+            self.notify(session, ticket, "closed-new-ticket", mail, extra={"closed_ticket": linked})
         else:
-            self.notifier.enqueue(session, ticket, "new", in_reply_to=mail.message_id or None,
-                                  auto_submitted="auto-replied")
+            self.notify(session, ticket, "new", mail)
         detail = f"follows {linked.number}, which is Closed" if linked is not None else (
             f"sender may not write into {decision.refers_to}" if decision.refers_to else None)
         return Outcome(source, mid, decision.outcome, ticket.number, detail)
@@ -202,8 +258,7 @@ class Processor:
             change_status(session, ticket, lifecycle.IN_PROGRESS, StatusData(note=reply.comment), by=by)
         elif reply.action == NEEDS_COMMENT:
             sender, _ = get_or_create_person(session, mail.from_addr, mail.from_name, self.language_of(mail))
-            self.notifier.enqueue(session, ticket, "reopen-needs-comment", in_reply_to=reply_to,
-                                  auto_submitted="auto-replied", only=[sender])
+            self.notify(session, ticket, "reopen-needs-comment", mail, only=[sender])
         elif reply.action in (APPROVE, REFUSE):
             approved = reply.action == APPROVE
             word = "approved" if approved else "refused"
@@ -214,12 +269,22 @@ class Processor:
                 change_status(session, ticket, lifecycle.REJECTED,
                               StatusData(reason=reply.comment, note=f"Refused by {by} by mail: {reply.comment}"),
                               by=by)
-            self.notifier.enqueue(session, ticket, "approval-recorded", in_reply_to=reply_to,
-                                  auto_submitted="auto-replied",
-                                  extra={"decision": word, "approver": mail.from_name or by,
-                                         "answer": reply.comment})
+            self.notify(session, ticket, "approval-recorded", mail,
+                        extra={"decision": word, "approver": mail.from_name or by, "answer": reply.comment})
         log.info("<%s> %s %s: %s", mail.message_id, ticket.number, reply.action, reply.detail)
         return Outcome(inbound.source, mail.message_id, reply.outcome, ticket.number, reply.detail)
+
+    def notify(self, session: Session, ticket: Ticket, event: str, mail: ParsedMail, **kwargs) -> None:
+        """Answer a customer's mail, unless its sender is over the rate limit: they still get
+        tickets, but no notifications until the rate falls, so a storm (a loop with a
+        machine we do not recognise, or a mail bomb) cannot make us send a storm back."""
+        session.flush()
+        if self.over_rate(session, mail.from_addr):
+            log.warning("<%s> %s: %s is over the rate limit, no %s notification", mail.message_id, ticket.number,
+                        mail.from_addr, event)
+            return
+        self.notifier.enqueue(session, ticket, event, in_reply_to=mail.message_id or None,
+                              auto_submitted="auto-replied", **kwargs)
 
     # Driving --------------------------------------------------------------------------
     def process(self, inbound_id: int) -> Outcome:
@@ -239,7 +304,11 @@ class Processor:
                     return self._finish(session, inbound, Outcome(inbound.source, inbound.message_id,
                                                                   "quarantined", None, exc.reason), "quarantined")
                 facts = self.gather(session, inbound, mail)
-                outcome = self.apply(session, inbound, mail, decide(mail, facts))
+                decision = decide(mail, facts)
+                if isinstance(decision, Ignore) and decision.outcome == "bounce" and facts.automatic is not None:
+                    number, detail = self.record_report(session, mail, facts.automatic)
+                    decision = Ignore("bounce", detail, number)
+                outcome = self.apply(session, inbound, mail, decision)
                 state = "quarantined" if outcome.outcome == "quarantined" else "processed"
                 return self._finish(session, inbound, outcome, state)
             except Exception as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import logging
 import re
 from dataclasses import dataclass
 
@@ -35,10 +37,37 @@ def find_reference(mail: ParsedMail, max_scan: int = 1_000_000) -> Reference | N
     for att in mail.attachments:
         if att.content_type in _TEXT_TYPES or att.filename.lower().endswith((".txt", ".csv")):
             text = att.data[:max_scan].decode("utf-8", "replace")
-            m = _REF.search(text)
-            if m:
-                return Reference(m.group(1).strip(), "attachment-text")
+        elif att.content_type == "application/pdf" or att.filename.lower().endswith(".pdf"):
+            text = pdf_text(att.data, max_scan)
+        else:
+            continue
+        m = _REF.search(text)
+        if m:
+            return Reference(m.group(1).strip(), "attachment-text")
     return None
+
+
+def pdf_text(data: bytes, max_chars: int = 1_000_000, max_pages: int = 20, max_bytes: int = 20_000_000) -> str:
+    """The text of the first pages of a PDF, bounded; "" for what pypdf cannot read.
+    A reference sits on the first page of an order form, so a few pages suffice."""
+    if len(data) > max_bytes:
+        return ""
+    logging.getLogger("pypdf").setLevel(logging.ERROR)
+    try:
+        from pypdf import PdfReader
+
+        reader = PdfReader(io.BytesIO(data))
+        out: list[str] = []
+        size = 0
+        for page in reader.pages[:max_pages]:
+            text = page.extract_text() or ""
+            out.append(text)
+            size += len(text)
+            if size >= max_chars:
+                break
+        return "\n".join(out)[:max_chars]
+    except Exception:  # a broken or encrypted PDF is simply not searched
+        return ""
 
 
 def title_from_subject(subject: str) -> str:

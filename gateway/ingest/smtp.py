@@ -17,6 +17,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from gateway.config import Config
 from gateway.errors import StoreFailed
 from gateway.ingest.inbound import Stored, store_raw
+from gateway.ingest.parse import Limits, over_limits
 from store.addresses import key as address_key
 from store.blobs import BlobStore
 
@@ -36,6 +37,7 @@ class Door:
         self.own = {address_key(a) for a in config.gateway.addresses}
         self.own |= {address_key(a) for a in config.routing.routes}
         self.domains = {a.rpartition("@")[2] for a in self.own}
+        self.limits = Limits(config.limits.max_parts, config.limits.max_depth, config.limits.max_header_length)
 
     def accepts(self, address: str) -> bool:
         k = address_key(address)
@@ -59,6 +61,12 @@ class Door:
         if isinstance(raw, str):
             raw = raw.encode("utf-8", "surrogateescape")
         loop = asyncio.get_running_loop()
+        # Refuse a hostile structure while the sender can still be told; the check is a
+        # linear scan, run off the event loop like the storing.
+        problem = await loop.run_in_executor(self.executor, over_limits, raw, self.limits)
+        if problem:
+            log.warning("refused a mail from %s: %s", envelope.mail_from, problem)
+            return f"552 5.3.4 Message refused: {problem}"
         try:
             stored = await loop.run_in_executor(
                 self.executor,

@@ -1,0 +1,67 @@
+"""Helpers for the ingest tests: a gateway on SQLite with a given config, and stories
+such as ``receive(app, raw)`` (store as the door would, then process)."""
+
+from __future__ import annotations
+
+from email.message import EmailMessage
+from email.utils import make_msgid
+from pathlib import Path
+
+from sqlmodel import select
+
+from gateway.app import App
+from gateway.config import load_config
+from gateway.ingest.inbound import store_raw
+from gateway.ingest.process import Outcome
+from store.db import session_for
+from store.models import InboundMessage, Outbox, Person, Ticket
+
+
+def make_app(folder: Path, toml: str = "", database_url: str | None = None) -> App:
+    """A gateway in ``folder`` (SQLite there, or ``database_url``) with extra config TOML."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "config.toml"
+    if database_url:
+        toml = f'[database]\nurl = "{database_url}"\n' + toml
+    path.write_text(toml)
+    return App(load_config(path, env={}))
+
+
+def receive(app: App, raw: bytes, rcpt: tuple[str, ...] = ("helpdesk@localhost",), source: str = "test") -> Outcome:
+    """Store ``raw`` as the SMTP door would, then process it."""
+    stored = store_raw(app.engine, app.blobs, raw, source=source, rcpt_to=rcpt)
+    return app.processor.process(stored.id)
+
+
+def customer_mail(sender: str = "marie.dupont@example.be", subject: str = "Printer broken",
+                  body: str = "The printer on the second floor does not print.", **headers) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = "helpdesk@localhost"
+    msg["Subject"] = subject
+    msg["Message-ID"] = make_msgid(domain="example.be")
+    msg.set_content(body)
+    # After the content: set_content() clears every Content-* header.
+    for name, value in headers.items():
+        msg[name.replace("_", "-")] = value
+    return msg.as_bytes()
+
+
+def outbox_rows(app: App) -> list[Outbox]:
+    with session_for(app.engine) as session:
+        return list(session.exec(select(Outbox)))
+
+
+def tickets(app: App) -> list[Ticket]:
+    with session_for(app.engine) as session:
+        return list(session.exec(select(Ticket)))
+
+
+def person(app: App, email: str) -> Person | None:
+    with session_for(app.engine) as session:
+        return session.exec(select(Person).where(Person.email == email)).first()
+
+
+def inbound_rows(app: App) -> list[InboundMessage]:
+    with session_for(app.engine) as session:
+        return list(session.exec(select(InboundMessage)))
