@@ -152,7 +152,9 @@ def test_preview_with_sample_data_and_with_a_real_ticket(tmp_path):
                                   cwd=tmp_path).stdout)
     assert data["language"] == "nl" and "Kabel vervangen." in data["text"] and "Beste Jan," in data["text"]
     assert data["headers"]["To"] == "Jan <jan@example.com>"
-    assert data["subject"].startswith("[INC-000001] Uw ticket is opgelost")
+    # The ticket's own subject (threading); the event's headline opens the text.
+    assert data["subject"] == "[INC-000001] Scherm zwart"
+    assert data["text"].startswith("Uw ticket is opgelost")
     # A preview queues nothing: only the two mails of the two moves are in the outbox.
     outbox = json.loads(run_gateway("outbox", "list", "--json", cwd=tmp_path).stdout)
     assert [r["event"] for r in outbox] == ["new", "solved"]

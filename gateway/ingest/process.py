@@ -244,7 +244,6 @@ class Processor:
         transaction: the comment, the status change and the mail land together or not at all."""
         ticket = get_ticket(session, reply.number)
         by = address_key(mail.from_addr)
-        reply_to = mail.message_id or None
         # A reply that cannot reopen, or whose sender is not proven, is kept for the agents,
         # not shown as a public comment.
         self.add_message(session, ticket, inbound, mail, body_text=reply.comment,
