@@ -12,7 +12,7 @@ from gateway.config import ConfigError, load_config
 from gateway.errors import CommandError
 
 # Command groups, each a module of gateway.commands with register(subparsers).
-COMMAND_MODULES = ("core", "tickets", "outbox")
+COMMAND_MODULES = ("core", "tickets", "outbox", "imap")
 
 
 def build_parser() -> argparse.ArgumentParser:
