@@ -39,9 +39,13 @@ class Dovecot:
     """One Dovecot instance.  ``extra`` is appended to the configuration (e.g. a
     ``protocol imap { imap_capability = ... }`` block to hide MOVE or IDLE)."""
 
-    def __init__(self, extra: str = ""):
+    def __init__(self, extra: str = "", tls: bool = False):
         self.binary = dovecot_binary()
         self.port = _free_port()
+        # With tls: STARTTLS on ``port`` and implicit TLS on ``tls_port``, with a
+        # self-signed certificate for 127.0.0.1 (``cert``, to trust it or not).
+        self.tls = tls
+        self.tls_port = _free_port() if tls else 0
         # Not under pytest's tmp_path: that folder is private to root, and the mail
         # processes run as an unprivileged user that must reach the maildirs.
         self.root = Path(tempfile.mkdtemp(prefix="dovecot-"))
@@ -73,6 +77,10 @@ class Dovecot:
         self.home.mkdir(parents=True, exist_ok=True)
         for path in (self.root / "home", self.home):
             os.chown(path, self.uid, self.gid)
+        ssl_conf = "ssl = no"
+        if self.tls:
+            self.make_certificate()
+            ssl_conf = f"ssl = yes\nssl_cert = <{self.cert}\nssl_key = <{self.root / 'key.pem'}"
         passwd = self.root / "passwd"
         passwd.write_text(f"{USER}:{{PLAIN}}{PASSWORD}:{self.uid}:{self.gid}::{self.home}::\n")
         self.config.write_text(f"""\
@@ -81,7 +89,7 @@ state_dir = {self.root}/state
 log_path = {self.log}
 protocols = imap
 listen = 127.0.0.1
-ssl = no
+{ssl_conf}
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 first_valid_uid = 1
@@ -102,7 +110,8 @@ service imap-login {{
     port = {self.port}
   }}
   inet_listener imaps {{
-    port = 0
+    address = 127.0.0.1
+    port = {self.tls_port}
   }}
 }}
 service anvil {{
@@ -113,6 +122,16 @@ service imap-login {{
 }}
 {self.extra}
 """)
+
+    @property
+    def cert(self) -> Path:
+        return self.root / "cert.pem"
+
+    def make_certificate(self) -> None:
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                        "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+                        "-keyout", str(self.root / "key.pem"), "-out", str(self.cert)],
+                       check=True, capture_output=True)
 
     def start(self, timeout: float = 15.0) -> None:
         if self.proc is None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import threading
 import time
 import uuid
@@ -41,8 +42,10 @@ def dovecot_ok() -> None:
 def make_dovecot(dovecot_ok):
     servers: list[Dovecot] = []
 
-    def make(extra: str = "") -> Dovecot:
-        server = Dovecot(extra)
+    def make(extra: str = "", tls: bool = False) -> Dovecot:
+        if tls and shutil.which("openssl") is None:
+            pytest.skip("openssl is needed to make the test certificate")
+        server = Dovecot(extra, tls=tls)
         servers.append(server)
         try:
             server.start()
@@ -63,9 +66,10 @@ def dovecot(make_dovecot) -> Dovecot:
 
 
 def config_text(server: Dovecot, *, database_url: str = "", port: int | None = None, password_env="TEST_IMAP_PASSWORD",
-                folder="INBOX", process="", poll_interval=60, security="none", host="127.0.0.1") -> str:
+                folder="INBOX", process="", poll_interval=60, security="none", host="127.0.0.1",
+                top: str = "", box_extra: str = "") -> str:
     db = f'[database]\nurl = "{database_url}"\n' if database_url else ""
-    return db + f"""
+    return db + top + f"""
 [[mailboxes]]
 name = "desk"
 host = "{host}"
@@ -76,10 +80,11 @@ password_env = "{password_env}"
 folder = "{folder}"
 process = "{process}"
 poll_interval = {poll_interval}
-"""
+{box_extra}"""
 
 
 def make_app(tmp_path: Path, server: Dovecot, **kw) -> App:
+    """An App whose one mailbox, "desk", is ``server``'s INBOX."""
     return App(load_config(write_config(tmp_path, config_text(server, **kw)), env={}))
 
 
@@ -350,6 +355,7 @@ def test_imap_check_passes_on_a_working_mailbox(tmp_path, dovecot):
     ("tls on a plain port", "tls"),
     ("no password", "credentials"),
     ("unknown host", "dns"),
+    ("token command fails", "credentials"),
 ])
 def test_imap_check_names_the_failing_step(tmp_path, dovecot, case, step):
     kw, env = {}, ENV
@@ -365,9 +371,67 @@ def test_imap_check_names_the_failing_step(tmp_path, dovecot, case, step):
         kw["password_env"] = "TEST_IMAP_UNSET_VARIABLE"
     elif case == "unknown host":
         kw["host"] = "no-such-host.invalid"
+    elif case == "token command fails":
+        kw["password_env"] = ""
+        kw["box_extra"] = 'oauth2_token_command = "sh -c \'echo token service down >&2; exit 3\'"\n'
     code, out = _check(tmp_path, dovecot, env=env, **kw)
     assert code == 1, out
     assert f"FAILED at step {step}:" in out, out
     # The steps before it are shown as passed, none after it is tried.
     rows = [line.split(None, 2) for line in out.splitlines() if not line.startswith("mailbox ")]
     assert [r[1] for r in rows] == ["ok"] * (len(rows) - 1) + ["FAILED"] and rows[-1][0] == step, out
+
+
+def test_serve_runs_a_poller_per_mailbox(tmp_path, dovecot):
+    """The real `gateway serve`: its worker reads the mailbox, makes the ticket, moves the
+    mail; SIGTERM stops door, worker and poller cleanly."""
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import ROOT, wait_for_port
+
+    tag = uuid.uuid4().hex[:8]
+    smtp_port = free_port()
+    path = write_config(tmp_path, f"[smtp]\nport = {smtp_port}\n" + config_text(dovecot))
+    env = dict(os.environ, **ENV)
+    env.pop("GATEWAY_CONFIG", None)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "--config", str(path), "serve"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(smtp_port, proc=proc)
+        dovecot.append("INBOX", [mail(0, tag)])
+        wait_until(lambda: dovecot.message_ids("processed") == [f"<{tag}-0@example.org>"], timeout=30)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode == 0, out
+    assert "mailbox desk: reading" in out and "poller stopped" in out, out
+    app = App(load_config(path, env={}))
+    assert [t.number for t in tickets(app)] == ["INC-000001"]
+    app.engine.dispose()
+
+
+@pytest.mark.parametrize("security", ["tls", "starttls"])
+def test_imap_check_over_tls_names_an_untrusted_certificate(tmp_path, make_dovecot, security):
+    server = make_dovecot(tls=True)
+    port = server.tls_port if security == "tls" else server.port
+    code, out = _check(tmp_path, server, security=security, port=port)
+    assert code == 1 and f"FAILED at step {security}:" in out and "CERTIFICATE_VERIFY_FAILED" in out.upper(), out
+    # Trusted through OpenSSL's own SSL_CERT_FILE (an internal CA): every step passes.
+    code, out = _check(tmp_path, server, env={**ENV, "SSL_CERT_FILE": str(server.cert)}, security=security, port=port)
+    assert code == 0, out
+    assert ("TLS established" if security == "tls" else "STARTTLS established") in out
+
+
+def test_too_large_mail_is_moved_to_failed_unread(tmp_path, dovecot):
+    tag = uuid.uuid4().hex[:8]
+    app = make_app(tmp_path, dovecot, top="[smtp]\nmax_message_size = 4000\n")
+    big = mail(0, tag, extra_headers="X-Padding: " + "b" * 5000 + "\r\n")
+    dovecot.append("INBOX", [big, mail(1, tag)])
+    with Running(app):
+        wait_until(lambda: len(dovecot.message_ids("failed")) + len(dovecot.message_ids("processed")) == 2)
+    assert dovecot.message_ids("failed") == [f"<{tag}-0@example.org>"]
+    assert [r.message_id for r in inbound(app)] == [f"{tag}-1@example.org"]
+    app.engine.dispose()
