@@ -276,6 +276,35 @@ def test_idle_picks_up_a_new_mail_in_under_two_seconds(tmp_path, dovecot, caplog
     app.engine.dispose()
 
 
+def test_idle_is_renewed_and_still_works(tmp_path, dovecot, caplog, monkeypatch):
+    """IDLE is left and re-issued on a timer (RFC 2177's 29 minutes, 20 here; 0.3 s in
+    the test), and mail still arrives promptly afterwards."""
+    caplog.set_level(logging.DEBUG, logger="gateway.imap")
+    monkeypatch.setattr(imap, "IDLE_RENEW_SECONDS", 0.3)
+    monkeypatch.setattr(imap, "STOP_CHECK_SECONDS", 0.1)
+    tag = uuid.uuid4().hex[:8]
+    app = make_app(tmp_path, dovecot, poll_interval=600)
+    with Running(app) as running:
+        wait_until(running.poller.connected.is_set)
+        wait_until(lambda: sum("renewing IDLE" in r.getMessage() for r in caplog.records) >= 3, timeout=10)
+        dovecot.append("INBOX", [mail(0, tag)])
+        elapsed = wait_until(lambda: len(tickets(app)) == 1, timeout=10, step=0.02)
+    assert elapsed < 2.0
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    app.engine.dispose()
+
+
+def test_same_message_twice_in_the_folder_is_one_ticket(tmp_path, dovecot):
+    tag = uuid.uuid4().hex[:8]
+    app = make_app(tmp_path, dovecot)
+    dovecot.append("INBOX", [mail(0, tag), mail(0, tag)])
+    with Running(app):
+        wait_until(lambda: len(dovecot.message_ids("processed")) == 2)
+    assert len(tickets(app)) == 1 and len(inbound(app)) == 1
+    assert dovecot.message_ids("INBOX") == []
+    app.engine.dispose()
+
+
 def test_without_move_and_idle_it_polls_and_copies_then_expunges(tmp_path, make_dovecot):
     """Dovecot told to advertise neither MOVE nor IDLE: polling, COPY + \\Deleted + UID EXPUNGE."""
     server = make_dovecot("protocol imap {\n  imap_capability = IMAP4rev1 LITERAL+ UIDPLUS\n}\n")
@@ -435,3 +464,11 @@ def test_too_large_mail_is_moved_to_failed_unread(tmp_path, dovecot):
     assert dovecot.message_ids("failed") == [f"<{tag}-0@example.org>"]
     assert [r.message_id for r in inbound(app)] == [f"{tag}-1@example.org"]
     app.engine.dispose()
+
+
+def test_reading_the_processed_folder_is_refused_at_start(tmp_path):
+    from gateway.config import ConfigError
+
+    path = write_config(tmp_path, '[[mailboxes]]\nname = "desk"\nfolder = "processed"\n')
+    with pytest.raises(ConfigError, match="cannot also be the processed"):
+        load_config(path, env={})

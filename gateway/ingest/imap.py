@@ -330,7 +330,10 @@ class Poller:
         client.idle()
         started = time.monotonic()
         try:
-            while not stop.is_set() and time.monotonic() - started < IDLE_RENEW_SECONDS:
+            while not stop.is_set():
+                if time.monotonic() - started >= IDLE_RENEW_SECONDS:
+                    log.debug("mailbox %s: renewing IDLE", self.box.name)
+                    return
                 t0 = time.monotonic()
                 responses = client.idle_check(timeout=STOP_CHECK_SECONDS)
                 if responses:
