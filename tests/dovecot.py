@@ -39,13 +39,16 @@ class Dovecot:
     """One Dovecot instance.  ``extra`` is appended to the configuration (e.g. a
     ``protocol imap { imap_capability = ... }`` block to hide MOVE or IDLE)."""
 
-    def __init__(self, extra: str = "", tls: bool = False):
+    def __init__(self, extra: str = "", tls: bool = False, oauth2_tokeninfo_url: str = ""):
         self.binary = dovecot_binary()
         self.port = _free_port()
         # With tls: STARTTLS on ``port`` and implicit TLS on ``tls_port``, with a
         # self-signed certificate for 127.0.0.1 (``cert``, to trust it or not).
         self.tls = tls
         self.tls_port = _free_port() if tls else 0
+        # With a token-info URL: XOAUTH2 logins, each token checked by a GET of URL+token
+        # (the test serves that URL); the JSON answer's "email" must be the user.
+        self.oauth2_tokeninfo_url = oauth2_tokeninfo_url
         # Not under pytest's tmp_path: that folder is private to root, and the mail
         # processes run as an unprivileged user that must reach the maildirs.
         self.root = Path(tempfile.mkdtemp(prefix="dovecot-"))
@@ -81,6 +84,11 @@ class Dovecot:
         if self.tls:
             self.make_certificate()
             ssl_conf = f"ssl = yes\nssl_cert = <{self.cert}\nssl_key = <{self.root / 'key.pem'}"
+        oauth2 = ""
+        if self.oauth2_tokeninfo_url:
+            ext = self.root / "oauth2.conf.ext"
+            ext.write_text(f"tokeninfo_url = {self.oauth2_tokeninfo_url}\nusername_attribute = email\n")
+            oauth2 = f"passdb {{\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n  args = {ext}\n}}\n"
         passwd = self.root / "passwd"
         passwd.write_text(f"{USER}:{{PLAIN}}{PASSWORD}:{self.uid}:{self.gid}::{self.home}::\n")
         self.config.write_text(f"""\
@@ -91,13 +99,14 @@ protocols = imap
 listen = 127.0.0.1
 {ssl_conf}
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = plain login{" xoauth2 oauthbearer" if self.oauth2_tokeninfo_url else ""}
 first_valid_uid = 1
 mail_location = maildir:~/Maildir
 default_login_user = dovenull
 default_internal_user = dovenull
-passdb {{
+{oauth2}passdb {{
   driver = passwd-file
+  mechanisms = plain login
   args = scheme=PLAIN username_format=%u {passwd}
 }}
 userdb {{

@@ -5,6 +5,7 @@ fast, backfill reports progress and outcomes, and `imap check` names the failing
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -42,10 +43,10 @@ def dovecot_ok() -> None:
 def make_dovecot(dovecot_ok):
     servers: list[Dovecot] = []
 
-    def make(extra: str = "", tls: bool = False) -> Dovecot:
+    def make(extra: str = "", tls: bool = False, oauth2_tokeninfo_url: str = "") -> Dovecot:
         if tls and shutil.which("openssl") is None:
             pytest.skip("openssl is needed to make the test certificate")
-        server = Dovecot(extra, tls=tls)
+        server = Dovecot(extra, tls=tls, oauth2_tokeninfo_url=oauth2_tokeninfo_url)
         servers.append(server)
         try:
             server.start()
@@ -342,8 +343,6 @@ def test_backfill_of_500_mails_shows_progress_and_summary(tmp_path, dovecot):
     # Run again: nothing left, nothing doubled.
     again = run_gateway("--config", str(tmp_path / "config.toml"), "imap", "backfill", "desk", "--json",
                         "--no-progress", cwd=tmp_path, env=ENV)
-    import json
-
     assert json.loads(again.stdout)["messages"] == 0
 
 
@@ -355,8 +354,6 @@ def test_backfill_since_takes_only_newer_mail(tmp_path, dovecot):
     dovecot.append("INBOX", [mail(2, tag)], msg_time=datetime.now(timezone.utc) - timedelta(days=1))
     proc = run_gateway("--config", str(tmp_path / "config.toml"), "imap", "backfill", "desk", "--since", "2024-01-01",
                        "--json", cwd=tmp_path, env=ENV)
-    import json
-
     summary = json.loads(proc.stdout)
     assert summary["messages"] == 1 and summary["outcomes"] == {"created": 1}
     assert dovecot.message_ids("INBOX") == ids(tag, 2)
@@ -472,3 +469,52 @@ def test_reading_the_processed_folder_is_refused_at_start(tmp_path):
     path = write_config(tmp_path, '[[mailboxes]]\nname = "desk"\nfolder = "processed"\n')
     with pytest.raises(ConfigError, match="cannot also be the processed"):
         load_config(path, env={})
+
+
+@pytest.fixture
+def token_service():
+    """A token-info endpoint, as an OAuth2 provider has: "good-token" is valid for the
+    test user, anything else is refused.  Dovecot asks it for every XOAUTH2 login."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    asked: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            asked.append(self.path.rpartition("=")[2])
+            ok = self.path.endswith("=good-token")
+            body = json.dumps({"email": USER} if ok else {"error": "invalid_token"}).encode()
+            self.send_response(200 if ok else 401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    server.asked = asked
+    server.url = f"http://127.0.0.1:{server.server_port}/tokeninfo?access_token="
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_xoauth2_token_from_a_command(tmp_path, make_dovecot, token_service):
+    server = make_dovecot(oauth2_tokeninfo_url=token_service.url)
+    tag = uuid.uuid4().hex[:8]
+    box = 'oauth2_token_command = "printf good-token"\n'
+    app = make_app(tmp_path, server, password_env="", box_extra=box)
+    server.append("INBOX", [mail(0, tag)])
+    with Running(app):
+        wait_until(lambda: server.message_ids("processed") == [f"<{tag}-0@example.org>"])
+    assert "good-token" in token_service.asked and len(tickets(app)) == 1
+    app.engine.dispose()
+    code, out = _check(tmp_path / "check-good", server, password_env="", box_extra=box)
+    assert code == 0 and "OAuth2 token obtained" in out, out
+    code, out = _check(tmp_path / "check-bad", server, password_env="",
+                       box_extra='oauth2_token_command = "printf expired-token"\n')
+    assert code == 1 and "FAILED at step login:" in out, out
