@@ -8,6 +8,15 @@ sha256), processed, and only then moved out: to ``processed_folder``, or to
 message is never deleted before its bytes are committed, and never deleted at all
 except as the second half of a move.
 
+What "failed" means, for the person who looks at that folder: the message could not be
+stored (it is not in the gateway at all: move it back to the folder to try again, the
+store recognises what it already has), it was larger than ``[smtp] max_message_size``
+(not fetched), or processing quarantined it (it is in the gateway, quarantined with the
+reason, and made no ticket).  A processing error that will be retried (the worker
+quarantines after ``max_attempts``) does not count: the mail is stored, so it goes to
+``processed``.  Without a worker (``serve --accept-only``) nothing is processed here,
+so every stored message goes to ``processed``.
+
 Why there is no UID cursor: a crash between the commit and the move leaves the message
 in the folder, and the next pass fetches it again; the store recognises the bytes and
 hands back the first row, so it becomes no second ticket.  The same holds when the
@@ -144,6 +153,13 @@ def close_quietly(client: IMAPClient) -> None:
             client.shutdown()
         except Exception:  # noqa: BLE001
             pass
+
+
+def _drop(client: IMAPClient) -> None:
+    try:
+        client.shutdown()
+    except Exception:  # noqa: BLE001
+        pass
 
 
 def ensure_folder(client: IMAPClient, folder: str) -> None:
@@ -286,6 +302,10 @@ class Poller:
             except Exception as exc:  # noqa: BLE001 - every failure means: reconnect later
                 self.connected.clear()
                 self._outage(exc)
+                if client is not None:
+                    # No LOGOUT on a broken connection: it could wait for the read timeout.
+                    _drop(client)
+                    client = None
             finally:
                 self.connected.clear()
                 if client is not None:
@@ -405,8 +425,10 @@ def check(box: MailboxSection, env: Mapping[str, str] | None = None,
         what = "no IMAP greeting" if box.security != "starttls" else "STARTTLS failed"
         return fail(tls_step, f"{what}: {type(exc).__name__}: {exc}")
     try:
+        clear = "IMAP greeting received (no TLS" + (
+            ")" if _loopback(box.host) else ": the password crosses the network unencrypted)")
         steps.append(Step(tls_step, True, {"tls": "TLS established", "starttls": "STARTTLS established"}
-                          .get(box.security, "IMAP greeting received (no TLS)")))
+                          .get(box.security, clear)))
         try:
             login(client, box, env)
             steps.append(Step("login", True, f"logged in as {box.user}"))
@@ -425,6 +447,10 @@ def check(box: MailboxSection, env: Mapping[str, str] | None = None,
         return steps
     finally:
         close_quietly(client)
+
+
+def _loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def _text(exc: Exception) -> str:
