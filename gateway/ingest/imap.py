@@ -191,14 +191,12 @@ class Importer:
     """Takes the messages of one mailbox folder into the store, one at a time."""
 
     def __init__(self, box: MailboxSection, engine: Engine, blobs: BlobStore, *,
-                 process: ProcessFn | None = None, max_size: int | None = None,
-                 on_item: Callable[[ItemResult], None] | None = None):
+                 process: ProcessFn | None = None, max_size: int | None = None):
         self.box = box
         self.engine = engine
         self.blobs = blobs
         self.process = process
         self.max_size = max_size
-        self.on_item = on_item
         self.source = f"imap:{box.name}"
 
     def prepare(self, client: IMAPClient) -> int:
@@ -227,19 +225,19 @@ class Importer:
         if self.max_size:
             size_info = client.fetch([uid], ["RFC822.SIZE"]).get(uid)
             if size_info is None:
-                return self._done(self._vanished(uid))
+                return self._vanished(uid)
             size = int(size_info.get(b"RFC822.SIZE", 0))
             if size > self.max_size:
                 # Not fetched: a huge message is left for a person, in the failed folder.
                 log.error("mailbox %s: UID %s is %s bytes, above the limit of %s; moved to %r unread",
                           box.name, uid, size, self.max_size, box.failed_folder)
                 move(client, uid, box.failed_folder)
-                return self._done(ItemResult(uid, "", "too-large", None, box.failed_folder,
-                                             detail=f"{size} bytes > {self.max_size}"))
+                return ItemResult(uid, "", "too-large", None, box.failed_folder,
+                                  detail=f"{size} bytes > {self.max_size}")
         data = client.fetch([uid], ["BODY.PEEK[]"]).get(uid)
         raw = None if data is None else data.get(b"BODY[]")
         if raw is None:
-            return self._done(self._vanished(uid))
+            return self._vanished(uid)
         try:
             stored = store_raw(self.engine, self.blobs, raw, source=self.source, process=box.process or None)
         except StoreFailed as exc:
@@ -247,7 +245,7 @@ class Importer:
             log.error("<%s> mailbox %s: UID %s could not be stored (%s); moved to %r", mid, box.name, uid, exc,
                       box.failed_folder)
             move(client, uid, box.failed_folder)
-            return self._done(ItemResult(uid, mid, "store-failed", None, box.failed_folder, detail=str(exc)))
+            return ItemResult(uid, mid, "store-failed", None, box.failed_folder, detail=str(exc))
         # The bytes are committed: from here on the IMAP copy may go.
         outcome, ticket, detail = "stored", None, None
         if self.process is not None:
@@ -257,17 +255,12 @@ class Importer:
         move(client, uid, target)
         log.info("<%s> mailbox %s: UID %s %s%s%s, moved to %r", stored.message_id, box.name, uid, outcome,
                  f" {ticket}" if ticket else "", " (already stored)" if stored.duplicate else "", target)
-        return self._done(ItemResult(uid, stored.message_id, outcome, ticket, target, stored.duplicate, detail))
+        return ItemResult(uid, stored.message_id, outcome, ticket, target, stored.duplicate, detail)
 
     def _vanished(self, uid: int) -> ItemResult:
         # Another client expunged it between SEARCH and FETCH: nothing of ours is lost.
         log.info("mailbox %s: UID %s vanished before it was fetched", self.box.name, uid)
         return ItemResult(uid, "", "vanished", None, None)
-
-    def _done(self, item: ItemResult) -> ItemResult:
-        if self.on_item is not None:
-            self.on_item(item)
-        return item
 
 
 # The long-running poller ------------------------------------------------------------------
