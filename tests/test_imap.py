@@ -307,11 +307,14 @@ def test_same_message_twice_in_the_folder_is_one_ticket(tmp_path, dovecot):
     app.engine.dispose()
 
 
-def test_without_move_and_idle_it_polls_and_copies_then_expunges(tmp_path, make_dovecot):
-    """Dovecot told to advertise neither MOVE nor IDLE: polling, COPY + \\Deleted + UID EXPUNGE."""
-    server = make_dovecot("protocol imap {\n  imap_capability = IMAP4rev1 LITERAL+ UIDPLUS\n}\n")
+@pytest.mark.parametrize("caps", ["IMAP4rev1 LITERAL+ UIDPLUS", "IMAP4rev1 LITERAL+"], ids=["uidplus", "plain"])
+def test_without_move_and_idle_it_polls_and_copies_then_expunges(tmp_path, make_dovecot, caps):
+    """Dovecot told to advertise neither MOVE nor IDLE: polling, COPY + \\Deleted, then
+    UID EXPUNGE of that message (UIDPLUS) or EXPUNGE (without)."""
+    server = make_dovecot(f"protocol imap {{\n  imap_capability = {caps}\n}}\n")
     with server.client() as c:
         assert not c.has_capability("MOVE") and not c.has_capability("IDLE")
+        assert c.has_capability("UIDPLUS") == ("UIDPLUS" in caps)
     tag = uuid.uuid4().hex[:8]
     app = make_app(tmp_path, server, poll_interval=1)
     with Running(app) as running:
