@@ -354,5 +354,12 @@ def _check(config: Config) -> None:
             raise ConfigError(f"mailboxes[{i}].name: {box.name!r} is used twice")
         if box.process and box.process not in PROCESSES:
             raise ConfigError(f"mailboxes[{i}].process: {box.process!r} is not one of {', '.join(PROCESSES)}")
+        if box.poll_interval < 1:
+            raise ConfigError(f"mailboxes[{i}].poll_interval: at least 1 second")
+        if not (box.folder and box.processed_folder and box.failed_folder):
+            raise ConfigError(f"mailboxes[{i}]: folder, processed_folder and failed_folder must not be empty")
+        if box.folder in (box.processed_folder, box.failed_folder):
+            # The folder is the queue: moving a message into it would read it forever.
+            raise ConfigError(f"mailboxes[{i}]: folder {box.folder!r} cannot also be the processed or failed folder")
     if not config.outbound.retry_schedule:
         raise ConfigError("outbound.retry_schedule: at least one delay is needed")

@@ -1,8 +1,13 @@
 """``gateway serve``: the SMTP door in this process, the work in a worker process.
 
 The door only stores and answers; the worker processes what was stored, delivers the
-outbox and closes solved tickets when they are due.  The two share nothing but the
-database and the blob store, so either can be killed at any moment: the door's 250
+outbox and closes solved tickets when they are due.  The IMAP pollers (one thread per
+``[[mailboxes]]`` entry) run in the worker, so the door's event loop never waits on a
+mail server; they process each mail right after storing it, under the same lock as the
+worker's own loop, to move it to the processed or failed folder by its outcome.
+
+The door and the worker share nothing but the database and the blob store, so either
+can be killed at any moment: the door's 250
 means the mail is on disk, and the worker picks up whatever is left on start.
 """
 
@@ -13,11 +18,13 @@ import logging
 import multiprocessing as mp
 import os
 import signal
+import threading
 import time
 from datetime import datetime
 
 from gateway.app import App, setup_logging
 from gateway.config import Config
+from gateway.ingest import imap
 from gateway.ingest.smtp import Door, make_server_factory
 from gateway.outbound.outbox import deliver_pending
 
@@ -31,8 +38,28 @@ def worker_main(config: Config, wake, stop, parent_pid: int, log_level: str = "I
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     app = App(config)
     transport = app.transport()
-    next_close = 0.0
     log.info("worker started (pid %s)", os.getpid())
+    # One mail is processed at a time in this process: a poller thread and this loop
+    # must not both pick up the same stored mail.
+    process_lock = threading.Lock()
+
+    def process_one(inbound_id: int):
+        with process_lock:
+            return app.processor.process(inbound_id)
+
+    poll_stop = threading.Event()
+    pollers = imap.start_pollers(imap.pollers_for(config, app.engine, app.blobs, process=process_one), poll_stop)
+    try:
+        _work(app, config, transport, wake, stop, parent_pid, process_lock)
+    finally:
+        poll_stop.set()
+        for thread in pollers:
+            thread.join(timeout=10)
+    log.info("worker stopped")
+
+
+def _work(app: App, config: Config, transport, wake, stop, parent_pid: int, process_lock: threading.Lock) -> None:
+    next_close = 0.0
     while not stop.is_set():
         if os.getppid() != parent_pid:  # the door died without telling us
             log.warning("parent process gone; worker stops")
@@ -40,7 +67,8 @@ def worker_main(config: Config, wake, stop, parent_pid: int, log_level: str = "I
         wake.clear()
         busy = False
         try:
-            done = app.processor.process_pending(limit=50)
+            with process_lock:
+                done = app.processor.process_pending(limit=50)
             busy = bool(done)
             sent = deliver_pending(app.engine, config, transport)
             busy = busy or bool(sent)
@@ -52,7 +80,6 @@ def worker_main(config: Config, wake, stop, parent_pid: int, log_level: str = "I
             time.sleep(1)
         if not busy:
             wake.wait(timeout=1.0)
-    log.info("worker stopped")
 
 
 def close_due(app: App, now: datetime | None = None) -> list[str]:
@@ -77,6 +104,9 @@ async def _serve(app: App, accept_only: bool, log_level: str) -> None:
     done = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, done.set)
+    # Without a worker (accept only) the pollers store and move, and processing waits.
+    poll_stop = threading.Event()
+    pollers = imap.start_pollers(imap.pollers_for(config, app.engine, app.blobs), poll_stop) if accept_only else []
     server = None
     if config.smtp.enabled:
         door = Door(config, app.engine, app.blobs, on_stored=lambda _stored: wake.set())
@@ -91,6 +121,9 @@ async def _serve(app: App, accept_only: bool, log_level: str) -> None:
         if server is not None:
             server.close()
             await server.wait_closed()
+        poll_stop.set()
+        for thread in pollers:
+            await loop.run_in_executor(None, thread.join, 10)
         stop.set()
         wake.set()
         if worker is not None:

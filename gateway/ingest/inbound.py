@@ -51,6 +51,7 @@ def store_raw(
     source: str,
     mail_from: str = "",
     rcpt_to: tuple[str, ...] | list[str] = (),
+    process: str | None = None,
 ) -> Stored:
     """Store ``raw`` durably; raise StoreFailed if it could not be."""
     message_id = header_message_id(raw)
@@ -62,6 +63,7 @@ def store_raw(
                 source=source[:500],
                 mail_from=mail_from[:500],
                 rcpt_to=",".join(rcpt_to)[:2000],
+                process=process,
                 message_id=message_id,
                 sha256=sha,
                 size=len(raw),
