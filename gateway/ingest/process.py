@@ -289,7 +289,12 @@ class Processor:
     def process(self, inbound_id: int) -> Outcome:
         """Process one stored mail; the result is committed with the inbound row's state."""
         with session_for(self.engine) as session:
-            inbound = session.get(InboundMessage, inbound_id)
+            # Locked for the whole transaction: two processes (the worker and an IMAP
+            # backfill, or two nodes on PostgreSQL) never process the same mail twice;
+            # the second waits, then finds it done.  SQLite's BEGIN IMMEDIATE does the same.
+            inbound = session.exec(
+                select(InboundMessage).where(InboundMessage.id == inbound_id).with_for_update()
+            ).first()
             if inbound is None:
                 raise LookupError(f"no inbound message {inbound_id}")
             if inbound.state != "received":

@@ -1,0 +1,41 @@
+"""Two processors on the same store never process one mail twice (PostgreSQL row lock,
+SQLite's write lock)."""
+
+from __future__ import annotations
+
+import threading
+
+from sqlmodel import select
+
+from gateway.app import App
+from gateway.ingest.inbound import store_raw
+from store.db import session_for
+from store.models import Outbox, Ticket
+
+
+def test_two_processors_race_for_the_same_mails(gw):
+    ids = []
+    for n in range(12):
+        raw = (f"From: Client {n} <client{n}@example.com>\r\nTo: helpdesk@localhost\r\n"
+               f"Subject: Race {n}\r\nMessage-ID: <race-{n}@example.com>\r\n\r\nBody {n}\r\n").encode()
+        ids.append(store_raw(gw.engine, gw.blobs, raw, source="test").id)
+    other = App(gw.config)  # a second process's parts: its own engine and pool
+    outcomes: list[str] = []
+    barrier = threading.Barrier(2)
+
+    def run(app):
+        barrier.wait()
+        for i in ids:
+            outcomes.append(app.processor.process(i).outcome)
+
+    threads = [threading.Thread(target=run, args=(app,)) for app in (gw, other)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    other.engine.dispose()
+    with session_for(gw.engine) as session:
+        assert len(session.exec(select(Ticket)).all()) == 12
+        assert len(session.exec(select(Outbox)).all()) == 12
+    # The loser of each race reports the winner's stored outcome.
+    assert outcomes == ["created"] * 24
