@@ -64,6 +64,9 @@ class SmtpSection:
     max_recipients: int = 50
     # Idle seconds before a client is disconnected.
     timeout: int = 300
+    # Connections at once, in all and from one IP address; more get 421 (aiosmtpd has no cap).
+    max_connections: int = 200
+    max_connections_per_ip: int = 50
 
 
 @dataclass(frozen=True)

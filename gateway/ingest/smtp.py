@@ -83,9 +83,55 @@ class Door:
         return f"250 2.0.0 Stored as #{stored.id}"
 
 
+class _Connections:
+    """Connections open now, in all and per IP address, shared by every session."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.by_ip: dict[str, int] = {}
+
+
+# Commands a client has no reason to repeat endlessly in one session; the others are
+# bounded by the size of a mail batch (a relay may send hundreds of mails on one connection).
+COMMAND_CALL_LIMIT = {"NOOP": 100, "RSET": 1000, "VRFY": 10, "EXPN": 10, "HELP": 10, "*": 1_000_000}
+
+
 def make_server_factory(config: Config, door: Door) -> Callable[[], SMTP]:
+    connections = _Connections()
+    limit_total = config.smtp.max_connections
+    limit_ip = config.smtp.max_connections_per_ip
+
+    class GatewaySMTP(SMTP):
+        """aiosmtpd's SMTP with caps on concurrent connections, which it lacks."""
+
+        _counted_ip: str | None = None
+
+        def connection_made(self, transport) -> None:
+            peer = transport.get_extra_info("peername")
+            ip = str(peer[0]) if peer else "?"
+            if connections.total >= limit_total or connections.by_ip.get(ip, 0) >= limit_ip:
+                log.warning("refused a connection from %s: %d open, %d from it", ip, connections.total,
+                            connections.by_ip.get(ip, 0))
+                transport.write(b"421 4.7.0 Too many connections, please try again later\r\n")
+                transport.close()
+                return
+            self._counted_ip = ip
+            connections.total += 1
+            connections.by_ip[ip] = connections.by_ip.get(ip, 0) + 1
+            super().connection_made(transport)
+
+        def connection_lost(self, exc) -> None:
+            if self._counted_ip is None:
+                return  # refused above: aiosmtpd never saw this connection
+            ip, self._counted_ip = self._counted_ip, None
+            connections.total -= 1
+            connections.by_ip[ip] -= 1
+            if not connections.by_ip[ip]:
+                del connections.by_ip[ip]
+            super().connection_lost(exc)
+
     def factory() -> SMTP:
-        return SMTP(
+        return GatewaySMTP(
             door,
             data_size_limit=config.smtp.max_message_size,
             enable_SMTPUTF8=True,
@@ -93,6 +139,7 @@ def make_server_factory(config: Config, door: Door) -> Callable[[], SMTP]:
             hostname=config.message_id_domain,
             ident="helpdesk gateway",
             timeout=config.smtp.timeout,
+            command_call_limit=COMMAND_CALL_LIMIT,
         )
 
     return factory
