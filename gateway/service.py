@@ -77,7 +77,7 @@ async def _serve(app: App, accept_only: bool, log_level: str) -> None:
     done = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, done.set)
-    server = None
+    server = door = None
     if config.smtp.enabled:
         door = Door(config, app.engine, app.blobs, on_stored=lambda _stored: wake.set())
         server = await loop.create_server(make_server_factory(config, door), config.smtp.host, config.smtp.port)
@@ -91,6 +91,8 @@ async def _serve(app: App, accept_only: bool, log_level: str) -> None:
         if server is not None:
             server.close()
             await server.wait_closed()
+        if door is not None:  # let the last batch commit before the worker stops
+            await loop.run_in_executor(None, door.spool.close)
         stop.set()
         wake.set()
         if worker is not None:

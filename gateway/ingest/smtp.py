@@ -1,22 +1,23 @@
 """The SMTP door: refuse what can be refused while the sender can still be told, store
 the rest durably, then answer 250.  No parsing, templates or ticket logic here.
 
-Storing runs in a thread pool, never on the event loop, so one slow disk does not stall
-every other connection.
+Storing runs in the spool's writer thread, never on the event loop, so one slow disk
+does not stall every other connection; concurrent DATA commands share one commit (group
+commit, see spool.py), and each is answered only once its own commit is done.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway.config import Config
 from gateway.errors import StoreFailed
-from gateway.ingest.inbound import Stored, store_raw
+from gateway.ingest.inbound import Stored
+from gateway.ingest.spool import Spool
 from store.addresses import key as address_key
 from store.blobs import BlobStore
 
@@ -27,12 +28,12 @@ class Door:
     """aiosmtpd handler."""
 
     def __init__(self, config: Config, engine, blobs: BlobStore, on_stored: Callable[[Stored], None] | None = None,
-                 executor: ThreadPoolExecutor | None = None):
+                 spool: Spool | None = None):
         self.config = config
         self.engine = engine
         self.blobs = blobs
         self.on_stored = on_stored
-        self.executor = executor or ThreadPoolExecutor(max_workers=8, thread_name_prefix="smtp-store")
+        self.spool = spool or Spool(engine, blobs)
         self.own = {address_key(a) for a in config.gateway.addresses}
         self.own |= {address_key(a) for a in config.routing.routes}
         self.domains = {a.rpartition("@")[2] for a in self.own}
@@ -58,13 +59,11 @@ class Door:
         raw = envelope.original_content or envelope.content
         if isinstance(raw, str):
             raw = raw.encode("utf-8", "surrogateescape")
-        loop = asyncio.get_running_loop()
         try:
-            stored = await loop.run_in_executor(
-                self.executor,
-                lambda: store_raw(self.engine, self.blobs, raw, source="smtp", mail_from=envelope.mail_from or "",
-                                  rcpt_to=tuple(envelope.rcpt_tos)),
-            )
+            # 250 only once the batch holding this mail is committed and its blob fsynced.
+            stored = await asyncio.wrap_future(
+                self.spool.submit(raw, source="smtp", mail_from=envelope.mail_from or "",
+                                  rcpt_to=tuple(envelope.rcpt_tos)))
         except StoreFailed as exc:
             log.error("could not store a mail from %s: %s", envelope.mail_from, exc)
             return "451 4.3.0 Could not store the message; please try again later"

@@ -1,0 +1,140 @@
+"""Group commit for the SMTP door: concurrent DATA commands share one transaction.
+
+Each accepted mail costs an fsync of its blob and an fsync of the database commit.  With
+several clients sending at once, those commits queue behind one another on the write
+lock.  The spool instead collects whatever mails arrived while the previous batch was
+being written, writes their blobs (fsynced, in parallel so the file system can merge
+the journal commits), inserts all their rows in ONE transaction, commits once, and only
+then wakes every waiting DATA command: the promise "250 only after the mail is on disk"
+is kept for each mail, the cost of the commit is shared.
+
+A batch never waits for more mail to arrive: a lone client gets its commit at once, a
+busy door gets bigger batches.  If a row of the batch collides with a stored duplicate
+(the unique (message_id, sha256) key), the batch is rolled back and its mails are stored
+one by one through ``store_raw``, which answers duplicates with the first row.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+
+from gateway.errors import StoreFailed
+from gateway.ingest.inbound import Stored, header_message_id, store_raw
+from store.blobs import BlobStore
+from store.db import session_for
+from store.models import InboundMessage
+
+log = logging.getLogger("gateway.spool")
+
+
+@dataclass
+class _Item:
+    raw: bytes
+    source: str
+    mail_from: str
+    rcpt_to: tuple[str, ...]
+    future: Future = field(default_factory=Future)
+
+
+class Spool:
+    """A writer thread taking store requests in batches of at most ``max_batch``."""
+
+    def __init__(self, engine: Engine, blobs: BlobStore, max_batch: int = 64, blob_threads: int = 8):
+        self.engine = engine
+        self.blobs = blobs
+        self.max_batch = max_batch
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._blob_pool = ThreadPoolExecutor(max_workers=blob_threads, thread_name_prefix="spool-blob")
+        self._thread = threading.Thread(target=self._run, name="spool-writer", daemon=True)
+        self._closed = False
+        self._thread.start()
+
+    def submit(self, raw: bytes, *, source: str, mail_from: str = "", rcpt_to=()) -> Future:
+        """A future that resolves to ``Stored`` once the mail is committed (or to StoreFailed)."""
+        if self._closed:
+            raise StoreFailed("the spool is closed")
+        item = _Item(raw, source, mail_from, tuple(rcpt_to))
+        self._queue.put(item)
+        return item.future
+
+    def close(self) -> None:
+        """Finish what was submitted, then stop the writer thread."""
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
+            self._thread.join()
+            self._blob_pool.shutdown()
+
+    # The writer thread -----------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < self.max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            self._write(batch)
+            if stop:
+                return
+
+    def _write(self, batch: list[_Item]) -> None:
+        try:
+            results = self._write_batch(batch)
+        except IntegrityError:
+            # A duplicate in the batch: store each mail alone, duplicates answered as such.
+            results = []
+            for item in batch:
+                try:
+                    results.append(store_raw(self.engine, self.blobs, item.raw, source=item.source,
+                                             mail_from=item.mail_from, rcpt_to=item.rcpt_to))
+                except Exception as exc:  # noqa: BLE001 - handed to the waiting command
+                    results.append(exc)
+        except Exception as exc:  # noqa: BLE001 - every waiting command is told
+            failure = StoreFailed(f"could not store the message: {type(exc).__name__}: {exc}")
+            results = [failure] * len(batch)
+        for item, result in zip(batch, results):
+            if isinstance(result, BaseException):
+                item.future.set_exception(result if isinstance(result, StoreFailed) else StoreFailed(str(result)))
+            else:
+                item.future.set_result(result)
+
+    def _write_batch(self, batch: list[_Item]) -> list[Stored]:
+        # Blobs first, all fsynced before the rows that point to them are committed.
+        shas = list(self._blob_pool.map(lambda it: self.blobs.put(it.raw), batch))
+        rows = []
+        with session_for(self.engine) as session:
+            for item, sha in zip(batch, shas):
+                row = InboundMessage(
+                    source=item.source[:500],
+                    mail_from=item.mail_from[:500],
+                    rcpt_to=",".join(item.rcpt_to)[:2000],
+                    message_id=header_message_id(item.raw),
+                    sha256=sha,
+                    size=len(item.raw),
+                )
+                rows.append(row)
+            session.add_all(rows)
+            try:
+                session.commit()
+            except IntegrityError:
+                session.rollback()
+                raise
+        if len(batch) > 1:
+            log.debug("stored %d mails in one commit", len(batch))
+        return [Stored(row.id, False, row.message_id) for row in rows]
