@@ -25,14 +25,19 @@ from gateway.outbound.outbox import deliver_pending
 log = logging.getLogger("gateway.service")
 
 
-def worker_main(config: Config, wake, stop, parent_pid: int, log_level: str = "INFO", door_writing=None) -> None:
+def worker_main(config: Config, wake, stop, parent_pid: int, log_level: str = "INFO", door_writing=None,
+                slot: tuple[int, int] = (0, 1)) -> None:
     """Process stored mail and deliver the outbox until told to stop (or orphaned).
 
     Stored mail comes first: the outbox is delivered when no mail is waiting, or at the
     latest every DELIVER_EVERY seconds under a steady flow, so that confirmations are
     not held back.  Between two mails the worker lets the door's commit go first
     (``door_writing``, set by the door's spool while it writes): on SQLite both need the
-    one write lock, and a sender is waiting for the door's 250."""
+    one write lock, and a sender is waiting for the door's 250.
+
+    ``slot`` = (k, n): worker k of n takes the mails whose id is k modulo n, and helps
+    with the others only when it has none of its own (a claim with SKIP LOCKED keeps two
+    workers off the same mail, see Processor.process)."""
     setup_logging(log_level)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -54,14 +59,16 @@ def worker_main(config: Config, wake, stop, parent_pid: int, log_level: str = "I
         wake.clear()
         busy = False
         try:
-            pending = app.processor.pending_ids(limit=50)
-            for inbound_id in pending:
+            k, n = slot
+            pending = app.processor.pending_ids(limit=50 * n)
+            mine = [i for i in pending if i % n == k] or pending
+            for inbound_id in mine:
                 if stop.is_set():
                     break
                 _yield_to_door(door_writing)
                 app.processor.process(inbound_id)
             busy = bool(pending)
-            if not pending or time.monotonic() - last_delivery >= DELIVER_EVERY:
+            if k == 0 and (not pending or time.monotonic() - last_delivery >= DELIVER_EVERY):
                 _yield_to_door(door_writing)
                 sent = deliver_pending(app.engine, config, transport, limit=20 if pending else 100)
                 last_delivery = time.monotonic()
@@ -80,6 +87,14 @@ def worker_main(config: Config, wake, stop, parent_pid: int, log_level: str = "I
 WORKER_NICE = 0
 DELIVER_EVERY = 2.0  # seconds: the longest the outbox waits while stored mail keeps coming
 DOOR_FIRST_MAX = 0.05  # seconds: the longest the worker stands aside for one door commit
+
+
+def worker_count(config: Config) -> int:
+    """One worker on SQLite: its transactions take the one write lock, so a second worker
+    would only wait for it.  PostgreSQL locks rows: one worker per core, at most 4."""
+    if config.database_url.startswith("sqlite"):
+        return 1
+    return max(1, min(4, os.cpu_count() or 1))
 
 
 def _yield_to_door(door_writing) -> None:
@@ -103,11 +118,14 @@ async def _serve(app: App, accept_only: bool, log_level: str) -> None:
     config = app.config
     ctx = mp.get_context("spawn")
     wake, stop, door_writing = ctx.Event(), ctx.Event(), ctx.Event()
-    worker = None
+    workers = []
     if not accept_only:
-        worker = ctx.Process(target=worker_main, args=(config, wake, stop, os.getpid(), log_level, door_writing),
-                             name="gateway-worker", daemon=False)
-        worker.start()
+        n = worker_count(config)
+        for k in range(n):
+            worker = ctx.Process(target=worker_main, name=f"gateway-worker-{k}",
+                                 args=(config, wake, stop, os.getpid(), log_level, door_writing, (k, n)), daemon=False)
+            worker.start()
+            workers.append(worker)
     loop = asyncio.get_running_loop()
     done = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -131,7 +149,7 @@ async def _serve(app: App, accept_only: bool, log_level: str) -> None:
             await loop.run_in_executor(None, door.spool.close)
         stop.set()
         wake.set()
-        if worker is not None:
+        for worker in workers:
             await loop.run_in_executor(None, worker.join, 30)
             if worker.is_alive():
                 worker.terminate()

@@ -213,7 +213,11 @@ class Processor:
             except Exception:  # noqa: BLE001 - done again, and counted, in the transaction below
                 mail = None
         with session_for(self.engine) as session:
-            inbound = session.get(InboundMessage, inbound_id)
+            # Claim the row: on PostgreSQL several workers run at once, and one that finds
+            # the row locked leaves it to the other (SQLite: the write lock does this).
+            inbound = session.get(InboundMessage, inbound_id, with_for_update={"skip_locked": True})
+            if inbound is None:
+                return Outcome("", "", "busy", None, "being processed by another worker")
             if inbound.state != "received":
                 return Outcome(inbound.source, inbound.message_id, inbound.outcome or inbound.state,
                                inbound.ticket_number, inbound.detail)
