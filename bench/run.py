@@ -357,8 +357,10 @@ def ceiling_once(mails: list[Mail], bodies: list[bytes], conns: int) -> dict:
         import shutil
 
         shutil.rmtree(folder, ignore_errors=True)
+    small_lat = [lat for lat, size in zip(sent["latency"], sent["size"]) if size < 1_000_000]
     return {"mails_per_s": len(mails) / sent["elapsed"], "failed": len(sent["failed"]),
-            "accept_p50_ms": pct(sent["latency"], 50) * 1000, "accept_p99_ms": pct(sent["latency"], 99) * 1000}
+            "accept_p50_ms": pct(sent["latency"], 50) * 1000, "accept_p99_ms": pct(sent["latency"], 99) * 1000,
+            "accept_p99_under_1mb_ms": pct(small_lat, 99) * 1000}
 
 
 def ingest_once(db: str, files: list[Path]) -> dict:
@@ -602,7 +604,8 @@ def main(argv: list[str] | None = None) -> int:
         out = {k: summary([r[k] for r in runs]) for k in keys}
         out["raw"] = runs
         if with_ceiling:
-            out["ceiling"] = {k: summary([c[k] for c in ceil]) for k in ("mails_per_s", "accept_p99_ms")}
+            out["ceiling"] = {k: summary([c[k] for c in ceil]) for k in ("mails_per_s", "accept_p99_ms",
+                                                                   "accept_p99_under_1mb_ms")}
             out["ratio"] = summary([r["mails_per_s"] / c["mails_per_s"] for r, c in zip(runs, ceil)])
         return out
 
@@ -687,6 +690,8 @@ def render_table(res: dict) -> str:
         if e:
             row(f"mixed, {c} conn: ceiling mails/s (bare aiosmtpd + fsync)", fmt(e["ceiling"]["mails_per_s"]))
             row(f"mixed, {c} conn: end to end ÷ ceiling", fmt(e["ratio"], 2), "-", "≥ 0.6" if c == "8" else "")
+            row(f"mixed, {c} conn: ceiling DATA→250 p99 ms, mails < 1 MB (same aiosmtpd, no database)",
+                fmt(e["ceiling"]["accept_p99_under_1mb_ms"]))
         row(f"mixed, {c} conn: DATA→250 p50 / p99 ms", f"{fmt(e and e['accept_p50_ms'])} / {fmt(e and e['accept_p99_ms'])}",
             f"{fmt(p and p['accept_p50_ms'])} / {fmt(p and p['accept_p99_ms'])}")
         row(f"mixed, {c} conn: DATA→250 p99 ms, mails < 1 MB", fmt(e and e["accept_p99_under_1mb_ms"]),

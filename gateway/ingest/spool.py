@@ -2,10 +2,10 @@
 
 Each accepted mail costs an fsync of its blob and an fsync of the database commit.  With
 several clients sending at once, those commits queue behind one another on the write
-lock.  The spool instead collects whatever mails arrived while the previous batch was
-being written, writes their blobs (fsynced, in parallel so the file system can merge
-the journal commits), inserts all their rows in ONE transaction, commits once, and only
-then wakes every waiting DATA command: the promise "250 only after the mail is on disk"
+lock.  The spool instead writes each blob as it comes (fsynced, in a small thread pool,
+so a large mail does not hold back small ones), collects whatever mails have their blob
+on disk while the previous batch was being committed, inserts all their rows in ONE
+transaction, commits once, and only then wakes every waiting DATA command: the promise "250 only after the mail is on disk"
 is kept for each mail, the cost of the commit is shared.
 
 A batch never waits for more mail to arrive: a lone client gets its commit at once, a
@@ -42,6 +42,7 @@ class _Item:
     mail_from: str
     rcpt_to: tuple[str, ...]
     future: Future = field(default_factory=Future)
+    sha: str = ""
 
 
 class Spool:
@@ -70,20 +71,34 @@ class Spool:
         self._thread.start()
 
     def submit(self, raw: bytes, *, source: str, mail_from: str = "", rcpt_to=()) -> Future:
-        """A future that resolves to ``Stored`` once the mail is committed (or to StoreFailed)."""
+        """A future that resolves to ``Stored`` once the mail is committed (or to StoreFailed).
+
+        The blob is written (and fsynced) first, in the blob pool; only then does the mail
+        join the queue of the next commit, so a 5 MB mail being written never holds back
+        the commit of small ones that arrived after it."""
         if self._closed:
             raise StoreFailed("the spool is closed")
         item = _Item(raw, source, mail_from, tuple(rcpt_to))
-        self._queue.put(item)
+
+        def blob_written(done: Future) -> None:
+            exc = done.exception()
+            if exc is not None:
+                item.future.set_exception(
+                    StoreFailed(f"could not store the message: {type(exc).__name__}: {exc}"))
+                return
+            item.sha = done.result()
+            self._queue.put(item)
+
+        self._blob_pool.submit(self.blobs.put, raw).add_done_callback(blob_written)
         return item.future
 
     def close(self) -> None:
         """Finish what was submitted, then stop the writer thread."""
         if not self._closed:
             self._closed = True
+            self._blob_pool.shutdown(wait=True)  # every blob written has queued its mail
             self._queue.put(None)
             self._thread.join()
-            self._blob_pool.shutdown()
             if self._engine is not self.engine:
                 self._engine.dispose()
 
@@ -131,8 +146,8 @@ class Spool:
                 item.future.set_result(result)
 
     def _write_batch(self, batch: list[_Item]) -> list[Stored]:
-        # Blobs first, all fsynced before the rows that point to them are committed.
-        shas = list(self._blob_pool.map(lambda it: self.blobs.put(it.raw), batch))
+        # The blobs are on disk (fsynced) already: see submit.
+        shas = [item.sha for item in batch]
         deadline = time.monotonic() + self.lock_wait
         if self.writing is not None:
             self.writing.set()
