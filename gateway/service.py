@@ -41,12 +41,6 @@ def worker_main(config: Config, wake, stop, parent_pid: int, log_level: str = "I
     setup_logging(log_level)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    # The door answers senders who wait; the worker's work can wait a little.  On a busy
-    # machine the scheduler then gives the door the CPU first (accept latency).
-    try:
-        os.nice(WORKER_NICE)
-    except OSError:  # pragma: no cover - not allowed here: run at the same priority
-        pass
     app = App(config)
     transport = app.transport()
     next_close = 0.0
@@ -84,7 +78,6 @@ def worker_main(config: Config, wake, stop, parent_pid: int, log_level: str = "I
     log.info("worker stopped")
 
 
-WORKER_NICE = 0
 DELIVER_EVERY = 2.0  # seconds: the longest the outbox waits while stored mail keeps coming
 DOOR_FIRST_MAX = 0.05  # seconds: the longest the worker stands aside for one door commit
 
