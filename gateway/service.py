@@ -26,13 +26,25 @@ from gateway.app import App, setup_logging
 from gateway.config import Config
 from gateway.ingest import imap
 from gateway.ingest.smtp import Door, make_server_factory
+from gateway.ingest.spool import Spool
 from gateway.outbound.outbox import deliver_pending
 
 log = logging.getLogger("gateway.service")
 
 
-def worker_main(config: Config, wake, stop, parent_pid: int, log_level: str = "INFO") -> None:
-    """Process stored mail and deliver the outbox until told to stop (or orphaned)."""
+def worker_main(config: Config, wake, stop, parent_pid: int, log_level: str = "INFO", door_writing=None,
+                slot: tuple[int, int] = (0, 1)) -> None:
+    """Process stored mail and deliver the outbox until told to stop (or orphaned).
+
+    Stored mail comes first: the outbox is delivered when no mail is waiting, or at the
+    latest every DELIVER_EVERY seconds under a steady flow, so that confirmations are
+    not held back.  Between two mails the worker lets the door's commit go first
+    (``door_writing``, set by the door's spool while it writes): on SQLite both need the
+    one write lock, and a sender is waiting for the door's 250.
+
+    ``slot`` = (k, n): worker k of n takes the mails whose id is k modulo n, and helps
+    with the others only when it has none of its own (a claim with SKIP LOCKED keeps two
+    workers off the same mail, see Processor.process)."""
     setup_logging(log_level)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -40,7 +52,7 @@ def worker_main(config: Config, wake, stop, parent_pid: int, log_level: str = "I
     transport = app.transport()
     log.info("worker started (pid %s)", os.getpid())
     # One mail is processed at a time in this process: a poller thread and this loop
-    # must not both pick up the same stored mail.
+    # must not both pick up the same stored mail.  The pollers live in worker 0 only.
     process_lock = threading.Lock()
 
     def process_one(inbound_id: int):
@@ -48,9 +60,11 @@ def worker_main(config: Config, wake, stop, parent_pid: int, log_level: str = "I
             return app.processor.process(inbound_id)
 
     poll_stop = threading.Event()
-    pollers = imap.start_pollers(imap.pollers_for(config, app.engine, app.blobs, process=process_one), poll_stop)
+    pollers = []
+    if slot[0] == 0:
+        pollers = imap.start_pollers(imap.pollers_for(config, app.engine, app.blobs, process=process_one), poll_stop)
     try:
-        _work(app, config, transport, wake, stop, parent_pid, process_lock)
+        _work(app, config, transport, wake, stop, parent_pid, process_one, door_writing, slot)
     finally:
         poll_stop.set()
         for thread in pollers:
@@ -58,8 +72,10 @@ def worker_main(config: Config, wake, stop, parent_pid: int, log_level: str = "I
     log.info("worker stopped")
 
 
-def _work(app: App, config: Config, transport, wake, stop, parent_pid: int, process_lock: threading.Lock) -> None:
+def _work(app: App, config: Config, transport, wake, stop, parent_pid: int, process_one, door_writing,
+          slot: tuple[int, int]) -> None:
     next_close = 0.0
+    last_delivery = time.monotonic()
     while not stop.is_set():
         if os.getppid() != parent_pid:  # the door died without telling us
             log.warning("parent process gone; worker stops")
@@ -67,11 +83,20 @@ def _work(app: App, config: Config, transport, wake, stop, parent_pid: int, proc
         wake.clear()
         busy = False
         try:
-            with process_lock:
-                done = app.processor.process_pending(limit=50)
-            busy = bool(done)
-            sent = deliver_pending(app.engine, config, transport)
-            busy = busy or bool(sent)
+            k, n = slot
+            pending = app.processor.pending_ids(limit=50 * n)
+            mine = [i for i in pending if i % n == k] or pending
+            for inbound_id in mine:
+                if stop.is_set():
+                    break
+                _yield_to_door(door_writing)
+                process_one(inbound_id)
+            busy = bool(pending)
+            if k == 0 and (not pending or time.monotonic() - last_delivery >= DELIVER_EVERY):
+                _yield_to_door(door_writing)
+                sent = deliver_pending(app.engine, config, transport, limit=20 if pending else 100)
+                last_delivery = time.monotonic()
+                busy = busy or bool(sent)
             if time.monotonic() >= next_close:
                 close_due(app)
                 next_close = time.monotonic() + config.lifecycle.close_interval
@@ -80,6 +105,26 @@ def _work(app: App, config: Config, transport, wake, stop, parent_pid: int, proc
             time.sleep(1)
         if not busy:
             wake.wait(timeout=1.0)
+
+
+DELIVER_EVERY = 2.0  # seconds: the longest the outbox waits while stored mail keeps coming
+DOOR_FIRST_MAX = 0.05  # seconds: the longest the worker stands aside for one door commit
+
+
+def worker_count(config: Config) -> int:
+    """One worker on SQLite: its transactions take the one write lock, so a second worker
+    would only wait for it.  PostgreSQL locks rows: one worker per core, at most 4."""
+    if config.database_url.startswith("sqlite"):
+        return 1
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _yield_to_door(door_writing) -> None:
+    if door_writing is None:
+        return
+    end = time.monotonic() + DOOR_FIRST_MAX
+    while door_writing.is_set() and time.monotonic() < end:
+        time.sleep(0.0005)
 
 
 def close_due(app: App, now: datetime | None = None) -> list[str]:
@@ -94,12 +139,15 @@ def close_due(app: App, now: datetime | None = None) -> list[str]:
 async def _serve(app: App, accept_only: bool, log_level: str) -> None:
     config = app.config
     ctx = mp.get_context("spawn")
-    wake, stop = ctx.Event(), ctx.Event()
-    worker = None
+    wake, stop, door_writing = ctx.Event(), ctx.Event(), ctx.Event()
+    workers = []
     if not accept_only:
-        worker = ctx.Process(target=worker_main, args=(config, wake, stop, os.getpid(), log_level),
-                             name="gateway-worker", daemon=False)
-        worker.start()
+        n = worker_count(config)
+        for k in range(n):
+            worker = ctx.Process(target=worker_main, name=f"gateway-worker-{k}",
+                                 args=(config, wake, stop, os.getpid(), log_level, door_writing, (k, n)), daemon=False)
+            worker.start()
+            workers.append(worker)
     loop = asyncio.get_running_loop()
     done = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -107,9 +155,10 @@ async def _serve(app: App, accept_only: bool, log_level: str) -> None:
     # Without a worker (accept only) the pollers store and move, and processing waits.
     poll_stop = threading.Event()
     pollers = imap.start_pollers(imap.pollers_for(config, app.engine, app.blobs), poll_stop) if accept_only else []
-    server = None
+    server = door = None
     if config.smtp.enabled:
-        door = Door(config, app.engine, app.blobs, on_stored=lambda _stored: wake.set())
+        spool = Spool(app.engine, app.blobs, writing=door_writing)
+        door = Door(config, app.engine, app.blobs, on_stored=lambda _stored: wake.set(), spool=spool)
         server = await loop.create_server(make_server_factory(config, door), config.smtp.host, config.smtp.port)
         port = server.sockets[0].getsockname()[1]
         log.info("listening for SMTP on %s:%s for %s", config.smtp.host, port, ", ".join(config.gateway.addresses))
@@ -121,12 +170,14 @@ async def _serve(app: App, accept_only: bool, log_level: str) -> None:
         if server is not None:
             server.close()
             await server.wait_closed()
+        if door is not None:  # let the last batch commit before the worker stops
+            await loop.run_in_executor(None, door.spool.close)
         poll_stop.set()
         for thread in pollers:
             await loop.run_in_executor(None, thread.join, 10)
         stop.set()
         wake.set()
-        if worker is not None:
+        for worker in workers:
             await loop.run_in_executor(None, worker.join, 30)
             if worker.is_alive():
                 worker.terminate()
@@ -141,6 +192,10 @@ def _safe_url(url: str) -> str:
 
 def serve(config: Config, accept_only: bool = False, log_level: str = "INFO") -> int:
     setup_logging(log_level)
+    # aiosmtpd logs every command at INFO: ~10 lines a mail on the door's loop.  Our own
+    # "received" line says what matters; its lines come back with --log-level DEBUG.
+    if logging.getLogger().level > logging.DEBUG:
+        logging.getLogger("mail.log").setLevel(logging.WARNING)
     app = App(config)
     app.engine  # create the database before the first connection
     asyncio.run(_serve(app, accept_only, log_level))

@@ -14,14 +14,24 @@ from store.models import Counter
 PROCESS_PREFIX = {"incident": "INC", "service-request": "SR", "change": "CHG"}
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, busy_timeout_ms: int = 30000, checkpoints: bool = True) -> Engine:
     """An engine for ``url``.  SQLite gets WAL, foreign keys, a busy timeout and
-    synchronous=FULL, so that a commit is on disk when it returns."""
+    synchronous=FULL, so that a commit is on disk when it returns.
+
+    ``busy_timeout_ms``: how long SQLite itself waits for the write lock.  Its waiting
+    sleeps in growing steps (up to 100 ms), which is fine for batch work; the SMTP door's
+    spool uses 0 and retries in 1 ms steps instead, so a client is not kept waiting
+    long after the worker has let go of the lock.
+
+    ``checkpoints=False``: this engine's commits never run SQLite's automatic WAL
+    checkpoint (copying the log into the database file, with its fsyncs); the other
+    connections (the worker's) still do.  The door's spool uses it so that a sender's
+    250 never waits for a checkpoint."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": busy_timeout_ms / 1000})
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn, _record):  # pragma: no cover - trivial
@@ -32,7 +42,9 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA synchronous=FULL")
-            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+            if not checkpoints:
+                cur.execute("PRAGMA wal_autocheckpoint=0")
             cur.close()
 
         @event.listens_for(engine, "begin")

@@ -288,22 +288,44 @@ class Processor:
     # Driving --------------------------------------------------------------------------
     def process(self, inbound_id: int) -> Outcome:
         """Process one stored mail; the result is committed with the inbound row's state."""
+        # Read and parse before the write transaction: on SQLite a transaction holds the
+        # database's write lock (BEGIN IMMEDIATE), and the SMTP door waits for that lock
+        # before it may answer 250.  Attachment blobs are content-addressed, so storing
+        # them early is harmless if the transaction is later rolled back.
+        mail: ParsedMail | None = None
+        quarantine: Quarantine | None = None
         with session_for(self.engine) as session:
-            # Locked for the whole transaction: two processes (the worker and an IMAP
-            # backfill, or two nodes on PostgreSQL) never process the same mail twice;
-            # the second waits, then finds it done.  SQLite's BEGIN IMMEDIATE does the same.
-            inbound = session.exec(
-                select(InboundMessage).where(InboundMessage.id == inbound_id).with_for_update()
-            ).first()
+            inbound = session.get(InboundMessage, inbound_id)
             if inbound is None:
                 raise LookupError(f"no inbound message {inbound_id}")
+            pending = inbound.state == "received"
+            sha = inbound.sha256
+        if pending:
+            try:
+                mail = parse(self.blobs.get(sha), self.limits)
+                for att in mail.attachments:
+                    self.blobs.put(att.data)
+            except Quarantine as exc:
+                quarantine = exc
+            except Exception:  # noqa: BLE001 - done again, and counted, in the transaction below
+                mail = None
+        with session_for(self.engine) as session:
+            # Claim the row: on PostgreSQL several workers (or the worker and an IMAP
+            # backfill) run at once, and one that finds the row locked leaves it to the
+            # other, which commits its outcome; nothing is processed twice.  On SQLite
+            # BEGIN IMMEDIATE serialises them, and the second finds the row done.
+            inbound = session.get(InboundMessage, inbound_id, with_for_update={"skip_locked": True})
+            if inbound is None:
+                return Outcome("", "", "busy", None, "being processed by another worker")
             if inbound.state != "received":
                 return Outcome(inbound.source, inbound.message_id, inbound.outcome or inbound.state,
                                inbound.ticket_number, inbound.detail)
             try:
-                raw = self.blobs.get(inbound.sha256)
                 try:
-                    mail = parse(raw, self.limits)
+                    if quarantine is not None:
+                        raise quarantine
+                    if mail is None:
+                        mail = parse(self.blobs.get(inbound.sha256), self.limits)
                 except Quarantine as exc:
                     return self._finish(session, inbound, Outcome(inbound.source, inbound.message_id,
                                                                   "quarantined", None, exc.reason), "quarantined")

@@ -1,23 +1,24 @@
 """The SMTP door: refuse what can be refused while the sender can still be told, store
 the rest durably, then answer 250.  No parsing, templates or ticket logic here.
 
-Storing runs in a thread pool, never on the event loop, so one slow disk does not stall
-every other connection.
+Storing runs in the spool's writer thread, never on the event loop, so one slow disk
+does not stall every other connection; concurrent DATA commands share one commit (group
+commit, see spool.py), and each is answered only once its own commit is done.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway.config import Config
 from gateway.errors import StoreFailed
-from gateway.ingest.inbound import Stored, store_raw
+from gateway.ingest.inbound import Stored
 from gateway.ingest.parse import Limits, over_limits
+from gateway.ingest.spool import Spool
 from store.addresses import key as address_key
 from store.blobs import BlobStore
 
@@ -28,12 +29,12 @@ class Door:
     """aiosmtpd handler."""
 
     def __init__(self, config: Config, engine, blobs: BlobStore, on_stored: Callable[[Stored], None] | None = None,
-                 executor: ThreadPoolExecutor | None = None):
+                 spool: Spool | None = None):
         self.config = config
         self.engine = engine
         self.blobs = blobs
         self.on_stored = on_stored
-        self.executor = executor or ThreadPoolExecutor(max_workers=8, thread_name_prefix="smtp-store")
+        self.spool = spool or Spool(engine, blobs)
         self.own = {address_key(a) for a in config.gateway.addresses}
         self.own |= {address_key(a) for a in config.routing.routes}
         self.domains = {a.rpartition("@")[2] for a in self.own}
@@ -63,16 +64,15 @@ class Door:
         loop = asyncio.get_running_loop()
         # Refuse a hostile structure while the sender can still be told; the check is a
         # linear scan, run off the event loop like the storing.
-        problem = await loop.run_in_executor(self.executor, over_limits, raw, self.limits)
+        problem = await loop.run_in_executor(None, over_limits, raw, self.limits)
         if problem:
             log.warning("refused a mail from %s: %s", envelope.mail_from, problem)
             return f"552 5.3.4 Message refused: {problem}"
         try:
-            stored = await loop.run_in_executor(
-                self.executor,
-                lambda: store_raw(self.engine, self.blobs, raw, source="smtp", mail_from=envelope.mail_from or "",
-                                  rcpt_to=tuple(envelope.rcpt_tos)),
-            )
+            # 250 only once the batch holding this mail is committed and its blob fsynced.
+            stored = await asyncio.wrap_future(
+                self.spool.submit(raw, source="smtp", mail_from=envelope.mail_from or "",
+                                  rcpt_to=tuple(envelope.rcpt_tos)))
         except StoreFailed as exc:
             log.error("could not store a mail from %s: %s", envelope.mail_from, exc)
             return "451 4.3.0 Could not store the message; please try again later"
