@@ -12,7 +12,7 @@ from gateway.config import ConfigError, load_config
 from gateway.errors import CommandError
 
 # Command groups, each a module of gateway.commands with register(subparsers).
-COMMAND_MODULES = ("core", "tickets", "outbox", "persons", "templates", "imap")
+COMMAND_MODULES = ("core", "inbound", "tickets", "outbox", "persons", "templates", "imap")
 
 
 def build_parser() -> argparse.ArgumentParser:
