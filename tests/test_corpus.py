@@ -49,8 +49,6 @@ KNOWN_ZAMMAD = {
     ("mail076.box", "from_email"): "broken From ('\"Millions Lottery Spain transfer\"@example.com>'); "
                                    "Zammad keeps the stray '>', we give the parsed address",
     ("mail076.box", "from_display_name"): "same broken From: Zammad invents a display name from the address",
-    ("mail065.box", "from_display_name"): "encoded word with a space inside (invalid RFC 2047); Zammad gives "
-                                          "'=20Andreas?=', we give 'Andreas' (the comma splits the name)",
     ("mail087.box", "from_display_name"): "From 'Test test@example.com' (no brackets): Zammad repeats it as name",
     ("mail092.box", "from_display_name"): "From 'MAILER-DAEMON <postmaster@…> (Mail Delivery System)': we keep "
                                           "the comment in the name",

@@ -196,14 +196,65 @@ def _unfold(text: str) -> str:
     return re.sub(r"\r?\n[ \t]*", " ", text).strip()
 
 
+_PLAIN_ADDRESS = re.compile(r'^[^\s<>@"(),;:]+@[^\s<>@"(),;:]+$')
+
+
 def _addresses(values: list[str], notes: list[str], hint: str | None = None) -> tuple[tuple[str, str], ...]:
-    decoded = [decode_header_value(v, notes, hint) for v in values if v is not None]
+    """Addresses of a header, split on the header as written and only then decoded.
+
+    Decoding first would let an encoded display name pose as an address:
+    ``=?utf-8?q?alice=40corp.example?= <mallory@evil>`` decodes to
+    ``alice@corp.example <mallory@evil>``, which reads as Alice.  The identity is the
+    addr-spec as sent; only the display name is decoded."""
+    raw = [_unfold(str(v)) for v in values if v is not None]
     pairs = []
-    for name, addr in email.utils.getaddresses(decoded):
-        addr = normalize(addr)
-        if "@" in addr:
-            pairs.append((name.strip(), addr))
+    for name, addr in email.utils.getaddresses(raw):
+        if "=?" in addr:
+            # Encoded words inside an addr-spec are invalid (RFC 2047 §5), yet some
+            # mailers write them; keep the result only when it is a plain address.
+            addr = re.sub(r"\s+", "", decode_header_value(addr, notes, hint))
+            if not _PLAIN_ADDRESS.match(addr):
+                continue
+        addr = normalize(_fix_surrogates(addr, notes))
+        if "@" in addr and not addr.startswith("@") and not addr.endswith("@"):
+            pairs.append((decode_header_value(name, notes, hint).strip(), addr))
     return tuple(pairs)
+
+
+def sender_problem(values: list[str]) -> str | None:
+    """Why the From cannot be trusted as one identity, or None.
+
+    Two readings of the header must agree: the tolerant one used for the address and the
+    standard library's strict header parser (CVE-2023-27043: shapes such as
+    ``alice@corp.example(<mallory@evil>`` read as Alice by one and not by the other), or
+    the MTA that checked DMARC may have read another address than ours.  (Several From
+    addresses are read alike by both: the first is the sender, as every helpdesk does.)"""
+    from email.policy import default as strict_policy
+
+    def comparable(addresses) -> set[str]:
+        # Quoting and stray spaces in the local part are the two parsers' only
+        # legitimate differences.
+        return {re.sub(r'["\s]', "", a).lower() for a in addresses}
+
+    ours = {a for _, a in _addresses(values, [])}
+    strict: set[str] = set()
+    for value in values:
+        try:
+            header = strict_policy.header_factory("From", _unfold(str(value)))
+            if any("end of header" in str(d) for d in header.defects):
+                # An unterminated comment, quote or angle bracket: where the address ends
+                # is a guess, and a guess is no identity.
+                return "unreadable sender address (unterminated comment or quote)"
+            strict |= {normalize(re.sub(r"\s+", "", decode_header_value(a.addr_spec)) if "=?" in a.addr_spec
+                                 else a.addr_spec)
+                       for a in header.addresses if "@" in a.addr_spec}
+        except Exception:  # noqa: BLE001 - the strict parser refusing it is the answer
+            return "unreadable sender address"
+    if ours and strict and comparable(ours) != comparable(strict):
+        return f"ambiguous sender address: read as {sorted(ours)[0]} or {sorted(strict)[0]}"
+    if not ours and values:
+        return None  # no usable address at all: the "no sender" quarantine says so
+    return None
 
 
 def _message_ids(value: str | None) -> tuple[str, ...]:
@@ -428,7 +479,9 @@ def over_limits(raw: bytes, limits: Limits) -> str | None:
     (100,000 parts take tens of seconds; nesting of 1,000 overflows the stack)."""
     m = re.search(rb"\r?\n\r?\n", raw)
     head = raw if m is None else raw[: m.start()]
-    if b"\x00" in head:
+    # A stray NUL is a broken mail (kept, and the NUL dropped from its text); many are a
+    # binary file, such as an Outlook .msg, that is no mail at all.
+    if head.count(b"\x00") > 16 or b"\x00" in head[:64]:
         return "not an e-mail message: binary data in the header"
     if len(head) > limits.max_header_block:
         return f"header block larger than {limits.max_header_block} bytes"
@@ -495,7 +548,11 @@ def parse(raw: bytes, limits: Limits = Limits()) -> ParsedMail:
         notes.append(type(defect).__name__)
 
     subject = decode_header_value(raw_header(msg, "Subject"), notes, hint)
-    froms = _addresses(raw_headers(msg, "From") or raw_headers(msg, "Sender"), notes, hint)
+    from_values = raw_headers(msg, "From") or raw_headers(msg, "Sender")
+    problem = sender_problem(from_values)
+    if problem:
+        raise Quarantine(problem)
+    froms = _addresses(from_values, notes, hint)
     from_name, from_addr = froms[0] if froms else ("", "")
     to = tuple(a for _, a in _addresses(msg.get_all("To") or [], notes))
     cc = tuple(a for _, a in _addresses(msg.get_all("Cc") or [], notes))
@@ -625,6 +682,12 @@ def parse(raw: bytes, limits: Limits = Limits()) -> ParsedMail:
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     ctype = msg.get_content_type()
     report_type = msg.get_param("report-type") if ctype == "multipart/report" else None
+    if "\x00" in subject + text + from_name + (html or "") or any("\x00" in v for _, v in headers):
+        # PostgreSQL text refuses NUL (SQLite takes it): drop it, and say so.
+        notes.append("NUL characters removed from the text")
+        subject, text, from_name = (v.replace("\x00", "") for v in (subject, text, from_name))
+        html = html.replace("\x00", "") if html is not None else None
+        headers = tuple((k, v.replace("\x00", "")) for k, v in headers)
     return ParsedMail(
         message_id=normalize_message_id(str(msg.get("Message-ID") or "")),
         subject=subject,

@@ -10,6 +10,7 @@ never blocks the queue.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 
@@ -35,6 +36,20 @@ from store.models import Attachment, InboundMessage, Outbox, Person, Ticket, Tic
 from store.tickets import change_status, create_ticket, get_or_create_person, get_ticket
 
 log = logging.getLogger("gateway.ingest")
+
+_NO_REPLY = re.compile(r"^(no[-_.]?reply|do[-_.]?not[-_.]?reply|mailer[-_.]?daemon|postmaster|bounces?)([-+.].*)?$",
+                       re.IGNORECASE)
+
+
+def unanswerable_sender(mail: ParsedMail) -> str | None:
+    """Why the sender must get no automatic answer (RFC 3834 §2), or None."""
+    return_path = mail.header("return-path")
+    if return_path is not None and return_path.strip() in ("<>", ""):
+        return "null return path"
+    local = mail.from_addr.rpartition("@")[0]
+    if _NO_REPLY.match(local):
+        return f"no-reply sender {mail.from_addr}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -281,6 +296,12 @@ class Processor:
         if self.over_rate(session, mail.from_addr):
             log.warning("<%s> %s: %s is over the rate limit, no %s notification", mail.message_id, ticket.number,
                         mail.from_addr, event)
+            return
+        unanswerable = unanswerable_sender(mail)
+        if unanswerable:
+            # The ticket is made, but a machine's address gets no answer ("ticket trick":
+            # a sign-up mail sent to us must not have its contents echoed back).
+            log.info("<%s> %s: no %s notification: %s", mail.message_id, ticket.number, event, unanswerable)
             return
         self.notifier.enqueue(session, ticket, event, in_reply_to=mail.message_id or None,
                               auto_submitted="auto-replied", **kwargs)

@@ -1,0 +1,73 @@
+"""Hostile inputs of the reliability bar (shared/reference/reliability-security.md, part b),
+through the real store and Processor on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from sqlmodel import select
+
+from ingest_helpers import make_app, receive
+from store.db import session_for
+from store.models import Ticket, TicketMessage
+
+VICTIM = "alice@corp.example"
+
+
+def raw(from_header: str, subject: str, body: str = "Hello", mid: str = "m1@x.example", extra: str = "") -> bytes:
+    return (f"From: {from_header}\r\nTo: helpdesk@localhost\r\nSubject: {subject}\r\n"
+            f"Message-ID: <{mid}>\r\n{extra}Content-Type: text/plain; charset=utf-8\r\n\r\n{body}\r\n").encode()
+
+
+def messages_on(app, number: str) -> list[TicketMessage]:
+    with session_for(app.engine) as session:
+        ticket = session.exec(select(Ticket).where(Ticket.number == number)).one()
+        return list(session.exec(select(TicketMessage).where(TicketMessage.ticket_id == ticket.id,
+                                                             TicketMessage.direction == "in")))
+
+
+def test_encoded_display_name_posing_as_the_victim_gets_a_ticket_of_its_own(tmp_path, database_url):
+    """Item 23: ``=?utf-8?q?alice=40corp.example?= <mallory@evil>`` is Mallory, not Alice."""
+    app = make_app(tmp_path, database_url=database_url)
+    first = receive(app, raw(f"Alice <{VICTIM}>", "Salary slips ##HR1##", mid="a1@corp.example"))
+    assert first.outcome == "created"
+    forged = receive(app, raw("=?utf-8?q?alice=40corp.example?= <mallory@evil.example>",
+                              f"RE: [{first.ticket}] Salary slips", "Send them to me please.",
+                              mid="f1@evil.example", extra=f"In-Reply-To: <a1@corp.example>\r\n"))
+    assert forged.outcome == "created" and forged.ticket != first.ticket
+    assert [m.from_addr for m in messages_on(app, first.ticket)] == [VICTIM]
+    assert [m.from_addr for m in messages_on(app, forged.ticket)] == ["mallory@evil.example"]
+    app.engine.dispose()
+
+
+def test_address_the_parsers_read_differently_is_quarantined(tmp_path, database_url):
+    """Item 22 (CVE-2023-27043 shapes): where the address ends is a guess; a guess is no identity."""
+    app = make_app(tmp_path, database_url=database_url)
+    out = receive(app, raw(f"{VICTIM}(<mallory@evil.example>", "Hello"))
+    assert out.outcome == "quarantined" and "sender" in out.detail
+    app.engine.dispose()
+
+
+def test_nul_bytes_in_subject_and_body_make_a_ticket_on_both_databases(tmp_path, database_url):
+    """Item 18: PostgreSQL text refuses 0x00, SQLite takes it; the mail must not care."""
+    app = make_app(tmp_path, database_url=database_url)
+    out = receive(app, raw("Bob <bob@example.be>", "Screen\x00 black", "Line one\x00\r\nLine two"))
+    assert out.outcome == "created", out.detail
+    with session_for(app.engine) as session:
+        ticket = session.exec(select(Ticket)).one()
+        assert "\x00" not in ticket.title and "\x00" not in ticket.description
+        assert "Line two" in ticket.description
+    app.engine.dispose()
+
+
+def test_no_reply_and_null_return_path_senders_get_a_ticket_but_no_answer(tmp_path, database_url):
+    """Items 40 and 49: a machine's address is never answered (the "ticket trick")."""
+    from ingest_helpers import outbox_rows
+
+    app = make_app(tmp_path, database_url=database_url)
+    a = receive(app, raw("Service <no-reply@signup.example>", "Confirm your account", "Code 123456", mid="n1@s.example"))
+    b = receive(app, raw("Robot <robot@app.example>", "Report", "Nightly report", mid="n2@s.example",
+                         extra="Return-Path: <>\r\n"))
+    c = receive(app, raw("Jan <jan@example.be>", "Printer", "Broken", mid="n3@s.example",
+                         extra="Return-Path: <jan@example.be>\r\n"))
+    assert [a.outcome, b.outcome, c.outcome] == ["created"] * 3
+    assert [o.recipients for o in outbox_rows(app)] == ["jan@example.be"]
+    app.engine.dispose()
