@@ -84,16 +84,22 @@ class BlobWriter:
         self.store = store
         self.durable = durable
         self.size = 0
+        self._committing = False
         self._hash = hashlib.sha256()
         fd, self._tmp = tempfile.mkstemp(dir=store.root, prefix=".tmp-")
         self._fh = os.fdopen(fd, "wb")
+        self.path = Path(self._tmp)  # readable once flushed, until committed or aborted
 
     def write(self, data) -> None:
         self._fh.write(data)
         self._hash.update(data)
         self.size += len(data)
 
+    def flush(self) -> None:
+        self._fh.flush()
+
     def commit(self) -> str:
+        self._committing = True
         digest = self._hash.hexdigest()
         try:
             self._fh.flush()
@@ -107,13 +113,15 @@ class BlobWriter:
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(self._tmp, target)
         except BaseException:
-            self.abort()
+            self.abort(_from_commit=True)
             raise
         if self.durable:
             _fsync_dir(target.parent)
         return digest
 
-    def abort(self) -> None:
+    def abort(self, _from_commit: bool = False) -> None:
+        if self._committing and not _from_commit:
+            return  # the commit owns the file now (it cleans up itself if it fails)
         self._fh.close()
         try:
             os.unlink(self._tmp)

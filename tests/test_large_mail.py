@@ -104,3 +104,151 @@ def test_broken_base64_falls_back_to_the_standard_decoder(tmp_path):
     std = email.message_from_bytes(raw).get_payload()[1].get_payload(decode=True)
     att = parse(raw, blobs=BlobStore(tmp_path / "blobs")).attachments[0]
     assert att.data == std and att.blob is None
+
+
+# The SMTP door ---------------------------------------------------------------------------
+def _door(tmp_path, max_size: int = 64 * 2**20):
+    from conftest import free_port
+    from ingest_helpers import make_app
+    from test_routing import DoorController
+
+    from gateway.ingest.smtp import Door, make_server_factory
+
+    app = make_app(tmp_path, f"[smtp]\nmax_message_size = {max_size}\n")
+    stored = []
+    door = Door(app.config, app.engine, app.blobs, on_stored=stored.append)
+    controller = DoorController(make_server_factory(app.config, door), free_port())
+    controller.start()
+    return app, controller, stored
+
+
+def _dialogue(port: int, data: bytes) -> list[bytes]:
+    """One mail over a raw socket: the bytes of DATA exactly as given (no dot-stuffing or
+    line-ending repair by a client library); the replies, in order."""
+    import socket
+
+    replies = []
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        reader = sock.makefile("rb")
+
+        def reply() -> bytes:
+            while True:
+                line = reader.readline()
+                if line[3:4] != b"-":
+                    replies.append(line)
+                    return line
+
+        reply()
+        for command in (b"EHLO client.example\r\n", b"MAIL FROM:<alice@example.com>\r\n",
+                        b"RCPT TO:<helpdesk@localhost>\r\n", b"DATA\r\n"):
+            sock.sendall(command)
+            reply()
+        view = memoryview(data)
+        for i in range(0, len(data), 1 << 20):
+            sock.sendall(view[i:i + (1 << 20)])
+        reply()
+        sock.sendall(b"NOOP\r\n")
+        reply()
+        sock.sendall(b"QUIT\r\n")
+        reply()
+    return replies
+
+
+def _big_wire_mail(size: int, tricks: bytes = b"") -> tuple[bytes, bytes]:
+    """(DATA as sent, the mail as it must be stored) of a mail with a ``size`` attachment;
+    ``tricks`` (lines already dot-stuffed on the wire) sit in its text part."""
+    payload = random.Random(size).randbytes(size)
+    wire = _mail([_text_part("Voir la pièce jointe.\r\n") + tricks,
+                  _attachment("scan.pdf", "application/pdf", "base64", _b64_lines(payload))])
+    # Lines end at <CR><LF> only; a line's leading dot is the stuffing.
+    stored = b"\r\n".join(line[1:] if line.startswith(b".") else line for line in wire.split(b"\r\n"))
+    return wire + b".\r\n", stored
+
+
+def test_door_stores_a_large_mail_exactly_keeping_dot_unstuffing_and_the_only_end(tmp_path):
+    """A 3 MB mail (over the in-memory spooling size) with dot-stuffed lines and the
+    smuggling sequences <LF>.<LF> and <LF>.<CR><LF>: DATA ends only at <CR><LF>.<CR><LF>
+    (CVE-2024-27305), the stored bytes are the mail's, dot-unstuffed, and no temporary
+    file is left."""
+    from sqlmodel import select
+
+    from store.db import session_for
+    from store.models import InboundMessage
+
+    tricks = b"..un point\r\n...\r\nfin\n.\nMAIL FROM:<x@evil.example>\r\nencore\n.\r\nsuite\r\n"
+    wire, expected = _big_wire_mail(3_000_000, tricks)
+    app, controller, stored = _door(tmp_path)
+    try:
+        replies = _dialogue(controller.port, wire)
+    finally:
+        controller.stop()
+    assert replies[5].startswith(b"250 2.0.0 Stored as #"), replies
+    assert replies[6].startswith(b"250") and len(stored) == 1  # one mail, no smuggled second one
+    with session_for(app.engine) as session:
+        (row,) = session.exec(select(InboundMessage)).all()
+    assert row.sha256 == hashlib.sha256(expected).hexdigest() and row.size == len(expected)
+    assert app.blobs.get(row.sha256) == expected and row.message_id == "big-1@example.com"
+    assert not list(app.blobs.root.glob(".tmp-*"))
+    app.engine.dispose()
+
+
+def test_door_over_the_size_limit_drains_then_552_and_leaves_nothing(tmp_path):
+    """Over the limit, the rest of DATA is read and dropped, then 552; the session goes on."""
+    from sqlmodel import select
+
+    from store.db import session_for
+    from store.models import InboundMessage
+
+    wire, _ = _big_wire_mail(3_000_000)
+    app, controller, stored = _door(tmp_path, max_size=2 * 2**20)
+    try:
+        replies = _dialogue(controller.port, wire)
+    finally:
+        controller.stop()
+    assert replies[5].startswith(b"552"), replies
+    assert replies[6].startswith(b"250") and not stored
+    with session_for(app.engine) as session:
+        assert not session.exec(select(InboundMessage)).all()
+    assert not list(app.blobs.root.rglob("*")) or not [p for p in app.blobs.root.rglob("*") if p.is_file()]
+    app.engine.dispose()
+
+
+def test_door_refuses_a_large_hostile_structure_and_leaves_nothing(tmp_path):
+    """over_limits runs on a spooled mail too: 552 with the reason, nothing kept."""
+    parts = [_text_part("x" * 100)] * 600  # more than the 500 parts allowed
+    raw = _mail(parts + [_attachment("a.bin", "application/octet-stream", "base64",
+                                     _b64_lines(random.Random(2).randbytes(2_000_000)))])
+    app, controller, stored = _door(tmp_path)
+    try:
+        replies = _dialogue(controller.port, raw + b".\r\n")
+    finally:
+        controller.stop()
+    assert replies[5].startswith(b"552 5.3.4 Message refused: more than 500 MIME parts"), replies
+    assert not stored and not [p for p in app.blobs.root.rglob("*") if p.is_file()]
+    app.engine.dispose()
+
+
+def test_door_memory_stays_bounded_for_a_30_mb_mail(tmp_path):
+    """The door's own allocations (traced in this process; the client runs in another)
+    while it receives and stores a 34 MB mail stay a fraction of the mail's size."""
+    import subprocess
+    import sys
+
+    wire, expected = _big_wire_mail(25_000_000)
+    path = tmp_path / "wire.bin"
+    path.write_bytes(wire)
+    del wire
+    app, controller, stored = _door(tmp_path / "door")
+    client = ("import sys, pathlib; sys.path.insert(0, 'tests'); from test_large_mail import _dialogue; "
+              f"print(_dialogue({controller.port}, pathlib.Path({str(path)!r}).read_bytes())[5])")
+    tracemalloc.start()
+    try:
+        out = subprocess.run([sys.executable, "-c", client], capture_output=True, timeout=300, text=True)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        controller.stop()
+    assert "250 2.0.0 Stored as" in out.stdout, out.stderr[-2000:]
+    assert peak < 0.25 * len(expected), f"the door allocated {peak / len(expected):.2f} x the message size"
+    assert app.blobs.get(hashlib.sha256(expected).hexdigest()) == expected
+    app.engine.dispose()
