@@ -252,3 +252,34 @@ def test_door_memory_stays_bounded_for_a_30_mb_mail(tmp_path):
     assert peak < 0.25 * len(expected), f"the door allocated {peak / len(expected):.2f} x the message size"
     assert app.blobs.get(hashlib.sha256(expected).hexdigest()) == expected
     app.engine.dispose()
+
+
+def test_corpus_reads_the_same_when_every_body_counts_as_large(tmp_path, monkeypatch):
+    """With the threshold lowered to 200 bytes, the corpus's attachments go through the
+    cut-and-stream path; every mail must read exactly as through the standard parser."""
+    import gateway.ingest.parse as parse_module
+    from conftest import CORPUS
+
+    from gateway.errors import Quarantine
+
+    def reading(raw: bytes, blobs):
+        try:
+            m = parse(raw, blobs=blobs)
+        except Quarantine as exc:
+            return exc.reason
+        return (m.text, m.html, m.subject, m.headers, m.defects, m.part_types,
+                [(a.filename, a.content_type, a.size, a.sha256, a.inline, a.content_id) for a in m.attachments])
+
+    paths = [p for p in sorted(CORPUS.rglob("*")) if p.is_file() and p.suffix not in (".yml", ".json", ".txt", ".py")]
+    assert len(paths) > 500
+    blobs = BlobStore(tmp_path / "blobs")
+    streamed = 0
+    for path in paths:
+        raw = path.read_bytes()
+        monkeypatch.setattr(parse_module, "LARGE_BODY", 1 << 40)
+        expected = reading(raw, None)
+        monkeypatch.setattr(parse_module, "LARGE_BODY", 200)
+        got = reading(raw, blobs)
+        assert got == expected, path
+        streamed += isinstance(got, tuple) and any(a.blob for a in parse(raw, blobs=blobs).attachments)
+    assert streamed > 50  # the cut path was really taken

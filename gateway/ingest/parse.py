@@ -651,7 +651,7 @@ def parse(raw: bytes, limits: Limits = Limits(), blobs=None) -> ParsedMail:
     original = raw
     slots: dict[str, tuple[int, int]] = {}
     try:
-        leaves = _large_leaves(raw)
+        leaves = _large_leaves(raw, LARGE_BODY)
         if leaves:
             raw, slots = _placeholders(original, leaves)
         msg = email.message_from_bytes(raw)
