@@ -8,6 +8,7 @@ readable text and a note of what could not be decoded.
 
 from __future__ import annotations
 
+import binascii
 import codecs
 import dataclasses
 import email
@@ -15,7 +16,6 @@ import email.header
 import email.message
 import email.policy
 import email.utils
-import binascii
 import hashlib
 import re
 import secrets
@@ -498,6 +498,7 @@ _BLANK_LINE = re.compile(rb"\r?\n\r?\n")
 _NOT_BASE64 = bytes(b for b in range(256) if b not in b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
 _DECODED_HERE = ("base64", "quoted-printable")
 _UU = ("x-uuencode", "uuencode", "uue", "x-uue")
+_MAX_DELIMITERS = 10_000
 
 
 def _large_leaves(raw: bytes, threshold: int = LARGE_BODY) -> list[tuple[int, int]]:
@@ -516,6 +517,8 @@ def _large_leaves(raw: bytes, threshold: int = LARGE_BODY) -> list[tuple[int, in
         name = token[:-2] if closing else token
         if name not in boundaries:
             continue
+        if len(delimiters) >= _MAX_DELIMITERS:
+            return []  # (over_limits counts parts, not closing lines): the standard reading
         nl = raw.find(b"\n", m.end())
         delimiters.append((m.start(), len(raw) if nl < 0 else nl + 1, name, closing))
     leaves: list[tuple[int, int]] = []
@@ -631,7 +634,7 @@ def _store_large(raw: bytes, slot: tuple[int, int], cte: str, blobs):
             for chunk in chunks:
                 writer.write(chunk)
             return None, writer.commit(), writer.size
-    except (ValueError, binascii.Error):
+    except ValueError:  # (binascii.Error is one)
         return None
 
 
@@ -726,13 +729,7 @@ def parse(raw: bytes, limits: Limits = Limits(), blobs=None) -> ParsedMail:
                 # bytes as they came.
                 part.set_payload(original[slot[0]:slot[1]].decode("ascii", "surrogateescape"))
             else:
-                inline = disposition == "inline" or (content_id is not None and disposition != "attachment")
-                ext = _EXT.get(ctype, "bin")
-                fallback = (f"{content_id.split('@')[0]}.{ext}" if content_id
-                            else f"attachment-{len(attachments) + 1}.{ext}")
-                content, sha, size = stored
-                attachments.append(ParsedAttachment(clean_filename(filename or fallback, fallback), ctype, content,
-                                                    inline, content_id, sha, size, blobs if sha else None))
+                attach(ctype, filename, disposition, content_id, *stored)
                 return
 
         if ctype in _REPORT_PARTS:
@@ -800,12 +797,15 @@ def parse(raw: bytes, limits: Limits = Limits(), blobs=None) -> ParsedMail:
             if ctype == "text/html":
                 htmls.append(text)
             return
+        attach(ctype, filename, disposition, content_id, data)
+
+    def attach(ctype: str, filename: str | None, disposition: str, content_id: str | None, data: bytes | None,
+               blob: str | None = None, size: int = 0) -> None:
         inline = disposition == "inline" or (content_id is not None and disposition != "attachment")
         ext = _EXT.get(ctype, "bin")
         fallback = f"{content_id.split('@')[0]}.{ext}" if content_id else f"attachment-{len(attachments) + 1}.{ext}"
-        attachments.append(
-            ParsedAttachment(clean_filename(filename or fallback, fallback), ctype, data, inline, content_id)
-        )
+        attachments.append(ParsedAttachment(clean_filename(filename or fallback, fallback), ctype, data, inline,
+                                            content_id, blob, size, blobs if blob else None))
 
     try:
         walk(msg, 0)
