@@ -64,11 +64,76 @@ class BlobStore:
             _fsync_dir(target.parent)
         return digest
 
+    def writer(self, durable: bool = True) -> "BlobWriter":
+        """A blob written piece by piece (a large attachment decoded as it is read), hashed
+        as it goes; ``commit()`` installs it under its sha256 like ``put``."""
+        return BlobWriter(self, durable)
+
     def get(self, sha256: str) -> bytes:
         return self.path(sha256).read_bytes()
 
     def open(self, sha256: str) -> BinaryIO:
         return open(self.path(sha256), "rb")
+
+
+class BlobWriter:
+    """Write to a temporary file in the store while hashing; ``commit`` fsyncs it and
+    renames it into place (or drops it when the same bytes are already stored)."""
+
+    def __init__(self, store: BlobStore, durable: bool = True):
+        self.store = store
+        self.durable = durable
+        self.size = 0
+        self._committing = False
+        self._hash = hashlib.sha256()
+        fd, self._tmp = tempfile.mkstemp(dir=store.root, prefix=".tmp-")
+        self._fh = os.fdopen(fd, "wb")
+        self.path = Path(self._tmp)  # readable once flushed, until committed or aborted
+
+    def write(self, data) -> None:
+        self._fh.write(data)
+        self._hash.update(data)
+        self.size += len(data)
+
+    def flush(self) -> None:
+        self._fh.flush()
+
+    def commit(self) -> str:
+        self._committing = True
+        digest = self._hash.hexdigest()
+        try:
+            self._fh.flush()
+            if self.durable:
+                os.fsync(self._fh.fileno())
+            self._fh.close()
+            target = self.store.path(digest)
+            if target.exists():
+                os.unlink(self._tmp)
+                return digest
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self._tmp, target)
+        except BaseException:
+            self.abort(_from_commit=True)
+            raise
+        if self.durable:
+            _fsync_dir(target.parent)
+        return digest
+
+    def abort(self, _from_commit: bool = False) -> None:
+        if self._committing and not _from_commit:
+            return  # the commit owns the file now (it cleans up itself if it fails)
+        self._fh.close()
+        try:
+            os.unlink(self._tmp)
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self) -> "BlobWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
 
 
 def _fsync_dir(path: Path) -> None:

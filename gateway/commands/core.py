@@ -65,6 +65,9 @@ def cmd_ingest(config, args) -> int:
             _print_outcome(Outcome(source, "", "error", None, str(exc)), args.json)
             status = 1
             continue
+        finally:
+            # Processing reads the mail back from its blob: not two copies of a large one.
+            raw = None
         outcome = app.processor.process(stored.id)
         if stored.duplicate:
             outcome = Outcome(source, stored.message_id, "duplicate", outcome.ticket,

@@ -8,7 +8,6 @@ bytes), not a check in code: the same bytes stored twice give the first row back
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 
@@ -55,9 +54,30 @@ def store_raw(
 ) -> Stored:
     """Store ``raw`` durably; raise StoreFailed if it could not be."""
     message_id = header_message_id(raw)
-    sha = hashlib.sha256(raw).hexdigest()
     try:
-        blobs.put(raw)
+        sha = blobs.put(raw)
+        return record_inbound(engine, sha, len(raw), message_id, source=source, mail_from=mail_from,
+                              rcpt_to=rcpt_to, process=process)
+    except StoreFailed:
+        raise
+    except Exception as exc:
+        raise StoreFailed(f"could not store the message: {type(exc).__name__}: {exc}") from exc
+
+
+def record_inbound(
+    engine: Engine,
+    sha: str,
+    size: int,
+    message_id: str,
+    *,
+    source: str,
+    mail_from: str = "",
+    rcpt_to: tuple[str, ...] | list[str] = (),
+    process: str | None = None,
+) -> Stored:
+    """The inbound row of a mail whose blob is stored already (a large mail the SMTP door
+    wrote to the blob store as it arrived); a duplicate gets the first row."""
+    try:
         with session_for(engine) as session:
             row = InboundMessage(
                 source=source[:500],
@@ -66,7 +86,7 @@ def store_raw(
                 process=process,
                 message_id=message_id,
                 sha256=sha,
-                size=len(raw),
+                size=size,
             )
             session.add(row)
             try:
@@ -78,7 +98,5 @@ def store_raw(
                 ).one()
                 return Stored(existing.id, True, message_id)
             return Stored(row.id, False, message_id)
-    except StoreFailed:
-        raise
     except Exception as exc:
         raise StoreFailed(f"could not store the message: {type(exc).__name__}: {exc}") from exc

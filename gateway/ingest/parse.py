@@ -8,6 +8,7 @@ readable text and a note of what could not be decoded.
 
 from __future__ import annotations
 
+import binascii
 import codecs
 import dataclasses
 import email
@@ -17,6 +18,7 @@ import email.policy
 import email.utils
 import hashlib
 import re
+import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -27,19 +29,32 @@ from store.addresses import normalize, normalize_message_id
 
 @dataclass(frozen=True)
 class ParsedAttachment:
+    """An attachment; ``data`` is its bytes.  A large one is decoded straight into the blob
+    store while parsing (``blob`` is then its sha256), and ``data`` reads it back only
+    when asked, so a 25 MB file is not held in memory along the way."""
+
     filename: str
     content_type: str
-    data: bytes
+    content: bytes | None
     inline: bool = False
     content_id: str | None = None
+    blob: str | None = None  # sha256 of the blob already holding the bytes
+    stored_size: int = 0
+    store: object = field(default=None, compare=False, repr=False)  # the BlobStore holding ``blob``
+
+    @property
+    def data(self) -> bytes:
+        if self.content is not None:
+            return self.content
+        return self.store.get(self.blob)
 
     @property
     def size(self) -> int:
-        return len(self.data)
+        return len(self.content) if self.content is not None else self.stored_size
 
     @property
     def sha256(self) -> str:
-        return hashlib.sha256(self.data).hexdigest()
+        return self.blob if self.content is None else hashlib.sha256(self.content).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -456,7 +471,7 @@ def _repair_header_block(raw: bytes, notes: list[str]) -> bytes:
     m = re.search(rb"\r?\n\r?\n", raw)
     if m is None:
         return raw
-    head, rest = raw[: m.start()], raw[m.start():]
+    head = raw[: m.start()]  # (the rest is copied only when the block is repaired)
     lines = head.split(b"\n")
     is_header = [bool(_HEADER_LINE.match(line)) or line[:1] in (b" ", b"\t") or (i == 0 and line.startswith(b"From "))
                  for i, line in enumerate(lines)]
@@ -467,7 +482,7 @@ def _repair_header_block(raw: bytes, notes: list[str]) -> bytes:
     if fixed == lines:
         return raw
     notes.append("header lines continued without indentation: read as continuations")
-    return b"\n".join(fixed) + rest
+    return b"\n".join(fixed) + raw[m.start():]
 
 
 _BOUNDARY = re.compile(rb"""boundary\s*=\s*(?:"([^"\r\n]{1,200})"|([^\s;"]{1,200}))""", re.IGNORECASE)
@@ -522,18 +537,184 @@ def over_limits(raw: bytes, limits: Limits) -> str | None:
     return None
 
 
-def parse(raw: bytes, limits: Limits = Limits()) -> ParsedMail:
-    """Parse a raw RFC 5322 message.  Raises Quarantine over a limit or for what is not mail."""
+# Large leaf bodies ---------------------------------------------------------------------
+# The standard parser holds a part's body several times over (the raw bytes, the payload
+# as str, that str encoded back, the same without line breaks, one object per line): a
+# 34 MB mail costs ~11 times its size.  Bodies above LARGE_BODY are therefore cut out of
+# the copy the standard parser reads (a placeholder keeps the structure, headers and
+# defects), then decoded straight from the raw bytes, a few MB at a time, into the blob
+# store.  Anything the cut cannot be sure of falls back to the standard parser's own reading.
+LARGE_BODY = 1 << 20
+_CHUNK = 4 << 20
+_DELIMITER = re.compile(rb"^--([^\r\n]{1,204})(?=\r?\n|\r?\Z)", re.MULTILINE)
+_BLANK_LINE = re.compile(rb"\r?\n\r?\n")
+_NOT_BASE64 = bytes(b for b in range(256) if b not in b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
+_DECODED_HERE = ("base64", "quoted-printable")
+_UU = ("x-uuencode", "uuencode", "uue", "x-uue")
+_MAX_DELIMITERS = 10_000
+
+
+def _large_leaves(raw: bytes, threshold: int = LARGE_BODY) -> list[tuple[int, int]]:
+    """(start, end) of the bodies of leaf parts larger than ``threshold``, found by walking
+    the delimiter lines of the boundaries the mail declares (as ``over_limits`` does).
+    Parts inside a forwarded message are left alone: its bytes are kept as they came."""
+    if len(raw) <= threshold:
+        return []
+    boundaries = {(a or b).strip() for a, b in _BOUNDARY.findall(raw)}
+    if not boundaries:
+        return []
+    delimiters = []  # (line start, after the line break, name, closing)
+    for m in _DELIMITER.finditer(raw):
+        token = m.group(1).rstrip(b" \t")
+        closing = token.endswith(b"--") and token[:-2] in boundaries
+        name = token[:-2] if closing else token
+        if name not in boundaries:
+            continue
+        if len(delimiters) >= _MAX_DELIMITERS:
+            return []  # (over_limits counts parts, not closing lines): the standard reading
+        nl = raw.find(b"\n", m.end())
+        delimiters.append((m.start(), len(raw) if nl < 0 else nl + 1, name, closing))
+    leaves: list[tuple[int, int]] = []
+    forwarded_until = -1  # inside a message/* part up to there
+    for i, (_, after, name, closing) in enumerate(delimiters):
+        if closing or i + 1 >= len(delimiters) or after < forwarded_until:
+            continue
+        end = delimiters[i + 1][0]
+        if raw.startswith(b"\r\n", after) or raw.startswith(b"\n", after):
+            head, body_start = b"", after + (2 if raw[after] == 13 else 1)
+        else:
+            sep = _BLANK_LINE.search(raw, after, end)
+            if sep is None:
+                continue
+            head, body_start = raw[after:sep.start()], sep.end()
+            if not all(_HEADER_LINE.match(line) or line[:1] in (b" ", b"\t") for line in head.split(b"\n")):
+                continue  # not a clean header block: leave the part to the standard parser
+        maintype = email.message_from_bytes(head + b"\r\n\r\n").get_content_maintype()
+        if maintype == "message":
+            # Up to the next delimiter of the same boundary: the forwarded message's own.
+            forwarded_until = next((d[0] for d in delimiters[i + 1:] if d[2] == name), len(raw))
+            continue
+        if maintype == "multipart":
+            continue
+        body_end = end - 2 if raw[end - 2:end] == b"\r\n" else end - 1 if raw[end - 1:end] == b"\n" else end
+        if body_end - body_start > threshold:
+            leaves.append((body_start, body_end))
+    return leaves
+
+
+def _placeholders(raw: bytes, leaves: list[tuple[int, int]]) -> tuple[bytes, dict[str, tuple[int, int]]]:
+    """A copy of ``raw`` with each large body replaced by a token no mail can guess."""
+    nonce = secrets.token_hex(12)
+    view = memoryview(raw)
+    pieces: list = []
+    slots: dict[str, tuple[int, int]] = {}
+    prev = 0
+    for i, (start, end) in enumerate(leaves):
+        token = f"gateway-large-body-{nonce}-{i}"
+        slots[token] = (start, end)
+        pieces += [view[prev:start], token.encode()]
+        prev = end
+    pieces.append(view[prev:])
+    return b"".join(pieces), slots
+
+
+def _tokens_in_place(msg: email.message.Message, slots: dict) -> bool:
+    """Did the standard parser see each token as the whole body of a leaf part, outside any
+    forwarded message?  Else the cut did not match its reading of the structure."""
+    found = 0
+
+    def visit(part: email.message.Message, forwarded: bool) -> None:
+        nonlocal found
+        payload = part.get_payload()
+        if isinstance(payload, list):
+            forwarded = forwarded or part.get_content_maintype() == "message"
+            for sub in payload:
+                if isinstance(sub, email.message.Message):
+                    visit(sub, forwarded)
+        elif isinstance(payload, str) and payload in slots and not forwarded \
+                and part.get_content_maintype() not in ("multipart", "message"):
+            found += 1
+
+    visit(msg, False)
+    return found == len(slots)
+
+
+def _decoded_chunks(raw: bytes, start: int, end: int, cte: str):
+    """The decoded bytes of raw[start:end], a few MB at a time, as ``get_payload(decode=True)``
+    would give them.  Raises ValueError for what only the standard decoder can handle."""
+    if cte == "base64":
+        carry = b""
+        pos = start
+        while pos < end:
+            stop = min(end, pos + _CHUNK)
+            clean = carry + raw[pos:stop].translate(None, _NOT_BASE64)
+            pos = stop
+            last = pos >= end
+            if b"=" in (clean if not last else clean.rstrip(b"=")):
+                # Padding inside the data: decoders differ there; the standard one decides.
+                raise ValueError("padding inside the base64 data")
+            if not last:
+                cut = len(clean) - len(clean) % 4
+                clean, carry = clean[:cut], clean[cut:]
+            elif len(clean) % 4 == 1:
+                raise ValueError("base64 data of an impossible length")
+            elif len(clean) % 4:
+                clean += b"=" * (4 - len(clean) % 4)
+            if clean:
+                yield binascii.a2b_base64(clean)
+    elif cte == "quoted-printable":
+        pos = start
+        while pos < end:
+            stop = min(end, pos + _CHUNK)
+            if stop < end:
+                nl = raw.rfind(b"\n", pos, stop)
+                stop = nl + 1 if nl > pos else stop
+            yield binascii.a2b_qp(raw[pos:stop])
+            pos = stop
+    else:
+        for pos in range(start, end, _CHUNK):
+            yield raw[pos:min(end, pos + _CHUNK)]
+
+
+def _store_large(raw: bytes, slot: tuple[int, int], cte: str, blobs):
+    """Decode a large body from ``raw``: (content, None, 0) in memory without a blob store,
+    (None, sha256, size) once stored in it; None when only the standard decoder can."""
+    chunks = _decoded_chunks(raw, slot[0], slot[1], cte if cte in _DECODED_HERE else "")
+    try:
+        if blobs is None:
+            return b"".join(chunks), None, 0
+        with blobs.writer() as writer:
+            for chunk in chunks:
+                writer.write(chunk)
+            return None, writer.commit(), writer.size
+    except ValueError:  # (binascii.Error is one)
+        return None
+
+
+def parse(raw: bytes, limits: Limits = Limits(), blobs=None) -> ParsedMail:
+    """Parse a raw RFC 5322 message.  Raises Quarantine over a limit or for what is not mail.
+
+    With ``blobs`` (a BlobStore), large attachments are decoded straight into it and their
+    ``data`` is read back from it on demand; without, they are decoded into memory."""
     notes: list[str] = []
-    if not raw.strip():
+    if not raw or raw.isspace():  # (not raw.strip(): that would copy the whole mail)
         raise Quarantine("empty message")
     raw = _skip_leading_text(raw.lstrip(b"\r\n"), notes)
     raw = _repair_header_block(raw, notes)
     problem = over_limits(raw, limits)
     if problem:
         raise Quarantine(problem)
+    original = raw
+    slots: dict[str, tuple[int, int]] = {}
     try:
+        leaves = _large_leaves(raw, LARGE_BODY)
+        if leaves:
+            raw, slots = _placeholders(original, leaves)
         msg = email.message_from_bytes(raw)
+        if slots and not _tokens_in_place(msg, slots):
+            # The cut did not match the standard parser's reading: let it read it all.
+            raw, slots = original, {}
+            msg = email.message_from_bytes(raw)
     except RecursionError:
         raise Quarantine("MIME structure too deep to parse") from None
     except Exception as exc:  # the tolerant parser almost never raises
@@ -542,7 +723,7 @@ def parse(raw: bytes, limits: Limits = Limits()) -> ParsedMail:
         raise Quarantine("not an e-mail message: no mail headers found")
 
     hint = _charset_hint(msg)
-    crlf = raw.count(b"\r\n") * 2 > raw.count(b"\n")
+    crlf = original.count(b"\r\n") * 2 > original.count(b"\n")
     headers = tuple((k.lower(), decode_header_value(v, notes, hint)) for k, v in msg.raw_items())
     for defect in msg.defects:
         notes.append(type(defect).__name__)
@@ -591,6 +772,22 @@ def parse(raw: bytes, limits: Limits = Limits()) -> ParsedMail:
         disposition = str(part.get("Content-Disposition") or "").split(";")[0].strip().lower()
         filename = _part_filename(part, notes, part.get_content_charset() or hint)
         content_id = normalize_message_id(str(part.get("Content-ID"))) if part.get("Content-ID") else None
+        slot = None
+        if slots and not part.is_multipart():
+            slot = slots.get(part.get_payload())
+        if slot is not None:
+            cte = str(part.get("content-transfer-encoding", "")).lower()
+            as_text = ctype in ("text/plain", "text/html") and disposition != "attachment" and filename is None
+            stored = None
+            if not (as_text or ctype in _REPORT_PARTS or cte in _UU):
+                stored = _store_large(original, slot, cte, blobs)
+            if stored is None:
+                # Body text, a report or an unusual encoding: the standard reading, on the
+                # bytes as they came.
+                part.set_payload(original[slot[0]:slot[1]].decode("ascii", "surrogateescape"))
+            else:
+                attach(ctype, filename, disposition, content_id, *stored)
+                return
 
         if ctype in _REPORT_PARTS:
             rebuilt = _report_bytes(part)
@@ -657,12 +854,15 @@ def parse(raw: bytes, limits: Limits = Limits()) -> ParsedMail:
             if ctype == "text/html":
                 htmls.append(text)
             return
+        attach(ctype, filename, disposition, content_id, data)
+
+    def attach(ctype: str, filename: str | None, disposition: str, content_id: str | None, data: bytes | None,
+               blob: str | None = None, size: int = 0) -> None:
         inline = disposition == "inline" or (content_id is not None and disposition != "attachment")
         ext = _EXT.get(ctype, "bin")
         fallback = f"{content_id.split('@')[0]}.{ext}" if content_id else f"attachment-{len(attachments) + 1}.{ext}"
-        attachments.append(
-            ParsedAttachment(clean_filename(filename or fallback, fallback), ctype, data, inline, content_id)
-        )
+        attachments.append(ParsedAttachment(clean_filename(filename or fallback, fallback), ctype, data, inline,
+                                            content_id, blob, size, blobs if blob else None))
 
     try:
         walk(msg, 0)

@@ -202,7 +202,7 @@ class Processor:
         session.add(msg)
         session.flush()
         for att in mail.attachments:
-            sha = self.blobs.put(att.data)
+            sha = att.blob or self.blobs.put(att.data)  # a large one is stored while parsed
             session.add(Attachment(message_id=msg.id, filename=att.filename, content_type=att.content_type,
                                    size=att.size, sha256=sha, inline=att.inline, content_id=att.content_id))
         return msg
@@ -323,9 +323,10 @@ class Processor:
             sha = inbound.sha256
         if pending:
             try:
-                mail = parse(self.blobs.get(sha), self.limits)
+                mail = parse(self.blobs.get(sha), self.limits, blobs=self.blobs)
                 for att in mail.attachments:
-                    self.blobs.put(att.data)
+                    if att.blob is None:  # a large one was stored while parsed
+                        self.blobs.put(att.data)
             except Quarantine as exc:
                 quarantine = exc
             except Exception:  # noqa: BLE001 - done again, and counted, in the transaction below

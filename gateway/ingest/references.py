@@ -38,7 +38,8 @@ def find_reference(mail: ParsedMail, max_scan: int = 1_000_000) -> Reference | N
         if att.content_type in _TEXT_TYPES or att.filename.lower().endswith((".txt", ".csv")):
             text = att.data[:max_scan].decode("utf-8", "replace")
         elif att.content_type == "application/pdf" or att.filename.lower().endswith(".pdf"):
-            text = pdf_text(att.data, max_scan)
+            # (The size first: a large stored attachment is not read back just to be skipped.)
+            text = pdf_text(att.data, max_scan) if att.size <= PDF_MAX_BYTES else ""
         else:
             continue
         m = _REF.search(text)
@@ -47,7 +48,10 @@ def find_reference(mail: ParsedMail, max_scan: int = 1_000_000) -> Reference | N
     return None
 
 
-def pdf_text(data: bytes, max_chars: int = 1_000_000, max_pages: int = 20, max_bytes: int = 20_000_000) -> str:
+PDF_MAX_BYTES = 20_000_000
+
+
+def pdf_text(data: bytes, max_chars: int = 1_000_000, max_pages: int = 20, max_bytes: int = PDF_MAX_BYTES) -> str:
     """The text of the first pages of a PDF, bounded; "" for what pypdf cannot read.
     A reference sits on the first page of an order form, so a few pages suffice."""
     if len(data) > max_bytes:

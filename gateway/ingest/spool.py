@@ -27,8 +27,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from gateway.errors import StoreFailed
-from gateway.ingest.inbound import Stored, header_message_id, store_raw
-from store.blobs import BlobStore
+from gateway.ingest.inbound import Stored, header_message_id, record_inbound, store_raw
+from store.blobs import BlobStore, BlobWriter
 from store.db import make_engine, session_for
 from store.models import InboundMessage
 
@@ -37,12 +37,14 @@ log = logging.getLogger("gateway.spool")
 
 @dataclass
 class _Item:
-    raw: bytes
+    raw: bytes | None  # None for a mail written to the blob store as it arrived
     source: str
     mail_from: str
     rcpt_to: tuple[str, ...]
     future: Future = field(default_factory=Future)
     sha: str = ""
+    size: int = 0
+    message_id: str = ""
 
 
 class Spool:
@@ -78,8 +80,21 @@ class Spool:
         the commit of small ones that arrived after it."""
         if self._closed:
             raise StoreFailed("the spool is closed")
-        item = _Item(raw, source, mail_from, tuple(rcpt_to))
+        item = _Item(raw, source, mail_from, tuple(rcpt_to), size=len(raw))
+        return self._after(self.blobs.put, raw, item=item)
 
+    def submit_written(self, writer: BlobWriter, message_id: str, *, source: str, mail_from: str = "",
+                       rcpt_to=()) -> Future:
+        """Like ``submit``, for a large mail the door wrote to a temporary blob as it
+        arrived (its memory stays bounded): the blob is committed (fsynced, renamed) in
+        the blob pool, then the mail joins the next commit."""
+        if self._closed:
+            writer.abort()
+            raise StoreFailed("the spool is closed")
+        item = _Item(None, source, mail_from, tuple(rcpt_to), size=writer.size, message_id=message_id)
+        return self._after(writer.commit, item=item)
+
+    def _after(self, write_blob, *args, item: _Item) -> Future:
         def blob_written(done: Future) -> None:
             exc = done.exception()
             if exc is not None:
@@ -89,7 +104,7 @@ class Spool:
             item.sha = done.result()
             self._queue.put(item)
 
-        self._blob_pool.submit(self.blobs.put, raw).add_done_callback(blob_written)
+        self._blob_pool.submit(write_blob, *args).add_done_callback(blob_written)
         return item.future
 
     def close(self) -> None:
@@ -132,8 +147,13 @@ class Spool:
             results = []
             for item in batch:
                 try:
-                    results.append(store_raw(self.engine, self.blobs, item.raw, source=item.source,
-                                             mail_from=item.mail_from, rcpt_to=item.rcpt_to))
+                    if item.raw is None:  # its blob is stored: the row alone
+                        results.append(record_inbound(self.engine, item.sha, item.size, item.message_id,
+                                                      source=item.source, mail_from=item.mail_from,
+                                                      rcpt_to=item.rcpt_to))
+                    else:
+                        results.append(store_raw(self.engine, self.blobs, item.raw, source=item.source,
+                                                 mail_from=item.mail_from, rcpt_to=item.rcpt_to))
                 except Exception as exc:  # noqa: BLE001 - handed to the waiting command
                     results.append(exc)
         except Exception as exc:  # noqa: BLE001 - every waiting command is told
@@ -172,9 +192,9 @@ class Spool:
                     source=item.source[:500],
                     mail_from=item.mail_from[:500],
                     rcpt_to=",".join(item.rcpt_to)[:2000],
-                    message_id=header_message_id(item.raw),
+                    message_id=item.message_id if item.raw is None else header_message_id(item.raw),
                     sha256=sha,
-                    size=len(item.raw),
+                    size=item.size,
                 )
                 rows.append(row)
             session.add_all(rows)
