@@ -71,3 +71,17 @@ def test_no_reply_and_null_return_path_senders_get_a_ticket_but_no_answer(tmp_pa
     assert [a.outcome, b.outcome, c.outcome] == ["created"] * 3
     assert [o.recipients for o in outbox_rows(app)] == ["jan@example.be"]
     app.engine.dispose()
+
+
+def test_a_subject_that_looks_like_an_unfinished_encoded_word_still_gets_its_confirmation(tmp_path, database_url):
+    """Found by the property tests: the standard library decodes such text while folding
+    the outgoing Subject and fails; the customer must still get a ticket and a mail."""
+    from ingest_helpers import outbox_rows
+
+    app = make_app(tmp_path, database_url=database_url)
+    out = receive(app, b"From: Hans <hans@example.com>\r\nTo: helpdesk@localhost\r\n"
+                       b"Subject: utf8: =?UTF-8?Q?=E4=BD=BF=E3=81=A3=E3\r\nMessage-ID: <u1@example.com>\r\n\r\nBody\r\n")
+    assert out.outcome == "created", out.detail
+    (row,) = outbox_rows(app)
+    assert row.state == "pending" and b"utf8:" in row.raw
+    app.engine.dispose()

@@ -43,8 +43,15 @@ MAX_SUBJECT = 200
 
 
 def header_text(value: str) -> str:
-    """One line of text, safe for a header."""
-    return " ".join(_CONTROL.sub(" ", value or "").split())
+    """One line of text, safe for a header.
+
+    Text that merely looks like an RFC 2047 encoded word (a customer's subject such as
+    ``=?UTF-8?Q?=E4=BD`` that their mailer never finished) is broken up: the standard
+    library would decode it while folding and fail on the bytes it finds.  Lone
+    surrogates (undecodable bytes) become U+FFFD."""
+    text = " ".join(_CONTROL.sub(" ", value or "").split())
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    return text.replace("=?", "= ?")
 
 
 def shorten(value: str, limit: int = MAX_SUBJECT) -> str:
