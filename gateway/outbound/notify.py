@@ -11,12 +11,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from email import message_from_bytes
 from email.message import EmailMessage
+from email.policy import SMTP
 
 from sqlmodel import Session, col, select
 
 from gateway.config import Config
-from gateway.outbound.compose import (Envelope, build_message, conversation_guid, header_text, new_message_id,
+from gateway.outbound.compose import (Envelope, build_bytes, conversation_guid, header_text, new_message_id,
                                       shorten, thread_index)
 from gateway.outbound.labels import APPROVE_WORD, PROCESS_LABELS, REJECT_WORD, STATUS_LABELS, WAITING_LABELS
 from gateway.outbound.render import FALLBACK_LANGUAGE, LANGUAGES, RenderedMail, Renderer, RenderError
@@ -55,8 +57,14 @@ class Composed:
     language: str
     recipients: tuple[Person, ...]
     mail: RenderedMail
-    message: EmailMessage
+    raw: bytes  # the MIME message as sent (CRLF)
+    subject: str
     message_id: str
+
+    @property
+    def message(self) -> EmailMessage:
+        """The message as the standard library parses it (previews; not the hot path)."""
+        return message_from_bytes(self.raw, policy=SMTP)
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -198,7 +206,8 @@ class Notifier:
             thread_index=thread_index(conversation_guid(ticket.number, self.config.message_id_domain),
                                       ticket.created_at or now, now),
         )
-        return Composed(event, lang, tuple(people), mail, build_message(mail, envelope), message_id)
+        raw, subject = build_bytes(mail, envelope)
+        return Composed(event, lang, tuple(people), mail, raw, subject, message_id)
 
     def enqueue(
         self,
@@ -218,15 +227,14 @@ class Notifier:
                                 extra=extra, only=only, now=now)
         if composed is None:
             return None
-        msg = composed.message
         row = Outbox(
             ticket_id=ticket.id,
             event=event,
             recipients=",".join(p.email for p in composed.recipients),
             language=composed.language,
-            subject=str(msg["Subject"]),
+            subject=composed.subject,
             message_id=composed.message_id,
-            raw=msg.as_bytes(),
+            raw=composed.raw,
             created_at=now,
             next_attempt_at=now,
         )
