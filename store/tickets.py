@@ -45,10 +45,15 @@ def get_or_create_person(session: Session, email: str, name: str = "", language:
             person.name = name
             session.add(person)
         return person, False
+    return add_person(session, email, name, language), True
+
+
+def add_person(session: Session, email: str, name: str = "", language: str = "en") -> Person:
+    """A new person (the caller knows there is none with ``email``), flushed for its id."""
     person = Person(email=address_key(email), name=name or "", language=language)
     session.add(person)
     session.flush()
-    return person, True
+    return person
 
 
 def get_ticket(session: Session, number: str) -> Ticket:

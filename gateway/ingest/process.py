@@ -25,16 +25,19 @@ from gateway.ingest.language import detect_language
 from gateway.ingest.parse import Limits, ParsedMail, parse
 from gateway.ingest.references import find_reference
 from gateway.ingest.threading import dmarc_failed, find_ticket, permission
-from gateway.outbound.notify import Notifier
+from gateway.outbound.notify import KnownThread, Notifier
 from store import lifecycle
 from store.addresses import key as address_key
 from store.blobs import BlobStore
-from store.db import session_for
+from store.db import reader, session_for
 from store.lifecycle import StatusData
 from store.models import Attachment, InboundMessage, Outbox, Person, Ticket, TicketMessage, utcnow
-from store.tickets import change_status, create_ticket, get_or_create_person, get_ticket
+from store.tickets import add_person, change_status, create_ticket, get_or_create_person, get_ticket
 
 log = logging.getLogger("gateway.ingest")
+
+# ``sender`` not looked up yet (gather and apply then read it themselves).
+UNKNOWN = object()
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,13 @@ class Processor:
         return ThreadHit(ticket.number, ticket.status, via, may.allowed, ticket.waiting_reason,
                          may.approver, may.why, dmarc_failed(mail, self.config.gateway.authserv_id))
 
-    def gather(self, session: Session, inbound: InboundMessage, mail: ParsedMail) -> Facts:
+    def sender_of(self, session: Session, mail: ParsedMail) -> Person | None:
+        """The sender's Person, read once a mail: gather needs to know them, apply uses them."""
+        if not mail.from_addr:
+            return None
+        return session.exec(select(Person).where(Person.email == address_key(mail.from_addr))).first()
+
+    def gather(self, session: Session, inbound: InboundMessage, mail: ParsedMail, sender=UNKNOWN) -> Facts:
         duplicate_of = None
         if mail.message_id:
             # The same mail delivered twice (other Received lines, so other bytes) has the
@@ -100,8 +109,9 @@ class Processor:
             duplicate_of = next((n for n, f in rows if address_key(f) == address_key(mail.from_addr)), None)
         automatic = classify(mail, self.own, self.config.message_id_domain)
         thread = None if automatic else self.find_thread(session, inbound, mail)
-        known = bool(mail.from_addr) and session.exec(
-            select(Person.id).where(Person.email == address_key(mail.from_addr))).first() is not None
+        if sender is UNKNOWN:
+            sender = self.sender_of(session, mail)
+        known = sender is not None
         return Facts(
             process=self.route(inbound, mail),
             duplicate_of=duplicate_of,
@@ -185,23 +195,35 @@ class Processor:
             inbound_id=inbound.id,
         )
         session.add(msg)
-        session.flush()
+        if mail.attachments:  # their rows need the message's id; otherwise the next flush writes it
+            session.flush()
         for att in mail.attachments:
             sha = self.blobs.put(att.data)
             session.add(Attachment(message_id=msg.id, filename=att.filename, content_type=att.content_type,
                                    size=att.size, sha256=sha, inline=att.inline, content_id=att.content_id))
         return msg
 
-    def apply(self, session: Session, inbound: InboundMessage, mail: ParsedMail, decision) -> Outcome:
+    def _person(self, session: Session, mail: ParsedMail, sender) -> Person:
+        """The sender as a Person, created on their first mail (``sender``: from sender_of)."""
+        if sender is UNKNOWN:
+            return get_or_create_person(session, mail.from_addr, mail.from_name, self.language_of(mail))[0]
+        if sender is None:
+            return add_person(session, mail.from_addr, mail.from_name, self.language_of(mail))
+        if mail.from_name and not sender.name:
+            sender.name = mail.from_name
+            session.add(sender)
+        return sender
+
+    def apply(self, session: Session, inbound: InboundMessage, mail: ParsedMail, decision, sender=UNKNOWN) -> Outcome:
         source, mid = inbound.source, mail.message_id
         if isinstance(decision, Ignore):
             return Outcome(source, mid, decision.outcome, decision.ticket, decision.detail)
         if isinstance(decision, QuarantineIt):
             return Outcome(source, mid, "quarantined", None, decision.reason)
         if isinstance(decision, FollowUp):
-            return self.apply_reply(session, inbound, mail, decision)
+            return self.apply_reply(session, inbound, mail, decision, sender)
         assert isinstance(decision, NewTicket)
-        person, _created = get_or_create_person(session, mail.from_addr, mail.from_name, self.language_of(mail))
+        person = self._person(session, mail, sender)
         linked = get_ticket(session, decision.linked_to) if decision.linked_to else None
         title = decision.title
         if linked is not None and self._answers_our_subject(session, linked, title):
@@ -219,6 +241,10 @@ class Processor:
             linked=linked,
         )
         self.add_message(session, ticket, inbound, mail, body_text=decision.description)
+        # The ticket is new: its thread is this mail, its latest update this mail's text,
+        # and no change can be linked to it yet (nothing to read back for the notification).
+        known = KnownThread((mail.message_id,) if mail.message_id else (),
+                            mail.text if decision.description is None else decision.description)
         if decision.refers_to:
             session.add(TicketMessage(ticket_id=ticket.id, direction="note", internal=True,
                                       body_text=f"The sender referred to {decision.refers_to} (by {decision.refers_via}), "
@@ -226,9 +252,9 @@ class Processor:
         if linked is not None:
             session.add(TicketMessage(ticket_id=ticket.id, direction="note", internal=True,
                                       body_text=f"Opened from a reply to {linked.number}, which is Closed."))
-            self.notify(session, ticket, "closed-new-ticket", mail, extra={"closed_ticket": linked})
+            self.notify(session, ticket, "closed-new-ticket", mail, extra={"closed_ticket": linked}, known=known)
         else:
-            self.notify(session, ticket, "new", mail)
+            self.notify(session, ticket, "new", mail, known=known)
         detail = f"follows {linked.number}, which is Closed" if linked is not None else (
             f"sender may not write into {decision.refers_to}" if decision.refers_to else None)
         return Outcome(source, mid, decision.outcome, ticket.number, detail)
@@ -239,7 +265,8 @@ class Processor:
                                                                 TicketMessage.direction == "out"))
         return any(clean_title(subject) == title for subject in sent) or title == ticket.title
 
-    def apply_reply(self, session: Session, inbound: InboundMessage, mail: ParsedMail, reply: FollowUp) -> Outcome:
+    def apply_reply(self, session: Session, inbound: InboundMessage, mail: ParsedMail, reply: FollowUp,
+                    sender=UNKNOWN) -> Outcome:
         """Add an allowed sender's reply to its ticket and do what it asks, in the caller's
         transaction: the comment, the status change and the mail land together or not at all."""
         ticket = get_ticket(session, reply.number)
@@ -256,8 +283,8 @@ class Processor:
         elif reply.action == REOPEN:
             change_status(session, ticket, lifecycle.IN_PROGRESS, StatusData(note=reply.comment), by=by)
         elif reply.action == NEEDS_COMMENT:
-            sender, _ = get_or_create_person(session, mail.from_addr, mail.from_name, self.language_of(mail))
-            self.notify(session, ticket, "reopen-needs-comment", mail, only=[sender])
+            person = self._person(session, mail, sender)
+            self.notify(session, ticket, "reopen-needs-comment", mail, only=[person])
         elif reply.action in (APPROVE, REFUSE):
             approved = reply.action == APPROVE
             word = "approved" if approved else "refused"
@@ -294,12 +321,13 @@ class Processor:
         # them early is harmless if the transaction is later rolled back.
         mail: ParsedMail | None = None
         quarantine: Quarantine | None = None
-        with session_for(self.engine) as session:
-            inbound = session.get(InboundMessage, inbound_id)
-            if inbound is None:
+        with reader(self.engine) as session:  # no write lock for this read (SQLite)
+            row = session.exec(select(InboundMessage.state, InboundMessage.sha256)
+                               .where(InboundMessage.id == inbound_id)).first()
+            if row is None:
                 raise LookupError(f"no inbound message {inbound_id}")
-            pending = inbound.state == "received"
-            sha = inbound.sha256
+            pending = row[0] == "received"
+            sha = row[1]
         if pending:
             try:
                 mail = parse(self.blobs.get(sha), self.limits)
@@ -329,12 +357,13 @@ class Processor:
                 except Quarantine as exc:
                     return self._finish(session, inbound, Outcome(inbound.source, inbound.message_id,
                                                                   "quarantined", None, exc.reason), "quarantined")
-                facts = self.gather(session, inbound, mail)
+                sender = self.sender_of(session, mail)
+                facts = self.gather(session, inbound, mail, sender)
                 decision = decide(mail, facts)
                 if isinstance(decision, Ignore) and decision.outcome == "bounce" and facts.automatic is not None:
                     number, detail = self.record_report(session, mail, facts.automatic)
                     decision = Ignore("bounce", detail, number)
-                outcome = self.apply(session, inbound, mail, decision)
+                outcome = self.apply(session, inbound, mail, decision, sender)
                 state = "quarantined" if outcome.outcome == "quarantined" else "processed"
                 return self._finish(session, inbound, outcome, state)
             except Exception as exc:
@@ -369,7 +398,7 @@ class Processor:
             return Outcome(inbound.source, inbound.message_id, "retry", None, detail)
 
     def pending_ids(self, limit: int = 100) -> list[int]:
-        with session_for(self.engine) as session:
+        with reader(self.engine) as session:
             return list(session.exec(select(InboundMessage.id).where(InboundMessage.state == "received")
                                      .order_by(col(InboundMessage.id)).limit(limit)))
 

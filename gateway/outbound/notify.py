@@ -67,6 +67,17 @@ class Composed:
         return message_from_bytes(self.raw, policy=SMTP)
 
 
+@dataclass(frozen=True)
+class KnownThread:
+    """What ``compose`` would otherwise read back from the database, when the caller knows
+    it: for a ticket created in the same transaction, its one mail's Message-ID, that
+    mail's text as the latest update, and no change linked to it yet."""
+
+    message_ids: tuple[str, ...]
+    latest_update: str
+    change_number: str = ""
+
+
 def _aware(value: datetime | None) -> datetime | None:
     # Database columns come back naive; they hold UTC.
     if value is not None and value.tzinfo is None:
@@ -148,6 +159,7 @@ class Notifier:
         only: list[Person] | None = None,
         now: datetime | None = None,
         safe: bool = True,
+        known: KnownThread | None = None,
     ) -> Composed | None:
         """Render ``event`` for ``ticket`` as a MIME message; writes nothing.
 
@@ -165,22 +177,26 @@ class Notifier:
         lang = self.language_for(affected or people[0], session)
         # The affected person's name in the greeting when they are among the recipients.
         greeted = affected if affected is not None and affected.id in [p.id for p in people] else people[0]
-        change = session.exec(
-            select(Ticket.number).where(Ticket.linked_ticket_id == ticket.id, Ticket.process == "change")
-            .order_by(col(Ticket.id).desc())
-        ).first() if ticket.id is not None else None
-        ctx = self.context(ticket, greeted, lang, latest_update=latest_public_update(session, ticket) or "",
-                           change_number=change or "", extra=extra)
+        if known is not None:
+            change, latest, thread = known.change_number, known.latest_update, list(known.message_ids)
+        else:
+            change = session.exec(
+                select(Ticket.number).where(Ticket.linked_ticket_id == ticket.id, Ticket.process == "change")
+                .order_by(col(Ticket.id).desc())
+            ).first() if ticket.id is not None else None
+            latest = latest_public_update(session, ticket)
+            thread = list(
+                session.exec(
+                    select(TicketMessage.message_id)
+                    .where(TicketMessage.ticket_id == ticket.id, col(TicketMessage.message_id).is_not(None))
+                    .order_by(col(TicketMessage.created_at), col(TicketMessage.id))
+                )
+            )
+        ctx = self.context(ticket, greeted, lang, latest_update=latest or "", change_number=change or "",
+                           extra=extra)
         render = self.renderer.render_safe if safe else self.renderer.render
         mail = render(event, lang, ctx)
 
-        thread = list(
-            session.exec(
-                select(TicketMessage.message_id)
-                .where(TicketMessage.ticket_id == ticket.id, col(TicketMessage.message_id).is_not(None))
-                .order_by(col(TicketMessage.created_at), col(TicketMessage.id))
-            )
-        )
         if in_reply_to and in_reply_to not in thread:
             # The mail being answered is not (yet) a message of the ticket: still chain to it.
             thread.append(in_reply_to)
@@ -220,11 +236,12 @@ class Notifier:
         extra: dict | None = None,
         only: list[Person] | None = None,
         now: datetime | None = None,
+        known: KnownThread | None = None,
     ) -> Outbox | None:
         """Render ``event`` for ``ticket`` and add it to the outbox (not committed here)."""
         now = now or utcnow()
         composed = self.compose(session, ticket, event, in_reply_to=in_reply_to, auto_submitted=auto_submitted,
-                                extra=extra, only=only, now=now)
+                                extra=extra, only=only, now=now, known=known)
         if composed is None:
             return None
         row = Outbox(
