@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 from datetime import timedelta
+from typing import Callable
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
@@ -35,6 +36,11 @@ from store.models import Attachment, InboundMessage, Outbox, Person, Ticket, Tic
 from store.tickets import add_person, change_status, create_ticket, get_or_create_person, get_ticket
 
 log = logging.getLogger("gateway.ingest")
+
+# A batch (Processor.process_batch): at most this many mails, and this much raw mail
+# parsed ahead (a few small mails, or one large one).
+BATCH_MAILS = 16
+BATCH_BYTES = 2_000_000
 
 # ``sender`` not looked up yet (gather and apply then read it themselves).
 UNKNOWN = object()
@@ -60,6 +66,7 @@ class Processor:
         self.notifier = notifier
         self.limits = Limits(config.limits.max_parts, config.limits.max_depth, config.limits.max_header_length)
         # Every address we answer for is ours: mail from any of them is our own coming back.
+        self._ahead: dict[int, tuple[ParsedMail | None, Quarantine | None]] = {}
         self.own = tuple(dict.fromkeys(a.lower() for a in (*config.gateway.addresses, *config.routing.routes)))
 
     # Facts ----------------------------------------------------------------------------
@@ -315,87 +322,158 @@ class Processor:
     # Driving --------------------------------------------------------------------------
     def process(self, inbound_id: int) -> Outcome:
         """Process one stored mail; the result is committed with the inbound row's state."""
+        return self.process_batch([inbound_id])[0]
+
+    def process_batch(self, inbound_ids: list[int], yield_now: Callable[[], bool] = lambda: False,
+                      max_bytes: int = BATCH_BYTES) -> list[Outcome]:
+        """Process stored mails in one transaction, each under its own SAVEPOINT.
+
+        A mail that fails rolls back to its savepoint only (its attempt is counted in the
+        same transaction, and it is quarantined after max_attempts); the others, each with
+        its ticket, outbox row and inbound state, are committed together: one commit
+        (one fsync, one wait for SQLite's write lock) for several mails.  ``yield_now`` is
+        asked between two mails: when it says the door is waiting for the write lock, the
+        mails done so far are committed and the rest is left for the next call.  Mails
+        are parsed before the transaction, up to ``max_bytes`` of raw mail (at least
+        one), so the lock is not held while parsing.  Returns the outcomes of the mails
+        it got to, in order (the rest stay ``received``)."""
+        prepared = self._prepare(inbound_ids, max_bytes)
+        outcomes: list[Outcome] = []
+        try:
+            with session_for(self.engine) as session:
+                for inbound_id, mail, quarantine in prepared:
+                    if outcomes and yield_now():
+                        break
+                    outcomes.append(self._one(session, inbound_id, mail, quarantine))
+                session.commit()
+        except Exception as exc:
+            if len(outcomes) <= 1 and len(prepared) == 1:
+                return [self._failed(prepared[0][0], exc)]
+            # The commit of several failed: each mail again alone, which counts its attempt.
+            log.warning("committing %d mails together failed (%s); processing them one by one",
+                        len(outcomes), exc)
+            return [self.process(i) for i, _m, _q in prepared[:len(outcomes)]]
+        # Parsed but left for the next batch (the door wanted the lock): not parsed twice.
+        self._ahead = {i: (m, q) for i, m, q in prepared[len(outcomes):]}
+        for outcome in outcomes:
+            if outcome.outcome not in ("busy", "retry"):
+                log.info("<%s> %s%s%s", outcome.message_id, outcome.outcome,
+                         f" {outcome.ticket}" if outcome.ticket else "",
+                         f" ({outcome.detail})" if outcome.detail else "")
+        return outcomes
+
+    def _prepare(self, inbound_ids: list[int], max_bytes: int) -> list[tuple[int, ParsedMail | None,
+                                                                            Quarantine | None]]:
         # Read and parse before the write transaction: on SQLite a transaction holds the
         # database's write lock (BEGIN IMMEDIATE), and the SMTP door waits for that lock
         # before it may answer 250.  Attachment blobs are content-addressed, so storing
         # them early is harmless if the transaction is later rolled back.
-        mail: ParsedMail | None = None
-        quarantine: Quarantine | None = None
         with reader(self.engine) as session:  # no write lock for this read (SQLite)
-            row = session.exec(select(InboundMessage.state, InboundMessage.sha256)
-                               .where(InboundMessage.id == inbound_id)).first()
-            if row is None:
+            rows = {i: (state, sha, size) for i, state, sha, size in session.exec(
+                select(InboundMessage.id, InboundMessage.state, InboundMessage.sha256, InboundMessage.size)
+                .where(col(InboundMessage.id).in_(inbound_ids)))}
+        prepared = []
+        total = 0
+        for inbound_id in inbound_ids:
+            if inbound_id not in rows:
                 raise LookupError(f"no inbound message {inbound_id}")
-            pending = row[0] == "received"
-            sha = row[1]
-        if pending:
-            try:
-                mail = parse(self.blobs.get(sha), self.limits)
-                for att in mail.attachments:
-                    self.blobs.put(att.data)
-            except Quarantine as exc:
-                quarantine = exc
-            except Exception:  # noqa: BLE001 - done again, and counted, in the transaction below
-                mail = None
-        with session_for(self.engine) as session:
+            state, sha, size = rows[inbound_id]
+            if prepared and total + size > max_bytes:
+                break
+            total += size
+            ahead = self._ahead.pop(inbound_id, None)
+            if ahead is not None and state == "received":
+                prepared.append((inbound_id, *ahead))
+                continue
+            mail: ParsedMail | None = None
+            quarantine: Quarantine | None = None
+            if state == "received":
+                try:
+                    mail = parse(self.blobs.get(sha), self.limits)
+                    for att in mail.attachments:
+                        self.blobs.put(att.data)
+                except Quarantine as exc:
+                    quarantine = exc
+                except Exception:  # noqa: BLE001 - done again, and counted, in the transaction
+                    mail = None
+            prepared.append((inbound_id, mail, quarantine))
+        return prepared
+
+    def _one(self, session: Session, inbound_id: int, mail: ParsedMail | None,
+             quarantine: Quarantine | None) -> Outcome:
+        """One mail inside the batch's transaction, under a savepoint of its own."""
+        savepoint = session.begin_nested()
+        try:
             # Claim the row: on PostgreSQL several workers (or the worker and an IMAP
             # backfill) run at once, and one that finds the row locked leaves it to the
             # other, which commits its outcome; nothing is processed twice.  On SQLite
             # BEGIN IMMEDIATE serialises them, and the second finds the row done.
             inbound = session.get(InboundMessage, inbound_id, with_for_update={"skip_locked": True})
             if inbound is None:
+                savepoint.commit()
                 return Outcome("", "", "busy", None, "being processed by another worker")
             if inbound.state != "received":
+                savepoint.commit()
                 return Outcome(inbound.source, inbound.message_id, inbound.outcome or inbound.state,
                                inbound.ticket_number, inbound.detail)
             try:
-                try:
-                    if quarantine is not None:
-                        raise quarantine
-                    if mail is None:
-                        mail = parse(self.blobs.get(inbound.sha256), self.limits)
-                except Quarantine as exc:
-                    return self._finish(session, inbound, Outcome(inbound.source, inbound.message_id,
-                                                                  "quarantined", None, exc.reason), "quarantined")
-                sender = self.sender_of(session, mail)
-                facts = self.gather(session, inbound, mail, sender)
-                decision = decide(mail, facts)
-                if isinstance(decision, Ignore) and decision.outcome == "bounce" and facts.automatic is not None:
-                    number, detail = self.record_report(session, mail, facts.automatic)
-                    decision = Ignore("bounce", detail, number)
-                outcome = self.apply(session, inbound, mail, decision, sender)
-                state = "quarantined" if outcome.outcome == "quarantined" else "processed"
-                return self._finish(session, inbound, outcome, state)
-            except Exception as exc:
-                session.rollback()
-                return self._failed(inbound_id, exc)
+                if quarantine is not None:
+                    raise quarantine
+                if mail is None:
+                    mail = parse(self.blobs.get(inbound.sha256), self.limits)
+            except Quarantine as exc:
+                outcome = self._mark(session, inbound, Outcome(inbound.source, inbound.message_id,
+                                                               "quarantined", None, exc.reason), "quarantined")
+                savepoint.commit()
+                return outcome
+            sender = self.sender_of(session, mail)
+            facts = self.gather(session, inbound, mail, sender)
+            decision = decide(mail, facts)
+            if isinstance(decision, Ignore) and decision.outcome == "bounce" and facts.automatic is not None:
+                number, detail = self.record_report(session, mail, facts.automatic)
+                decision = Ignore("bounce", detail, number)
+            outcome = self.apply(session, inbound, mail, decision, sender)
+            state = "quarantined" if outcome.outcome == "quarantined" else "processed"
+            outcome = self._mark(session, inbound, outcome, state)
+            savepoint.commit()
+            return outcome
+        except Exception as exc:
+            savepoint.rollback()
+            return self._count_failure(session, inbound_id, exc)
 
-    def _finish(self, session: Session, inbound: InboundMessage, outcome: Outcome, state: str) -> Outcome:
+    @staticmethod
+    def _mark(session: Session, inbound: InboundMessage, outcome: Outcome, state: str) -> Outcome:
         inbound.state = state
         inbound.outcome = outcome.outcome
         inbound.ticket_number = outcome.ticket
         inbound.detail = outcome.detail
         inbound.processed_at = utcnow()
         session.add(inbound)
-        session.commit()
-        log.info("<%s> %s%s%s", outcome.message_id, outcome.outcome,
-                 f" {outcome.ticket}" if outcome.ticket else "", f" ({outcome.detail})" if outcome.detail else "")
+        session.flush()
         return outcome
 
-    def _failed(self, inbound_id: int, exc: Exception) -> Outcome:
+    def _count_failure(self, session: Session, inbound_id: int, exc: Exception) -> Outcome:
         """Count a failed attempt; quarantine after max_attempts so the queue moves on."""
-        log.exception("processing inbound %s failed", inbound_id)
+        log.error("processing inbound %s failed", inbound_id, exc_info=exc)
+        inbound = session.get(InboundMessage, inbound_id)
+        inbound.attempts += 1
+        detail = f"processing failed: {type(exc).__name__}: {exc}"
+        if inbound.attempts >= self.config.limits.max_attempts:
+            return self._mark(session, inbound, Outcome(inbound.source, inbound.message_id, "quarantined",
+                                                        None, detail), "quarantined")
+        inbound.detail = detail
+        session.add(inbound)
+        session.flush()
+        return Outcome(inbound.source, inbound.message_id, "retry", None, detail)
+
+    def _failed(self, inbound_id: int, exc: Exception) -> Outcome:
+        """The transaction itself failed (its commit): count the attempt in a new one."""
         with session_for(self.engine) as session:
-            inbound = session.get(InboundMessage, inbound_id)
-            inbound.attempts += 1
-            detail = f"processing failed: {type(exc).__name__}: {exc}"
-            if inbound.attempts >= self.config.limits.max_attempts:
-                return self._finish(session, inbound, Outcome(inbound.source, inbound.message_id, "quarantined",
-                                                              None, detail), "quarantined")
-            inbound.detail = detail
-            session.add(inbound)
+            outcome = self._count_failure(session, inbound_id, exc)
             session.commit()
-            return Outcome(inbound.source, inbound.message_id, "retry", None, detail)
+        if outcome.outcome == "quarantined":
+            log.info("<%s> quarantined (%s)", outcome.message_id, outcome.detail)
+        return outcome
 
     def pending_ids(self, limit: int = 100) -> list[int]:
         with reader(self.engine) as session:
@@ -403,4 +481,10 @@ class Processor:
                                      .order_by(col(InboundMessage.id)).limit(limit)))
 
     def process_pending(self, limit: int = 100) -> list[Outcome]:
-        return [self.process(i) for i in self.pending_ids(limit)]
+        ids = self.pending_ids(limit)
+        outcomes: list[Outcome] = []
+        while ids:
+            done = self.process_batch(ids[:BATCH_MAILS])
+            outcomes += done
+            ids = ids[len(done):]
+        return outcomes
