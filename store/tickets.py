@@ -28,8 +28,11 @@ def next_number(session: Session, process: str) -> str:
     """Take the next number of ``process`` (``INC-000001``) inside the caller's transaction."""
     if process not in PROCESS_PREFIX:
         raise LifecycleError(f"unknown process {process!r}; one of {', '.join(PROCESS_PREFIX)}")
-    value = session.execute(
-        update(Counter).where(Counter.process == process).values(value=Counter.value + 1).returning(Counter.value)
+    # A Core statement on the session's connection: the ORM's bulk-update path around it
+    # (synchronising objects that are never loaded) cost more than the statement itself.
+    table = Counter.__table__
+    value = session.connection().execute(
+        update(table).where(table.c.process == process).values(value=table.c.value + 1).returning(table.c.value)
     ).scalar_one()
     return f"{PROCESS_PREFIX[process]}-{value:06d}"
 
