@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, SQLModel, create_engine
 
 from store import models  # noqa: F401  (registers the tables)
@@ -53,41 +51,13 @@ def make_engine(url: str, *, busy_timeout_ms: int = 30000, checkpoints: bool = T
         def _begin(conn):  # pragma: no cover - trivial
             # A reader (``reader(engine)``) takes no write lock: in WAL mode it reads a
             # snapshot while the door or the worker writes.
-            if conn.get_execution_options().get("gateway_read_only"):
-                conn.exec_driver_sql("BEGIN")
-            else:
-                _begin_immediate(conn, busy_timeout_ms)
+            conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("gateway_read_only") else
+                                 "BEGIN IMMEDIATE")
 
         return engine
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
         url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
     return create_engine(url, pool_pre_ping=True)
-
-
-def _begin_immediate(conn, busy_timeout_ms: int) -> None:
-    """BEGIN IMMEDIATE, asking for the write lock every millisecond up to the busy timeout.
-
-    SQLite's own busy handler sleeps in growing steps (1, 2, 5, 10 … 100 ms): a worker
-    that finds the door committing would sleep up to 8 ms for a lock held 3 ms, several
-    times a second under load (measured with py-spy: 8 % of the worker's time).  While
-    asking, the busy timeout is 0, so each try returns at once; it is restored after."""
-    if busy_timeout_ms <= 0:  # the caller retries itself (the door's spool)
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-        return
-    raw = conn.connection.driver_connection
-    deadline = time.monotonic() + busy_timeout_ms / 1000
-    raw.execute("PRAGMA busy_timeout=0")
-    try:
-        while True:
-            try:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-                return
-            except OperationalError as exc:
-                if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.001)
-    finally:
-        raw.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
 
 
 def init_db(engine: Engine) -> None:

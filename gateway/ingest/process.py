@@ -10,7 +10,6 @@ never blocks the queue.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Callable
@@ -42,7 +41,6 @@ log = logging.getLogger("gateway.ingest")
 # parsed ahead (a few small mails, or one large one).
 BATCH_MAILS = 16
 BATCH_BYTES = 2_000_000
-DOOR_FIRST_MAX = 0.05  # seconds: the longest a batch waits for one door commit to go first
 
 # ``sender`` not looked up yet (gather and apply then read it themselves).
 UNKNOWN = object()
@@ -340,10 +338,6 @@ class Processor:
         one), so the lock is not held while parsing.  Returns the outcomes of the mails
         it got to, in order (the rest stay ``received``)."""
         prepared = self._prepare(inbound_ids, max_bytes)
-        # Parsing took a while: if the door began waiting for the lock meanwhile, it goes first.
-        deadline = time.monotonic() + DOOR_FIRST_MAX
-        while yield_now() and time.monotonic() < deadline:
-            time.sleep(0.0005)
         outcomes: list[Outcome] = []
         try:
             with session_for(self.engine) as session:
