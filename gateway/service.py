@@ -83,6 +83,11 @@ def _work(app: App, config: Config, transport, wake, stop, parent_pid: int, proc
           slot: tuple[int, int]) -> None:
     next_close = 0.0
     last_delivery = time.monotonic()
+    # On SQLite one transaction for several mails saves a commit and a wait for the one
+    # write lock each.  On PostgreSQL the workers run side by side, and a batch would hold
+    # the row locks it takes (the number counter, above all) until its commit, making the
+    # others wait: measured 62 vs 72 mails/s with two workers; one mail a transaction.
+    batch = BATCH_MAILS if config.database_url.startswith("sqlite") else 1
     while not stop.is_set():
         if os.getppid() != parent_pid:  # the door died without telling us
             log.warning("parent process gone; worker stops")
@@ -97,7 +102,7 @@ def _work(app: App, config: Config, transport, wake, stop, parent_pid: int, proc
             # batch ends early when the door wants the write lock (see process_batch).
             while mine and not stop.is_set():
                 _yield_to_door(door_writing)
-                done = process_some(mine[:BATCH_MAILS])
+                done = process_some(mine[:batch])
                 mine = mine[max(done, 1):]
             busy = bool(pending)
             if k == 0 and (not pending or time.monotonic() - last_delivery >= DELIVER_EVERY):
