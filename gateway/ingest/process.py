@@ -109,7 +109,9 @@ class Processor:
             # The same mail delivered twice (other Received lines, so other bytes) has the
             # same Message-ID and sender.  A different sender reusing a Message-ID is not a
             # copy: dropping it would let anyone silence a mail by sending its ID first.
-            rows = session.exec(
+            # Core on the session's connection (no ORM result machinery for two columns);
+            # the mails before this one in the batch are flushed (Processor._mark).
+            rows = session.connection().execute(
                 select(Ticket.number, TicketMessage.from_addr)
                 .join(TicketMessage, col(TicketMessage.ticket_id) == col(Ticket.id))
                 .where(TicketMessage.message_id == mail.message_id, TicketMessage.direction == "in")
@@ -135,7 +137,8 @@ class Processor:
         the sender still gets tickets but no notifications, so a storm (a loop with a
         machine we do not recognise, or a mail bomb) cannot make us send a storm back."""
         since = utcnow() - timedelta(seconds=self.config.limits.rate_window)
-        recent = session.exec(
+        session.flush()  # the mail being processed counts (Core below does not autoflush)
+        recent = session.connection().execute(
             select(TicketMessage.id).where(TicketMessage.direction == "in", TicketMessage.from_addr == sender,
                                            col(TicketMessage.created_at) >= since)
             .limit(self.config.limits.rate_limit + 1)
