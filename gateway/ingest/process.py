@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Callable
 
-from sqlalchemy import update
+from sqlalchemy import bindparam, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -42,6 +42,9 @@ log = logging.getLogger("gateway.ingest")
 # parsed ahead (a few small mails, or one large one).
 BATCH_MAILS = 16
 BATCH_BYTES = 2_000_000
+
+# The inbound row's new state (Processor._mark), built once (its cache key is kept).
+_MARK = update(InboundMessage.__table__).where(InboundMessage.__table__.c.id == bindparam("b_id"))
 
 # ``sender`` not looked up yet (gather and apply then read it themselves).
 UNKNOWN = object()
@@ -450,11 +453,9 @@ class Processor:
         """The inbound row's new state, in the caller's transaction (a Core UPDATE: the
         unit of work's flush of the one row cost more than the statement)."""
         session.flush()  # the mail's own rows first, so the statement order stays that of the work
-        table = InboundMessage.__table__
-        session.connection().execute(
-            update(table).where(table.c.id == inbound.id).values(
-                state=state, outcome=outcome.outcome, ticket_number=outcome.ticket, detail=outcome.detail,
-                processed_at=utcnow()))
+        session.connection().execute(_MARK, {"b_id": inbound.id, "state": state, "outcome": outcome.outcome,
+                                             "ticket_number": outcome.ticket, "detail": outcome.detail,
+                                             "processed_at": utcnow()})
         return outcome
 
     def _count_failure(self, session: Session, inbound_id: int, exc: Exception) -> Outcome:

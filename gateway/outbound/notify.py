@@ -79,6 +79,12 @@ class KnownThread:
     change_number: str = ""
 
 
+# Built once: a statement made per call (``insert(...).values(...)``) computes its cache
+# key again each time, which cost more than executing it.
+_INSERT_OUTBOX = insert(Outbox.__table__).returning(Outbox.__table__.c.id)
+_INSERT_MESSAGE = insert(TicketMessage.__table__)
+
+
 def _aware(value: datetime | None) -> datetime | None:
     # Database columns come back naive; they hold UTC.
     if value is not None and value.tzinfo is None:
@@ -252,9 +258,8 @@ class Notifier:
                       raw=composed.raw, state="pending", attempts=0, next_attempt_at=now, last_answer=None,
                       created_at=now, sent_at=None)
         conn = session.connection()
-        outbox = Outbox.__table__
-        outbox_id = conn.execute(insert(outbox).values(**values).returning(outbox.c.id)).scalar_one()
-        conn.execute(insert(TicketMessage.__table__).values(
+        outbox_id = conn.execute(_INSERT_OUTBOX, values).scalar_one()
+        conn.execute(_INSERT_MESSAGE, dict(
             ticket_id=ticket.id, direction="out", internal=False, from_addr=self.config.helpdesk_address,
             to_addrs=values["recipients"], cc_addrs="", subject=composed.subject, body_text=composed.mail.text,
             body_full=None, body_html=None, message_id=composed.message_id, inbound_id=None, outbox_id=outbox_id,
