@@ -46,6 +46,16 @@ BATCH_BYTES = 2_000_000
 # The inbound row's new state (Processor._mark), built once (its cache key is kept).
 _MARK = update(InboundMessage.__table__).where(InboundMessage.__table__.c.id == bindparam("b_id"))
 
+# Received mails of that Message-ID (the duplicate check) and the latest from a sender
+# (the rate limit), built once for the same reason.
+_SAME_MESSAGE_ID = (select(Ticket.number, TicketMessage.from_addr)
+                    .join(TicketMessage, col(TicketMessage.ticket_id) == col(Ticket.id))
+                    .where(col(TicketMessage.message_id) == bindparam("b_mid"), TicketMessage.direction == "in"))
+_RECENT_FROM = (select(TicketMessage.id)
+                .where(TicketMessage.direction == "in", col(TicketMessage.from_addr) == bindparam("b_from"),
+                       col(TicketMessage.created_at) >= bindparam("b_since", type_=TicketMessage.__table__.c.created_at.type))
+                .limit(bindparam("b_limit")))
+
 # ``sender`` not looked up yet (gather and apply then read it themselves).
 UNKNOWN = object()
 
@@ -114,11 +124,7 @@ class Processor:
             # copy: dropping it would let anyone silence a mail by sending its ID first.
             # Core on the session's connection (no ORM result machinery for two columns);
             # the mails before this one in the batch are flushed (Processor._mark).
-            rows = session.connection().execute(
-                select(Ticket.number, TicketMessage.from_addr)
-                .join(TicketMessage, col(TicketMessage.ticket_id) == col(Ticket.id))
-                .where(TicketMessage.message_id == mail.message_id, TicketMessage.direction == "in")
-            ).all()
+            rows = session.connection().execute(_SAME_MESSAGE_ID, {"b_mid": mail.message_id}).all()
             duplicate_of = next((n for n, f in rows if address_key(f) == address_key(mail.from_addr)), None)
         automatic = classify(mail, self.own, self.config.message_id_domain)
         thread = None if automatic else self.find_thread(session, inbound, mail)
@@ -142,10 +148,7 @@ class Processor:
         since = utcnow() - timedelta(seconds=self.config.limits.rate_window)
         session.flush()  # the mail being processed counts (Core below does not autoflush)
         recent = session.connection().execute(
-            select(TicketMessage.id).where(TicketMessage.direction == "in", TicketMessage.from_addr == sender,
-                                           col(TicketMessage.created_at) >= since)
-            .limit(self.config.limits.rate_limit + 1)
-        ).all()
+            _RECENT_FROM, {"b_from": sender, "b_since": since, "b_limit": self.config.limits.rate_limit + 1}).all()
         # The mail being processed is already among them.
         return len(recent) > self.config.limits.rate_limit
 
