@@ -467,7 +467,7 @@ def threading_bench(size: int, lookups: int = 300) -> dict:
 def notifications_bench(seconds: float) -> dict:
     from gateway.app import App
     from gateway.config import load_config
-    from gateway.outbound.compose import Envelope, build_message, new_message_id
+    from gateway.outbound.compose import Envelope, build_bytes, new_message_id
     from store.db import session_for
     from store.tickets import create_ticket, get_or_create_person
 
@@ -483,13 +483,13 @@ def notifications_bench(seconds: float) -> dict:
                 session.commit()
                 n, t0 = 0, time.perf_counter()
                 while time.perf_counter() - t0 < seconds:
-                    ctx = app.notifier.context(session, ticket, person, lang, None)
+                    ctx = app.notifier.context(ticket, person, lang)
                     mail = app.renderer.render_safe("new", lang, ctx)
                     env_ = Envelope(from_name="Helpdesk", from_addr=HELPDESK, to=((person.name, person.email),),
                                     reply_to=HELPDESK, message_id=new_message_id("localhost"), in_reply_to=None,
                                     references=(), number=ticket.number, loop_id=HELPDESK,
                                     auto_submitted="auto-replied", date=datetime.now(timezone.utc))
-                    build_message(mail, env_).as_bytes()
+                    build_bytes(mail, env_)
                     n += 1
                 out[lang] = n / (time.perf_counter() - t0)
     finally:

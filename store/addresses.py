@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from email.utils import getaddresses, parseaddr
+from functools import lru_cache
 
 
+# Pure, and called several times a mail with the same few addresses (the sender's is
+# compared in the duplicate check, the rate limit and the permission check); parseaddr
+# costs ~50 µs each.
+@lru_cache(maxsize=4096)
 def normalize(address: str) -> str:
     """``Jane <Jane.Doe@Example.COM>`` -> ``Jane.Doe@example.com``.
 

@@ -49,7 +49,10 @@ def make_engine(url: str, *, busy_timeout_ms: int = 30000, checkpoints: bool = T
 
         @event.listens_for(engine, "begin")
         def _begin(conn):  # pragma: no cover - trivial
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # A reader (``reader(engine)``) takes no write lock: in WAL mode it reads a
+            # snapshot while the door or the worker writes.
+            conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("gateway_read_only") else
+                                 "BEGIN IMMEDIATE")
 
         return engine
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
@@ -72,3 +75,10 @@ def init_db(engine: Engine) -> None:
 
 def session_for(engine: Engine) -> Session:
     return Session(engine, expire_on_commit=False)
+
+
+def reader(engine: Engine) -> Session:
+    """A session for reads only.  On SQLite it begins a plain (deferred) transaction, so
+    it does not take the one write lock that the door needs for its next 250; elsewhere
+    it is an ordinary session.  Nothing written through it is committed."""
+    return Session(engine.execution_options(gateway_read_only=True), expire_on_commit=False, autoflush=False)

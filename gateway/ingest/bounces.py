@@ -201,7 +201,9 @@ def analyse(mail: ParsedMail) -> Report | None:
 
     daemon = _is_daemon(mail)
     subject = bool(_SUBJECT.search(mail.subject))
-    body = bool(_BODY.search(mail.text[:20000]))
+    # The body decides only together with a daemon sender or a bounce subject: ordinary
+    # mail skips this search (the largest single cost of processing a small mail).
+    body = (daemon or subject) and bool(_BODY.search(mail.text[:20000]))
     if (daemon and (subject or body)) or (subject and body):
         head = mail.text[:3000]
         hard = bool(_PERMANENT.search(head)) or not (_TEMPORARY.search(mail.subject) or _TEMPORARY.search(head))

@@ -1,0 +1,105 @@
+"""Several mails in one transaction (Processor.process_batch): one savepoint a mail, so a
+failing mail rolls back alone and is counted, the others land with their ticket and
+confirmation; a batch stops when the door wants the write lock; two processors working
+in batches still never process one mail twice."""
+
+from __future__ import annotations
+
+import threading
+
+from sqlmodel import select
+
+from gateway.app import App
+from gateway.ingest.inbound import store_raw
+from gateway.ingest.process import Processor
+from store.db import session_for
+from store.models import InboundMessage, Outbox, Ticket, TicketMessage
+
+
+def _store(gw, n: int, tag: str) -> list[int]:
+    ids = []
+    for k in range(n):
+        raw = (f"From: Client {k} <{tag}{k}@example.com>\r\nTo: helpdesk@localhost\r\n"
+               f"Subject: {tag} {k}\r\nMessage-ID: <{tag}-{k}@example.com>\r\n\r\nBody {k}\r\n").encode()
+        ids.append(store_raw(gw.engine, gw.blobs, raw, source="test").id)
+    return ids
+
+
+def test_a_failing_mail_rolls_back_alone_and_is_counted(gw, monkeypatch):
+    ids = _store(gw, 5, "batch")
+    real_apply = Processor.apply
+
+    # A failure in the middle of applying (after the ticket row is written) cannot be
+    # produced with a real mail: the third mail's apply raises after doing its work.
+    def failing_apply(self, session, inbound, mail, decision, sender=None):
+        outcome = real_apply(self, session, inbound, mail, decision, sender)
+        if mail.message_id == "batch-2@example.com":
+            raise RuntimeError("disk on fire")
+        return outcome
+
+    monkeypatch.setattr(Processor, "apply", failing_apply)
+    outcomes = gw.processor.process_batch(ids)
+    assert [o.outcome for o in outcomes] == ["created", "created", "retry", "created", "created"]
+    with session_for(gw.engine) as session:
+        titles = sorted(t.title for t in session.exec(select(Ticket)))
+        assert titles == ["batch 0", "batch 1", "batch 3", "batch 4"]
+        assert len(session.exec(select(Outbox)).all()) == 4
+        # Nothing of the failed mail's work survived its savepoint.
+        assert not session.exec(select(TicketMessage).where(TicketMessage.subject == "batch 2")).all()
+        failed = session.get(InboundMessage, ids[2])
+        assert (failed.state, failed.attempts) == ("received", 1)
+        assert "disk on fire" in failed.detail
+    # Up to max_attempts, then quarantined, so the queue moves on.
+    for _ in range(gw.config.limits.max_attempts - 1):
+        [last] = gw.processor.process_batch([ids[2]])
+    assert last.outcome == "quarantined"
+    monkeypatch.setattr(Processor, "apply", real_apply)
+    with session_for(gw.engine) as session:
+        assert session.get(InboundMessage, ids[2]).state == "quarantined"
+        assert len(session.exec(select(Ticket)).all()) == 4
+
+
+def test_a_batch_stops_when_the_door_wants_the_lock(gw):
+    ids = _store(gw, 4, "door")
+    asked = []
+
+    def door_waits() -> bool:
+        asked.append(1)
+        return len(asked) >= 2  # the door asks for the lock after the second mail
+
+    done = gw.processor.process_batch(ids, yield_now=door_waits)
+    assert [o.outcome for o in done] == ["created", "created"]
+    with session_for(gw.engine) as session:
+        states = [session.get(InboundMessage, i).state for i in ids]
+    assert states == ["processed", "processed", "received", "received"]
+    rest = gw.processor.process_batch(ids[2:])
+    assert [o.outcome for o in rest] == ["created", "created"]
+    with session_for(gw.engine) as session:
+        assert len(session.exec(select(Outbox)).all()) == 4
+
+
+def test_two_processors_in_batches_never_process_a_mail_twice(gw):
+    ids = _store(gw, 24, "race")
+    other = App(gw.config)
+    outcomes: list[tuple[int, str]] = []
+    barrier = threading.Barrier(2)
+
+    def run(app):
+        barrier.wait()
+        rest = list(ids)
+        while rest:
+            done = app.processor.process_batch(rest[:5])
+            outcomes.extend((i, o.outcome) for i, o in zip(rest, done))
+            rest = rest[len(done):]
+
+    threads = [threading.Thread(target=run, args=(app,)) for app in (gw, other)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    other.engine.dispose()
+    with session_for(gw.engine) as session:
+        assert len(session.exec(select(Ticket)).all()) == 24
+        assert len(session.exec(select(Outbox)).all()) == 24
+        assert all(session.get(InboundMessage, i).state == "processed" for i in ids)
+    assert {o for _i, o in outcomes} <= {"created", "busy"}
