@@ -506,6 +506,29 @@ def _delimiter_lines(raw: bytes, first: re.Pattern, following: re.Pattern):
 _BOUNDARY = re.compile(rb"""boundary\s*=\s*(?:"([^"\r\n]{1,200})"|([^\s;"]{1,200}))""", re.IGNORECASE)
 
 
+def _boundaries(raw: bytes) -> set[bytes]:
+    """The boundary parameters ``raw`` declares: what ``_BOUNDARY.findall`` finds, at a
+    fraction of its cost on a large mail (a case-insensitive pattern is tried at every
+    byte: ~33 ms for 5 MB).  Its matches start with the word "boundary": the places of
+    the word are found in a lower-cased copy of one 1 MB piece at a time (``raw`` may be a
+    memory map of a large mail: never copied whole), and the pattern is tried there, each
+    search going on after the previous match as findall's does."""
+    found: set[bytes] = set()
+    after = 0  # end of the last match
+    piece = 1 << 20
+    for start in range(0, len(raw), piece):
+        lowered = raw[start:start + piece + 7].lower()  # 7: the word may cross the cut
+        i = lowered.find(b"boundary")
+        while 0 <= i < piece:
+            if start + i >= after:
+                m = _BOUNDARY.match(raw, start + i)
+                if m is not None:
+                    found.add((m.group(1) or m.group(2)).strip())
+                    after = m.end()
+            i = lowered.find(b"boundary", i + 1)
+    return found
+
+
 def over_limits(raw: bytes, limits: Limits) -> str | None:
     """The first limit ``raw`` is over, as a reason, or None.  Linear in the size and run
     before the standard parser, whose time and recursion grow with a hostile structure
@@ -525,7 +548,7 @@ def over_limits(raw: bytes, limits: Limits) -> str | None:
         hops += line[:9].lower() == b"received:"
     if hops > limits.max_received:
         return f"mail loop: {hops} Received headers (more than {limits.max_received})"
-    boundaries = {(a or b).strip() for a, b in _BOUNDARY.findall(raw)}
+    boundaries = _boundaries(raw)
     if not boundaries:
         return None
     # Walk the delimiter lines: a boundary seen for the first time opens a level, its
@@ -579,7 +602,7 @@ def _large_leaves(raw: bytes, threshold: int = LARGE_BODY) -> list[tuple[int, in
     Parts inside a forwarded message are left alone: its bytes are kept as they came."""
     if len(raw) <= threshold:
         return []
-    boundaries = {(a or b).strip() for a, b in _BOUNDARY.findall(raw)}
+    boundaries = _boundaries(raw)
     if not boundaries:
         return []
     delimiters = []  # (line start, after the line break, name, closing)
