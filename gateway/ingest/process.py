@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Callable
 
-from sqlalchemy import bindparam, update
+from sqlalchemy import bindparam, insert, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -60,6 +60,7 @@ BATCH_MAILS = 16
 BATCH_BYTES = 2_000_000
 
 # The inbound row's new state (Processor._mark), built once (its cache key is kept).
+_INSERT_RECEIVED = insert(TicketMessage.__table__).returning(TicketMessage.__table__.c.id)
 _MARK = update(InboundMessage.__table__).where(InboundMessage.__table__.c.id == bindparam("b_id"))
 
 # Received mails of that Message-ID (the duplicate check) and the latest from a sender
@@ -212,8 +213,13 @@ class Processor:
         return detect_language(f"{mail.subject}\n{mail.text}") or self.config.gateway.default_language
 
     def add_message(self, session: Session, ticket: Ticket, inbound: InboundMessage, mail: ParsedMail,
-                    body_text: str | None = None, internal: bool = False) -> TicketMessage:
-        msg = TicketMessage(
+                    body_text: str | None = None, internal: bool = False) -> int:
+        """The received mail as a message of ``ticket``, with its attachments; its id.
+
+        A Core insert in the session's transaction (or savepoint): the message is not read
+        back as an object here, and the ORM's model construction and flush cost more than
+        the insert on every mail."""
+        msg_id = session.connection().execute(_INSERT_RECEIVED, dict(
             ticket_id=ticket.id,
             direction="in",
             internal=internal,
@@ -226,15 +232,14 @@ class Processor:
             body_html=mail.html,
             message_id=mail.message_id or None,
             inbound_id=inbound.id,
-        )
-        session.add(msg)
-        if mail.attachments:  # their rows need the message's id; otherwise the next flush writes it
-            session.flush()
+            outbox_id=None,
+            created_at=utcnow(),
+        )).scalar_one()
         for att in mail.attachments:
             sha = att.blob or self.blobs.put(att.data)  # a large one is stored while parsed
-            session.add(Attachment(message_id=msg.id, filename=att.filename, content_type=att.content_type,
+            session.add(Attachment(message_id=msg_id, filename=att.filename, content_type=att.content_type,
                                    size=att.size, sha256=sha, inline=att.inline, content_id=att.content_id))
-        return msg
+        return msg_id
 
     def _person(self, session: Session, mail: ParsedMail, sender) -> Person:
         """The sender as a Person, created on their first mail (``sender``: from sender_of)."""

