@@ -22,6 +22,7 @@ import threading
 import time
 from datetime import datetime
 
+from gateway.actions import close_solved
 from gateway.app import App, setup_logging
 from gateway.config import Config
 from gateway.ingest import imap
@@ -151,11 +152,7 @@ def _yield_to_door(door_writing) -> None:
 
 
 def close_due(app: App, now: datetime | None = None) -> list[str]:
-    """Close Solved tickets older than close_after_days (hook filled by the lifecycle module)."""
-    try:
-        from gateway.actions import close_solved
-    except ImportError:  # pragma: no cover - lifecycle commands not present
-        return []
+    """Close Solved tickets older than close_after_days."""
     return close_solved(app, now=now)
 
 

@@ -24,7 +24,7 @@ from gateway.tokens import verify_reply_address
 from store.db import session_for
 from store.models import Outbox, Ticket
 from store.tickets import create_ticket, get_or_create_person
-from test_outbound import RelayController, RelayHandler  # noqa: F401 - the relay fixture's parts
+from test_outbound import relay, running_relay  # noqa: F401 - the relay fixture, shared
 
 T0 = dt.datetime(2026, 3, 2, 9, 0, tzinfo=dt.timezone.utc)
 
@@ -51,17 +51,6 @@ Zo=C3=AB
 """
 
 
-@pytest.fixture
-def relay():
-    from conftest import free_port
-
-    handler = RelayHandler()
-    port = free_port()
-    controller = RelayController(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    handler.port = port
-    yield handler
-    controller.stop()
 
 
 @pytest.fixture
@@ -244,16 +233,9 @@ def test_hostile_message_ids_are_left_out_of_the_thread_headers(app, relay):
 
 @pytest.fixture
 def utf8_relay():
-    from conftest import free_port
-
-    handler = RelayHandler()
-    port = free_port()
-    # aiosmtpd offers SMTPUTF8 by default.
-    controller = RelayController(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    handler.port = port
-    yield handler
-    controller.stop()
+    # A second relay, as it comes: aiosmtpd offers SMTPUTF8 by default.
+    with running_relay() as handler:
+        yield handler
 
 
 def test_internationalised_addresses(app, relay, utf8_relay):

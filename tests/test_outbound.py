@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.policy import default as default_policy
@@ -93,15 +94,24 @@ class RelayController(Controller):
         return DroppingSMTP(self.handler, **self.SMTP_kwargs)
 
 
-@pytest.fixture
-def relay():
+@contextmanager
+def running_relay():
+    """A real aiosmtpd relay on a free loopback port; its handler records what it gets."""
     handler = RelayHandler()
     port = free_port()
     controller = RelayController(handler, hostname="127.0.0.1", port=port)
     controller.start()
     handler.port = port
-    yield handler
-    controller.stop()
+    try:
+        yield handler
+    finally:
+        controller.stop()
+
+
+@pytest.fixture
+def relay():
+    with running_relay() as handler:
+        yield handler
 
 
 def relay_config(folder: Path, port: int, database_url: str = "", extra: str = "", smtp_extra: str = "",

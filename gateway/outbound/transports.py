@@ -10,7 +10,6 @@ import logging
 import os
 import re
 import smtplib
-import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
