@@ -52,7 +52,8 @@ def worker_main(config: Config, wake, stop, parent_pid: int, log_level: str = "I
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     app = App(config)
     transport = app.transport()
-    log.info("worker started (pid %s)", os.getpid())
+    took = app.processor.warm_up()
+    log.info("worker started (pid %s; ready in %.0f ms)", os.getpid(), took * 1000)
     # One mail is processed at a time in this process: a poller thread and this loop
     # must not both pick up the same stored mail.  The pollers live in worker 0 only.
     process_lock = threading.Lock()

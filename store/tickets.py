@@ -11,6 +11,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import bindparam, insert, or_, update
+from sqlalchemy.orm import make_transient_to_detached
 from sqlmodel import Session, col, select
 
 from store import lifecycle
@@ -53,12 +54,31 @@ def get_or_create_person(session: Session, email: str, name: str = "", language:
     return add_person(session, email, name, language), True
 
 
+def insert_row(session: Session, row):
+    """Insert a new model object at once and keep it in the session as a loaded row.
+
+    What ``session.add(row); session.flush()`` does for one object, at a fraction of the
+    cost on the mail path: a Core INSERT of every column (the object's own defaults
+    applied by its constructor) on the session's connection, in its transaction, then the
+    object joins the identity map as if it had been read, so ``session.get`` finds it and
+    later changes to it are flushed as usual."""
+    table = type(row).__table__
+    values = {c.name: getattr(row, c.name) for c in table.columns if not c.primary_key}
+    statement = _INSERT_RETURNING.get(table.name)
+    if statement is None:
+        statement = _INSERT_RETURNING[table.name] = insert(table).returning(table.c.id)
+    row.id = session.connection().execute(statement, values).scalar_one()
+    make_transient_to_detached(row)
+    session.add(row)
+    return row
+
+
+_INSERT_RETURNING: dict = {}
+
+
 def add_person(session: Session, email: str, name: str = "", language: str = "en") -> Person:
-    """A new person (the caller knows there is none with ``email``), flushed for its id."""
-    person = Person(email=address_key(email), name=name or "", language=language)
-    session.add(person)
-    session.flush()
-    return person
+    """A new person (the caller knows there is none with ``email``), inserted for its id."""
+    return insert_row(session, Person(email=address_key(email), name=name or "", language=language))
 
 
 def get_ticket(session: Session, number: str) -> Ticket:
@@ -97,8 +117,7 @@ def create_ticket(
         created_at=now,
         updated_at=now,
     )
-    session.add(ticket)
-    session.flush()
+    insert_row(session, ticket)
     # The first history row as a Core insert in the session's transaction (or savepoint):
     # nothing reads it back as an object, and an ORM row costs a model construction and a
     # share of the next flush on every new ticket.

@@ -71,7 +71,20 @@ class Spool:
         self._thread = threading.Thread(target=self._run, name="spool-writer", daemon=True)
         self._closed = False
         self.largest_batch = 0  # seen by the tests and the benchmark: did commits get grouped?
+        self._warm_up()
         self._thread.start()
+
+    def _warm_up(self) -> None:
+        """Compile the row insert once before the first mail (a rolled-back insert): the
+        first sender's 250 should not wait for it."""
+        try:
+            with self._engine.connect() as conn:
+                with conn.begin() as tx:
+                    conn.execute(_INSERT_INBOUND, dict(received_at=utcnow(), source="warm-up", mail_from="",
+                                                       rcpt_to="", message_id="", sha256="warm-up", size=0))
+                    tx.rollback()
+        except Exception:  # noqa: BLE001 - the database busy or down: the first mail will say so
+            log.debug("spool warm-up skipped", exc_info=True)
 
     def submit(self, raw: bytes, *, source: str, mail_from: str = "", rcpt_to=()) -> Future:
         """A future that resolves to ``Stored`` once the mail is committed (or to StoreFailed).

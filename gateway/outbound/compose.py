@@ -256,13 +256,24 @@ def _text(name: str, value: str) -> str:
     return f"{name}: " + "\r\n ".join(lines) + "\r\n"
 
 
+# A display name of letters (any script), digits and spaces: written as one encoded word
+# when it is not plain ASCII (RFC 2047 5(3): a "Q" word in a phrase).
+_WORDY_NAME = re.compile(r"^[^\W_]+(?: [^\W_]+)*$")
+
+
 def _addresses(name: str, people: list[tuple[str, str]]) -> str:
     parts = []
     for display, addr in people:
         display = header_text(display)
         addr = ascii_domain(addr)
-        if not _PLAIN_ADDR.match(addr) or (display and not _PLAIN_NAME.match(display)):
+        if not _PLAIN_ADDR.match(addr):
             break
+        if display and not _PLAIN_NAME.match(display):
+            if not _WORDY_NAME.match(display):
+                break
+            display = "=?utf-8?q?" + "".join(map(_q, display)) + "?="
+            if len(display) > 75:  # longer than one encoded word may be: the policy's way
+                break
         parts.append(f"{display} <{addr}>" if display else addr)
     else:
         value = ", ".join(parts)
