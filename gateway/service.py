@@ -34,15 +34,14 @@ from gateway.outbound.outbox import deliver_pending
 log = logging.getLogger("gateway.service")
 
 
-def worker_main(config: Config, wake, stop, parent_pid: int, log_level: str = "INFO", door_writing=None,
+def worker_main(config: Config, wake, stop, parent_pid: int, log_level: str = "INFO",
                 slot: tuple[int, int] = (0, 1)) -> None:
     """Process stored mail and deliver the outbox until told to stop (or orphaned).
 
     Stored mail comes first: the outbox is delivered when no mail is waiting, or at the
     latest every DELIVER_EVERY seconds under a steady flow, so that confirmations are
-    not held back.  Between two mails the worker lets the door's commit go first
-    (``door_writing``, set by the door's spool while it writes): on SQLite both need the
-    one write lock, and a sender is waiting for the door's 250.
+    not held back.  The door answers senders from its journal (spool.py), so the worker
+    need not stand aside for the door's commits: on SQLite these only wait for the lock.
 
     ``slot`` = (k, n): worker k of n takes the mails whose id is k modulo n, and helps
     with the others only when it has none of its own (a claim with SKIP LOCKED keeps two
@@ -64,16 +63,15 @@ def worker_main(config: Config, wake, stop, parent_pid: int, log_level: str = "I
 
     def process_some(inbound_ids: list[int]) -> int:
         """Process a batch in one transaction (Processor.process_batch); how many were done."""
-        yield_now = door_writing.is_set if door_writing is not None else (lambda: False)
         with process_lock:
-            return len(app.processor.process_batch(inbound_ids, yield_now=yield_now))
+            return len(app.processor.process_batch(inbound_ids))
 
     poll_stop = threading.Event()
     pollers = []
     if slot[0] == 0:
         pollers = imap.start_pollers(imap.pollers_for(config, app.engine, app.blobs, process=process_one), poll_stop)
     try:
-        _work(app, config, transport, wake, stop, parent_pid, process_some, door_writing, slot)
+        _work(app, config, transport, wake, stop, parent_pid, process_some, slot)
     finally:
         poll_stop.set()
         for thread in pollers:
@@ -81,7 +79,7 @@ def worker_main(config: Config, wake, stop, parent_pid: int, log_level: str = "I
     log.info("worker stopped")
 
 
-def _work(app: App, config: Config, transport, wake, stop, parent_pid: int, process_some, door_writing,
+def _work(app: App, config: Config, transport, wake, stop, parent_pid: int, process_some,
           slot: tuple[int, int]) -> None:
     next_close = 0.0
     last_delivery = last_mail = time.monotonic()
@@ -101,10 +99,8 @@ def _work(app: App, config: Config, transport, wake, stop, parent_pid: int, proc
             k, n = slot
             pending = app.processor.pending_ids(limit=50 * n)
             mine = [i for i in pending if i % n == k] or pending
-            # Several mails a transaction (one commit), each under its own savepoint; a
-            # batch ends early when the door wants the write lock (see process_batch).
+            # Several mails a transaction (one commit), each under its own savepoint.
             while mine and not stop.is_set():
-                _yield_to_door(door_writing)
                 done = process_some(mine[:batch])
                 mine = mine[max(done, 1):]
             busy = bool(pending)
@@ -116,7 +112,6 @@ def _work(app: App, config: Config, transport, wake, stop, parent_pid: int, proc
             # (~6 % of its samples, py-spy).  While mail keeps coming, every DELIVER_EVERY.
             quiet = not pending and now - last_mail >= DELIVER_WHEN_QUIET
             if k == 0 and (quiet or now - last_delivery >= DELIVER_EVERY):
-                _yield_to_door(door_writing)
                 sent = deliver_pending(app.engine, config, transport, limit=20 if pending else 100)
                 last_delivery = time.monotonic()
                 busy = busy or bool(sent)
@@ -133,7 +128,6 @@ def _work(app: App, config: Config, transport, wake, stop, parent_pid: int, proc
 
 DELIVER_EVERY = 2.0  # seconds: the longest the outbox waits while stored mail keeps coming
 DELIVER_WHEN_QUIET = 0.1  # seconds without stored mail before the outbox is delivered
-DOOR_FIRST_MAX = 0.05  # seconds: the longest the worker stands aside for one door commit
 
 
 def worker_count(config: Config) -> int:
@@ -144,14 +138,6 @@ def worker_count(config: Config) -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-def _yield_to_door(door_writing) -> None:
-    if door_writing is None:
-        return
-    end = time.monotonic() + DOOR_FIRST_MAX
-    while door_writing.is_set() and time.monotonic() < end:
-        time.sleep(0.0005)
-
-
 def close_due(app: App, now: datetime | None = None) -> list[str]:
     """Close Solved tickets older than close_after_days."""
     return close_solved(app, now=now)
@@ -160,13 +146,13 @@ def close_due(app: App, now: datetime | None = None) -> list[str]:
 async def _serve(app: App, accept_only: bool, log_level: str) -> None:
     config = app.config
     ctx = mp.get_context("spawn")
-    wake, stop, door_writing = ctx.Event(), ctx.Event(), ctx.Event()
+    wake, stop = ctx.Event(), ctx.Event()
     workers = []
     if not accept_only:
         n = worker_count(config)
         for k in range(n):
             worker = ctx.Process(target=worker_main, name=f"gateway-worker-{k}",
-                                 args=(config, wake, stop, os.getpid(), log_level, door_writing, (k, n)), daemon=False)
+                                 args=(config, wake, stop, os.getpid(), log_level, (k, n)), daemon=False)
             worker.start()
             workers.append(worker)
     loop = asyncio.get_running_loop()
@@ -178,7 +164,12 @@ async def _serve(app: App, accept_only: bool, log_level: str) -> None:
     pollers = imap.start_pollers(imap.pollers_for(config, app.engine, app.blobs), poll_stop) if accept_only else []
     server = door = None
     if config.smtp.enabled:
-        spool = Spool(app.engine, app.blobs, writing=door_writing)
+        # The journal answers senders without waiting for the database (spool.py); the
+        # worker need not stand aside for the door's commits any more.
+        spool = Spool(app.engine, app.blobs, journal_dir=config.data_dir / "spool",
+                      on_recorded=lambda _stored: wake.set())
+        if spool.recovered:
+            log.info("recorded %d mails a previous run had answered but not recorded", spool.recovered)
         door = Door(config, app.engine, app.blobs, on_stored=lambda _stored: wake.set(), spool=spool)
         server = await loop.create_server(make_server_factory(config, door), config.smtp.host, config.smtp.port)
         port = server.sockets[0].getsockname()[1]

@@ -15,7 +15,7 @@ from email.policy import SMTP
 from sqlalchemy import create_engine, text
 
 from conftest import ROOT, free_port, wait_for_port, write_config
-from gateway.ingest.spool import Spool
+from gateway.ingest.spool import Spool, read_journal
 from store.blobs import BlobStore
 
 
@@ -61,8 +61,9 @@ def test_a_duplicate_inside_a_batch_gets_the_first_row(gw):
 
 def test_every_mail_answered_250_by_the_real_door_is_durable(tmp_path):
     """16 smtplib clients at once against ``gateway serve``; the server is killed (SIGKILL,
-    no shutdown) right after the last answer: every mail that got 250 is in the database
-    with its raw bytes on disk."""
+    no shutdown) right after the last answer: every mail that got 250 has its raw bytes
+    on disk and a line in the door's journal or a row in the database, and is in the
+    database once the next start has read the journal."""
     port = free_port()
     cfg = write_config(tmp_path, f"[smtp]\nport = {port}\n")
     env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
@@ -87,11 +88,25 @@ def test_every_mail_answered_250_by_the_real_door_is_durable(tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
     assert len(answered) == 96
+    blobs = BlobStore(tmp_path / "var" / "blobs")
+    journaled = {e["message_id"] for p in (tmp_path / "var" / "spool").glob("journal-*") for e in read_journal(p)}
+    engine = create_engine(f"sqlite:///{tmp_path / 'var' / 'gateway.db'}")
+    with engine.connect() as conn:
+        recorded = {m for (m,) in conn.execute(text("select message_id from inboundmessage")).all()}
+    engine.dispose()
+    assert not [m for m in answered if m not in journaled | recorded], "answered 250 but neither journaled nor stored"
+    # The next start records what the journal holds.
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "--config", str(cfg), "serve", "--accept-only"],
+                            cwd=tmp_path, env=env, stdout=(tmp_path / "serve2.log").open("wb"), stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
     engine = create_engine(f"sqlite:///{tmp_path / 'var' / 'gateway.db'}")
     with engine.connect() as conn:
         rows = dict(conn.execute(text("select message_id, sha256 from inboundmessage")).all())
     engine.dispose()
-    blobs = BlobStore(tmp_path / "var" / "blobs")
     missing = [m for m in answered if m not in rows]
     assert not missing, f"answered 250 but not stored: {missing[:5]}"
     for mid, raw in answered.items():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
@@ -19,16 +20,17 @@ from gateway.errors import StoreFailed
 from store.addresses import normalize_message_id
 from store.blobs import BlobStore
 from store.db import session_for
-from store.models import InboundMessage
+from store.models import InboundMessage, utcnow
 
 _MID = re.compile(rb"^message-id:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
 
 
 @dataclass(frozen=True)
 class Stored:
-    id: int
+    id: int | None  # None: journaled, its row not yet recorded (gateway.ingest.spool)
     duplicate: bool
     message_id: str
+    sha256: str = ""
 
 
 def header_message_id(raw: bytes) -> str:
@@ -74,9 +76,11 @@ def record_inbound(
     mail_from: str = "",
     rcpt_to: tuple[str, ...] | list[str] = (),
     process: str | None = None,
+    received_at: datetime | None = None,
 ) -> Stored:
     """The inbound row of a mail whose blob is stored already (a large mail the SMTP door
-    wrote to the blob store as it arrived); a duplicate gets the first row."""
+    wrote to the blob store as it arrived, or a journaled one); a duplicate gets the
+    first row."""
     try:
         with session_for(engine) as session:
             row = InboundMessage(
@@ -87,6 +91,7 @@ def record_inbound(
                 message_id=message_id,
                 sha256=sha,
                 size=size,
+                received_at=received_at or utcnow(),
             )
             session.add(row)
             try:
@@ -96,7 +101,7 @@ def record_inbound(
                 existing = session.exec(
                     select(InboundMessage).where(InboundMessage.message_id == message_id, InboundMessage.sha256 == sha)
                 ).one()
-                return Stored(existing.id, True, message_id)
-            return Stored(row.id, False, message_id)
+                return Stored(existing.id, True, message_id, sha)
+            return Stored(row.id, False, message_id, sha)
     except Exception as exc:
         raise StoreFailed(f"could not store the message: {type(exc).__name__}: {exc}") from exc

@@ -80,11 +80,7 @@ class Door:
         except StoreFailed as exc:
             log.error("could not store a mail from %s: %s", envelope.mail_from, exc)
             return "451 4.3.0 Could not store the message; please try again later"
-        log.info("received <%s> from %s to %s, %d bytes%s", stored.message_id, envelope.mail_from,
-                 ",".join(envelope.rcpt_tos), len(raw), " (duplicate)" if stored.duplicate else "")
-        if self.on_stored is not None:
-            self.on_stored(stored)
-        return f"250 2.0.0 Stored as #{stored.id}"
+        return self._stored(envelope, stored, len(raw))
 
     async def _handle_spooled(self, envelope: Envelope, writer: BlobWriter) -> str:
         """A large mail, already in a temporary file of the blob store (see SpoolingSMTP):
@@ -107,8 +103,15 @@ class Door:
         except StoreFailed as exc:
             log.error("could not store a mail from %s: %s", envelope.mail_from, exc)
             return "451 4.3.0 Could not store the message; please try again later"
+        return self._stored(envelope, stored, writer.size)
+
+    def _stored(self, envelope: Envelope, stored: Stored, size: int) -> str:
+        """The answer for a stored mail; with a journal its row comes a moment later (the
+        spool's recorder wakes the worker then)."""
         log.info("received <%s> from %s to %s, %d bytes%s", stored.message_id, envelope.mail_from,
-                 ",".join(envelope.rcpt_tos), writer.size, " (duplicate)" if stored.duplicate else "")
+                 ",".join(envelope.rcpt_tos), size, " (duplicate)" if stored.duplicate else "")
+        if stored.id is None:
+            return f"250 2.0.0 Stored as {stored.sha256[:16]}"
         if self.on_stored is not None:
             self.on_stored(stored)
         return f"250 2.0.0 Stored as #{stored.id}"

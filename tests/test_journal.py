@@ -1,0 +1,161 @@
+"""The door's journal (gateway/ingest/spool.py): a sender's 250 waits for its blob and one
+journal fsync, never for the database; the rows follow; a journal left by a crash is
+recorded at the next start, each mail once."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+
+import pytest
+from sqlalchemy import text
+
+from gateway.ingest.spool import Journal, Spool, read_journal, recover_journals
+from store.blobs import BlobStore
+
+
+def _raw(i: int) -> bytes:
+    return (f"From: Hélène <helene{i}@client.example>\r\nTo: helpdesk@localhost\r\nSubject: Imprimante {i}\r\n"
+            f"Message-ID: <journal-{i}@client.example>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+            f"L'imprimante n°{i} ne répond plus.\r\n").encode()
+
+
+def rows(gw) -> dict[str, tuple]:
+    with gw.engine.connect() as conn:
+        return {mid: (sha, src) for mid, sha, src in
+                conn.execute(text("select message_id, sha256, source from inboundmessage")).all()}
+
+
+def wait_for(predicate, timeout: float = 30.0) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.02)
+
+
+def test_answers_while_the_database_is_locked_and_records_after(sqlite_gw, tmp_path):
+    """SQLite's write lock held by another connection (as the worker's transaction holds
+    it): every submission is answered at once, from the journal, and recorded once the
+    lock is let go.  (SQLite only: PostgreSQL has no database-wide write lock.)"""
+    gw = sqlite_gw
+    recorded = []
+    spool = Spool(gw.engine, gw.blobs, journal_dir=tmp_path / "spool", on_recorded=recorded.append)
+    holder = sqlite3.connect(gw.engine.url.database, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        futures = [spool.submit(_raw(i), source="smtp", rcpt_to=("helpdesk@localhost",)) for i in range(10)]
+        answers = [f.result(timeout=10) for f in futures]  # would time out if they waited for the lock
+        assert all(a.id is None and len(a.sha256) == 64 for a in answers)
+        assert len(read_journal(spool.journal.path)) == 10
+        time.sleep(0.3)
+        assert recorded == []  # still locked out
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    wait_for(lambda: len(recorded) == 10)
+    spool.close()
+    stored = rows(gw)
+    assert set(stored) == {f"journal-{i}@client.example" for i in range(10)}
+    assert all(gw.blobs.get(sha) == _raw(int(mid.split("-")[1].split("@")[0])) for mid, (sha, _) in stored.items())
+    assert (tmp_path / "spool" / "journal-0").stat().st_size == 0  # emptied once all were recorded
+
+
+def test_a_duplicate_is_recorded_as_the_first_row(gw, tmp_path):
+    recorded = []
+    spool = Spool(gw.engine, gw.blobs, journal_dir=tmp_path / "spool", on_recorded=recorded.append)
+    for f in [spool.submit(_raw(1), source="smtp") for _ in range(3)]:
+        f.result(timeout=10)
+    wait_for(lambda: len(recorded) == 3)
+    spool.close()
+    assert len({r.id for r in recorded}) == 1 and sum(not r.duplicate for r in recorded) == 1
+    assert len(rows(gw)) == 1
+
+
+def test_a_journal_left_by_a_crash_is_recorded_once_at_the_next_start(gw, tmp_path):
+    """What a door killed after its 250s leaves: blobs and journal lines, no rows (and one
+    line cut short by the crash, never answered).  The next start records them; a mail
+    already recorded before the crash is not recorded twice."""
+    blobs = BlobStore(gw.config.blob_dir)
+    folder = tmp_path / "spool"
+    folder.mkdir()
+    lines = []
+    for i in range(5):
+        sha = blobs.put(_raw(i))
+        lines.append(json.dumps({"sha256": sha, "size": len(_raw(i)), "message_id": f"journal-{i}@client.example",
+                                 "source": "smtp", "mail_from": f"helene{i}@client.example",
+                                 "rcpt_to": ["helpdesk@localhost"], "received_at": "2026-11-28T01:02:03+00:00"}))
+    (folder / "journal-0").write_text("\n".join(lines) + '\n{"sha256": "ab')  # the torn last line
+    # One of them made it into the database before the crash.
+    from gateway.ingest.inbound import record_inbound
+
+    first = json.loads(lines[0])
+    record_inbound(gw.engine, first["sha256"], first["size"], first["message_id"], source="smtp")
+    spool = Spool(gw.engine, gw.blobs, journal_dir=folder)
+    assert spool.recovered == 4
+    spool.close()
+    stored = rows(gw)
+    assert set(stored) == {f"journal-{i}@client.example" for i in range(5)}
+    assert (folder / "journal-0").stat().st_size == 0
+    with gw.engine.connect() as conn:
+        when = conn.execute(text("select received_at from inboundmessage where message_id = 'journal-3@client.example'")
+                            ).scalar()
+    assert str(when).startswith("2026-11-28 01:02:03")  # the time of the 250, not of the recovery
+    assert recover_journals(folder, gw.engine, gw.blobs) == 0  # nothing left to do
+
+
+def test_a_running_doors_journal_is_left_alone(gw, tmp_path):
+    """Two starts on one folder: the second takes another journal file and does not read
+    (or empty) the one the first is writing."""
+    folder = tmp_path / "spool"
+    first = Journal.open(folder)
+    first.append([{"sha256": "0" * 64, "size": 1, "message_id": "x", "source": "smtp", "mail_from": "",
+                   "rcpt_to": [], "received_at": None}])
+    assert recover_journals(folder, gw.engine, gw.blobs) == 0
+    assert len(read_journal(first.path)) == 1
+    second = Journal.open(folder)
+    assert second.path != first.path
+    first.close()
+    second.close()
+
+
+def test_the_answer_waits_for_the_journal_fsync(gw, tmp_path, monkeypatch):
+    """No 250 before the journal line is on disk: a journal that cannot be written fails
+    the submission (the door answers 451) and nothing is recorded."""
+    spool = Spool(gw.engine, gw.blobs, journal_dir=tmp_path / "spool")
+
+    def broken(_entries):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(spool.journal, "append", broken)
+    with pytest.raises(Exception) as exc:
+        spool.submit(_raw(7), source="smtp").result(timeout=10)
+    assert "No space left" in str(exc.value)
+    spool.close()
+    assert rows(gw) == {}
+
+
+def test_concurrent_submissions_share_journal_fsyncs(gw, tmp_path):
+    spool = Spool(gw.engine, gw.blobs, journal_dir=tmp_path / "spool")
+    start = threading.Barrier(24)
+    fsyncs = []
+    real = spool.journal.append
+
+    def counting(entries):
+        fsyncs.append(len(entries))
+        real(entries)
+
+    spool.journal.append = counting
+
+    def one(i):
+        start.wait()
+        return spool.submit(_raw(i), source="smtp").result(timeout=60)
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(24) as pool:
+        list(pool.map(one, range(24)))
+    spool.close()
+    assert sum(fsyncs) == 24 and len(fsyncs) < 24, fsyncs
+    assert len(rows(gw)) == 24
