@@ -55,10 +55,6 @@ class Upgrade:
     after: str | None
     stamped: bool = False
 
-    @property
-    def changed(self) -> bool:
-        return self.stamped or self.before != self.after
-
 
 def ensure_current(engine: Engine) -> None:
     """Bring the database to ``HEAD`` if it is not there (see the module's docstring).
@@ -87,8 +83,8 @@ def upgrade(engine: Engine, target: str = "head", *, scripts: Path = MIGRATIONS_
     from alembic import command
 
     with _locked(engine) as conn:
-        config = _config(conn, scripts)
-        script = _script_directory(config)
+        config = alembic_config(conn, scripts)
+        script = script_directory(config)
         found = _state(conn)
         stamped = False
         if found.revision is None and found.tables:
@@ -107,37 +103,45 @@ def downgrade(engine: Engine, target: str, *, scripts: Path = MIGRATIONS_DIR) ->
     from alembic import command
 
     with _locked(engine) as conn:
-        config = _config(conn, scripts)
+        config = alembic_config(conn, scripts)
         before = _current(conn)
         if before is not None:
-            _known(_script_directory(config), before)
+            _known(script_directory(config), before)
         command.downgrade(config, target)
         return Upgrade(before, _current(conn))
 
 
 @dataclass(frozen=True)
 class State:
-    """Where a database stands: its revision, the code's head, and whether any of the
-    gateway's tables exist (tables with no revision: made before migrations)."""
+    """Where a database stands: its revision, the code's head, whether any of the
+    gateway's tables exist (tables with no revision: made before migrations), and whether
+    this code knows the revision (it does not when a newer gateway upgraded the database)."""
 
     revision: str | None
     head: str
     tables: bool
+    known: bool = True
 
     @property
     def describe(self) -> str:
         if self.revision is None:
             return ("no revision: tables made before migrations (an upgrade stamps them as the baseline)"
                     if self.tables else "no revision: empty database")
-        return self.revision
+        return self.revision if self.known else f"{self.revision}, unknown to this version (a newer one upgraded it)"
 
 
 def state(engine: Engine, *, scripts: Path = MIGRATIONS_DIR) -> State:
     """The database's revision and the code's head, without changing anything."""
     with engine.execution_options(gateway_read_only=True).connect() as conn:
-        current = _state(conn)
-        return State(current.revision, _script_directory(_config(conn, scripts)).get_current_head(),
-                     current.tables)
+        found = _state(conn)
+        script = script_directory(alembic_config(conn, scripts))
+    known = True
+    if found.revision is not None:
+        try:
+            _known(script, found.revision)
+        except SchemaError:
+            known = False
+    return State(found.revision, script.get_current_head(), found.tables, known)
 
 
 def differences(engine: Engine) -> list[str]:
@@ -178,6 +182,23 @@ def describe(diff) -> str:
     return repr(diff)
 
 
+def alembic_config(conn: Connection, scripts: Path = MIGRATIONS_DIR):
+    """Alembic's configuration for ``conn``: the revisions in ``scripts``, no ini file."""
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(scripts))
+    config.attributes["connection"] = conn
+    return config
+
+
+def script_directory(config):
+    """The revisions (Alembic's ScriptDirectory) of an ``alembic_config``."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(config)
+
+
 # -- inside -------------------------------------------------------------------------
 
 
@@ -206,21 +227,6 @@ def _locked(engine: Engine):
                 # Held until the transaction ends; PostgreSQL's DDL is transactional.
                 conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
             yield conn
-
-
-def _config(conn: Connection, scripts: Path):
-    from alembic.config import Config
-
-    config = Config()
-    config.set_main_option("script_location", str(scripts))
-    config.attributes["connection"] = conn
-    return config
-
-
-def _script_directory(config):
-    from alembic.script import ScriptDirectory
-
-    return ScriptDirectory.from_config(config)
 
 
 def _current(conn: Connection) -> str | None:
