@@ -47,9 +47,9 @@ class SchemaError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Upgrade:
-    """What an upgrade did: the revision before (None: empty database, or tables made
-    before migrations when ``stamped``) and after."""
+class Migration:
+    """What an upgrade or a downgrade did: the revision before (None: empty database, or
+    tables made before migrations when ``stamped``) and after."""
 
     before: str | None
     after: str | None
@@ -77,8 +77,8 @@ def stored_revision(engine: Engine) -> str | None:
     return rows[0][0] if len(rows) == 1 else None
 
 
-def upgrade(engine: Engine, target: str = "head", *, scripts: Path = MIGRATIONS_DIR) -> Upgrade:
-    """Upgrade the database to ``target``, stamping tables made before migrations with
+def upgrade(engine: Engine, target: str = "head", *, scripts: Path = MIGRATIONS_DIR) -> Migration:
+    """Migration the database to ``target``, stamping tables made before migrations with
     the baseline first.  One transaction under the schema lock."""
     from alembic import command
 
@@ -95,10 +95,10 @@ def upgrade(engine: Engine, target: str = "head", *, scripts: Path = MIGRATIONS_
         elif found.revision is not None:
             _known(script, found.revision)
         command.upgrade(config, target)
-        return Upgrade(found.revision, _current(conn), stamped)
+        return Migration(found.revision, _current(conn), stamped)
 
 
-def downgrade(engine: Engine, target: str, *, scripts: Path = MIGRATIONS_DIR) -> Upgrade:
+def downgrade(engine: Engine, target: str, *, scripts: Path = MIGRATIONS_DIR) -> Migration:
     """Downgrade the database to ``target`` (a revision, ``-1``, or ``base``: no tables)."""
     from alembic import command
 
@@ -108,7 +108,7 @@ def downgrade(engine: Engine, target: str, *, scripts: Path = MIGRATIONS_DIR) ->
         if before is not None:
             _known(script_directory(config), before)
         command.downgrade(config, target)
-        return Upgrade(before, _current(conn))
+        return Migration(before, _current(conn))
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import event, inspect, text
 from sqlmodel import Session, SQLModel, select
 
-from conftest import ROOT, run_gateway, write_config
+from conftest import ROOT, free_port, run_gateway, write_config
 from store import schema
 from store.db import PROCESS_PREFIX, init_db, make_engine
 from store.models import Counter, InboundMessage, Person, StatusChange, Ticket
@@ -157,7 +157,7 @@ def test_old_create_all_database_is_stamped_and_keeps_its_rows(engine):
     with Session(engine) as session:
         assert len(session.exec(select(Counter)).all()) == 3
     # The next start-up has nothing to do.
-    assert schema.upgrade(engine) == schema.Upgrade(schema.HEAD, schema.HEAD, False)
+    assert schema.upgrade(engine) == schema.Migration(schema.HEAD, schema.HEAD, False)
 
 
 def test_old_database_that_is_not_the_baseline_is_refused(engine):
@@ -184,12 +184,13 @@ def test_a_newer_database_stops_start_up(engine, tmp_path, database_url):
         init_db(engine)
     assert "revision 0042" in str(caught.value) and f"its newest is {schema.HEAD}" in str(caught.value)
     # As an operator sees it: a message naming both revisions, no traceback, exit 1.
-    write_config(tmp_path, f'[database]\nurl = "{database_url}"\n')
-    proc = run_gateway("ticket", "list", cwd=tmp_path, check=False)
-    err = proc.stderr.decode()
-    assert proc.returncode == 1
-    assert "gateway: database:" in err and "0042" in err and schema.HEAD in err
-    assert "Traceback" not in err
+    write_config(tmp_path, f'[database]\nurl = "{database_url}"\n[smtp]\nport = {free_port()}\n')
+    for command in (["serve"], ["ticket", "list"], ["db", "upgrade"]):
+        proc = run_gateway(*command, cwd=tmp_path, check=False)
+        err = proc.stderr.decode()
+        assert proc.returncode == 1, command
+        assert "gateway: database:" in err and "revision 0042" in err and f"its newest is {schema.HEAD}" in err
+        assert "Traceback" not in err
     assert schema.stored_revision(engine) == "0042"
 
 
@@ -379,3 +380,30 @@ def test_db_upgrade_stamps_an_old_database(tmp_path):
                   f"at {schema.HEAD} (head): nothing to upgrade\n"
     tickets = json.loads(run_gateway("ticket", "list", "--json", cwd=tmp_path).stdout)
     assert [t["number"] for t in tickets] == ["INC-000001"]
+
+
+def test_db_revision_writes_the_next_numbered_file(tmp_path, monkeypatch, capsys):
+    """For developers: the file comes numbered after the head, revising it; with
+    --autogenerate and models that match the database, it has nothing to do."""
+    from gateway.cli import main
+
+    scripts = tmp_path / "migrations"
+    shutil.copytree(schema.MIGRATIONS_DIR, scripts, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(schema, "MIGRATIONS_DIR", scripts)
+    config = write_config(tmp_path, "")
+    assert main(["--config", str(config), "db", "revision", "-m", "ticket priority", "--autogenerate"]) == 1
+    assert "must be at 0001 first" in capsys.readouterr().err
+    assert main(["--config", str(config), "db", "upgrade"]) == 0
+    assert main(["--config", str(config), "db", "revision", "-m", "ticket priority", "--autogenerate"]) == 0
+    written = scripts / "versions" / "0002_ticket_priority.py"
+    assert f"wrote {written}" in capsys.readouterr().out
+    source = written.read_text()
+    assert "revision = '0002'" in source and "down_revision = '0001'" in source
+    # The models and the database agree: nothing to generate.
+    assert source.split("def upgrade() -> None:")[1].split("def downgrade")[0].count("pass") == 1
+    assert "op." not in source.split("def upgrade() -> None:")[1]
+    engine = make_engine(f"sqlite:///{tmp_path / 'var' / 'gateway.db'}")
+    try:
+        assert schema.upgrade(engine, scripts=scripts) == schema.Migration("0001", "0002", False)
+    finally:
+        engine.dispose()

@@ -42,9 +42,7 @@ def _engine(config):
 def cmd_upgrade(config, args) -> int:
     engine = _engine(config)
     try:
-        done = schema.upgrade(engine)
-    except schema.SchemaError as exc:
-        raise CommandError(str(exc)) from None
+        done = schema.upgrade(engine)  # a SchemaError is printed by gateway.cli
     finally:
         engine.dispose()
     start = schema.BASELINE if done.stamped else done.before
