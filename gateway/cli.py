@@ -10,9 +10,10 @@ import sys
 
 from gateway.config import ConfigError, load_config
 from gateway.errors import CommandError
+from store.schema import SchemaError
 
 # Command groups, each a module of gateway.commands with register(subparsers).
-COMMAND_MODULES = ("core", "inbound", "tickets", "outbox", "persons", "templates", "imap")
+COMMAND_MODULES = ("core", "inbound", "tickets", "outbox", "persons", "templates", "imap", "db")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,3 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     except CommandError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return exc.status
+    except SchemaError as exc:
+        # The database is newer than this code, or its old tables are not the baseline's:
+        # no command (and no start-up) may go on.
+        print(f"gateway: database: {exc}", file=sys.stderr)
+        return 1

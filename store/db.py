@@ -6,10 +6,10 @@ from pathlib import Path
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
-from sqlmodel import Session, SQLModel, create_engine
+from sqlmodel import Session, create_engine
 
 from store import models  # noqa: F401  (registers the tables)
-from store.models import Counter
+from store.schema import ensure_current
 
 PROCESS_PREFIX = {"incident": "INC", "service-request": "SR", "change": "CHG"}
 
@@ -61,16 +61,11 @@ def make_engine(url: str, *, busy_timeout_ms: int = 30000, checkpoints: bool = T
 
 
 def init_db(engine: Engine) -> None:
-    """Create the tables and the number counters when they are missing."""
-    SQLModel.metadata.create_all(engine)
-    with Session(engine) as session:
-        for process in PROCESS_PREFIX:
-            if session.get(Counter, process) is None:
-                session.add(Counter(process=process, value=0))
-        try:
-            session.commit()
-        except Exception:  # another process created them at the same moment
-            session.rollback()
+    """Bring the database's schema to this code's revision: create it when empty, stamp
+    tables made before migrations, upgrade an older one; cheap when already there.  Safe
+    when several processes start at once.  Raises store.schema.SchemaError when the
+    database is newer than this code (see store.schema)."""
+    ensure_current(engine)
 
 
 def session_for(engine: Engine) -> Session:

@@ -1,0 +1,116 @@
+"""db upgrade, db current, db check, db revision: the database's schema (store.schema).
+
+These commands open the database without App, whose engine would upgrade it on the way.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from gateway.errors import CommandError
+from store import schema
+from store.db import make_engine
+
+
+def register(sub, common) -> None:
+    p = sub.add_parser("db", parents=[common], help="the database's schema: upgrade, current, check")
+    dsub = p.add_subparsers(dest="db_command", metavar="ACTION")
+    dsub.required = True
+    s = dsub.add_parser("upgrade", parents=[common],
+                        help="upgrade the schema to this version's newest revision (start-up does it too)")
+    s.set_defaults(func=cmd_upgrade)
+    s = dsub.add_parser("current", parents=[common], help="the database's revision and this version's newest")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_current)
+    s = dsub.add_parser("check", parents=[common],
+                        help="compare the database with the models; exit 1 and list the differences")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_check)
+    s = dsub.add_parser("revision", parents=[common],
+                        help="(developers) write a new revision file, numbered after the head")
+    s.add_argument("-m", "--message", required=True, help="what the revision changes, a few words")
+    s.add_argument("--autogenerate", action="store_true",
+                   help="fill it with the differences between the models and the database (at head)")
+    s.set_defaults(func=cmd_revision)
+
+
+def _engine(config):
+    return make_engine(config.database_url)
+
+
+def cmd_upgrade(config, args) -> int:
+    engine = _engine(config)
+    try:
+        done = schema.upgrade(engine)  # a SchemaError is printed by gateway.cli
+    finally:
+        engine.dispose()
+    start = schema.BASELINE if done.stamped else done.before
+    if done.stamped:
+        print(f"the tables made before migrations are the baseline's: stamped {schema.BASELINE}")
+    if start == done.after:
+        print(f"at {done.after} (head): nothing to upgrade")
+    else:
+        print(f"upgraded from {start or 'an empty database'} to {done.after}")
+    return 0
+
+
+def cmd_current(config, args) -> int:
+    engine = _engine(config)
+    try:
+        now = schema.state(engine)
+    finally:
+        engine.dispose()
+    if args.json:
+        print(json.dumps({"revision": now.revision, "head": now.head, "tables": now.tables}))
+    elif now.revision == now.head:
+        print(f"{now.revision} (head)")
+    else:
+        print(f"{now.describe}; this version's newest is {now.head}")
+    return 0
+
+
+def cmd_check(config, args) -> int:
+    """Exit 0 when the database is at head and its tables are the models'; 1 otherwise."""
+    engine = _engine(config)
+    try:
+        now = schema.state(engine)
+        found = schema.differences(engine)
+    finally:
+        engine.dispose()
+    problems = []
+    if now.revision != now.head:
+        problems.append(f"revision: {now.describe}; this version's newest is {now.head} (gateway db upgrade)")
+    problems += found
+    if args.json:
+        print(json.dumps({"revision": now.revision, "head": now.head, "differences": problems}, indent=2))
+    elif problems:
+        print("the database and the models disagree:")
+        for line in problems:
+            print(f"  - {line}")
+    else:
+        print(f"the database matches the models (revision {now.revision}, head)")
+    return 1 if problems else 0
+
+
+def cmd_revision(config, args) -> int:
+    """A new file in store/migrations/versions, numbered after the head (0002, 0003...)."""
+    from alembic import command
+
+    engine = _engine(config)
+    try:
+        with engine.connect() as conn:
+            alembic_config = schema.alembic_config(conn, schema.MIGRATIONS_DIR)
+            head = schema.script_directory(alembic_config).get_current_head()
+            if not re.fullmatch(r"\d{4}", head or ""):
+                raise CommandError(f"the head revision {head!r} is not numbered NNNN")
+            if args.autogenerate and schema.stored_revision(engine) != head:
+                raise CommandError(f"--autogenerate compares with the database, which must be at {head} first "
+                                   "(gateway db upgrade)")
+            script = command.revision(alembic_config, message=args.message, autogenerate=args.autogenerate,
+                                      rev_id=f"{int(head) + 1:04d}")
+    finally:
+        engine.dispose()
+    print(f"wrote {script.path}")
+    print(f"review it, and set HEAD = {script.revision!r} in store/schema.py")
+    return 0

@@ -1,0 +1,1 @@
+"""The Alembic migration environment of the gateway's database (see store.schema)."""
