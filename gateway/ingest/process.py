@@ -98,6 +98,14 @@ class InboundRow:
     detail: str | None
 
 
+# An earlier stored mail, not yet processed, that this one answers (Processor._one): with
+# several workers the reply could otherwise be processed first and miss its ticket.
+_PARENT_WAITING = (select(_INBOUND.c.id)
+                   .where(_INBOUND.c.message_id.in_(bindparam("b_mids", expanding=True)),
+                          _INBOUND.c.state == "received", _INBOUND.c.id < bindparam("b_id"))
+                   .limit(1))
+
+
 # ``sender`` not looked up yet (gather and apply then read it themselves).
 UNKNOWN = object()
 
@@ -416,7 +424,10 @@ class Processor:
                         len(outcomes), exc)
             return [self.process(i) for i, _m, _q in prepared[:len(outcomes)]]
         # Parsed but left for the next batch (the door wanted the lock): not parsed twice.
-        self._ahead = {i: (m, q) for i, m, q in prepared[len(outcomes):]}
+        self._ahead.update({i: (m, q) for i, m, q in prepared[len(outcomes):]})
+        if len(self._ahead) > 4 * BATCH_MAILS:  # taken by another worker meanwhile: let go
+            for stale in sorted(self._ahead)[:len(self._ahead) - 4 * BATCH_MAILS]:
+                del self._ahead[stale]
         for outcome in outcomes:
             if outcome.outcome not in ("busy", "retry"):
                 log.info("<%s> %s%s%s", outcome.message_id, outcome.outcome,
@@ -490,6 +501,12 @@ class Processor:
                                                                "quarantined", None, exc.reason), "quarantined")
                 savepoint.commit()
                 return outcome
+            parent = self._parent_waiting(session, inbound.id, mail)
+            if parent is not None:
+                savepoint.commit()
+                self._ahead[inbound_id] = (mail, None)  # parsed: kept for the next attempt
+                return Outcome(inbound.source, inbound.message_id, "busy", None,
+                               f"waits for #{parent}, the mail it answers, to be processed first")
             sender = self.sender_of(session, mail)
             facts = self.gather(session, inbound, mail, sender)
             decision = decide(mail, facts)
@@ -504,6 +521,19 @@ class Processor:
         except Exception as exc:
             savepoint.rollback()
             return self._count_failure(session, inbound_id, exc)
+
+    @staticmethod
+    def _parent_waiting(session: Session, inbound_id: int, mail: ParsedMail) -> int | None:
+        """The id of an earlier stored mail, still waiting, whose Message-ID this one names
+        in In-Reply-To or References; None when there is none (or no reference at all).
+
+        Several workers (PostgreSQL) take mails side by side: a reply
+        stored just after its original could be processed first, find no ticket and open
+        a new one.  It waits instead, and is taken again after the original."""
+        mids = list(dict.fromkeys(m for m in (*mail.in_reply_to, *mail.references) if m))[:50]
+        if not mids:
+            return None
+        return session.connection().execute(_PARENT_WAITING, {"b_mids": mids, "b_id": inbound_id}).scalar()
 
     @staticmethod
     def _mark(session: Session, inbound: InboundMessage, outcome: Outcome, state: str) -> Outcome:
