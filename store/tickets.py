@@ -16,7 +16,7 @@ from sqlmodel import Session, col, select
 
 from store import lifecycle
 from store.addresses import key as address_key
-from store.db import PROCESS_PREFIX
+from store.db import PROCESS_PREFIX, Prepared
 from store.lifecycle import LifecycleError, StatusData
 from store.models import Counter, Person, StatusChange, Ticket, TicketMessage, utcnow
 
@@ -26,7 +26,7 @@ class NotFound(LookupError):
 
 
 _COUNTER = Counter.__table__
-_NEXT_NUMBER = (update(_COUNTER).where(_COUNTER.c.process == bindparam("b_process"))
+_NEXT_NUMBER = Prepared(update(_COUNTER).where(_COUNTER.c.process == bindparam("b_process"))
                 .values(value=_COUNTER.c.value + 1).returning(_COUNTER.c.value))
 
 
@@ -36,7 +36,7 @@ def next_number(session: Session, process: str) -> str:
         raise LifecycleError(f"unknown process {process!r}; one of {', '.join(PROCESS_PREFIX)}")
     # A Core statement on the session's connection: the ORM's bulk-update path around it
     # (synchronising objects that are never loaded) cost more than the statement itself.
-    value = session.connection().execute(_NEXT_NUMBER, {"b_process": process}).scalar_one()
+    value = _NEXT_NUMBER.execute(session.connection(), {"b_process": process})
     return f"{PROCESS_PREFIX[process]}-{value:06d}"
 
 
@@ -66,8 +66,8 @@ def insert_row(session: Session, row):
     values = {c.name: getattr(row, c.name) for c in table.columns if not c.primary_key}
     statement = _INSERT_RETURNING.get(table.name)
     if statement is None:
-        statement = _INSERT_RETURNING[table.name] = insert(table).returning(table.c.id)
-    row.id = session.connection().execute(statement, values).scalar_one()
+        statement = _INSERT_RETURNING[table.name] = Prepared(insert(table).returning(table.c.id))
+    row.id = statement.execute(session.connection(), values)
     make_transient_to_detached(row)
     session.add(row)
     return row
@@ -121,13 +121,13 @@ def create_ticket(
     # The first history row as a Core insert in the session's transaction (or savepoint):
     # nothing reads it back as an object, and an ORM row costs a model construction and a
     # share of the next flush on every new ticket.
-    session.connection().execute(_INSERT_CHANGE, dict(ticket_id=ticket.id, at=now, from_status=None,
+    _INSERT_CHANGE.execute(session.connection(), dict(ticket_id=ticket.id, at=now, from_status=None,
                                                       to_status=lifecycle.NEW, by=by, note=None))
     return ticket
 
 
 # Built once (a statement built per call recomputes its cache key).
-_INSERT_CHANGE = insert(StatusChange.__table__)
+_INSERT_CHANGE = Prepared(insert(StatusChange.__table__))
 
 
 def change_status(

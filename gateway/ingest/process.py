@@ -32,7 +32,7 @@ from gateway.outbound.notify import KnownThread, Notifier
 from store import lifecycle
 from store.addresses import key as address_key
 from store.blobs import BlobStore
-from store.db import reader, session_for
+from store.db import Prepared, reader, session_for
 from store.lifecycle import StatusData
 from store.models import Attachment, InboundMessage, Outbox, Person, Ticket, TicketMessage, utcnow
 from store.tickets import add_person, change_status, create_ticket, get_or_create_person, get_ticket
@@ -60,15 +60,15 @@ BATCH_MAILS = 16
 BATCH_BYTES = 2_000_000
 
 # The inbound row's new state (Processor._mark), built once (its cache key is kept).
-_INSERT_RECEIVED = insert(TicketMessage.__table__).returning(TicketMessage.__table__.c.id)
-_MARK = update(InboundMessage.__table__).where(InboundMessage.__table__.c.id == bindparam("b_id"))
+_INSERT_RECEIVED = Prepared(insert(TicketMessage.__table__).returning(TicketMessage.__table__.c.id))
+_MARK = Prepared(update(InboundMessage.__table__).where(InboundMessage.__table__.c.id == bindparam("b_id")))
 
 # Received mails of that Message-ID (the duplicate check) and the latest from a sender
 # (the rate limit), built once for the same reason.
-_SAME_MESSAGE_ID = (select(Ticket.number, TicketMessage.from_addr)
+_SAME_MESSAGE_ID = Prepared(select(Ticket.number, TicketMessage.from_addr)
                     .join(TicketMessage, col(TicketMessage.ticket_id) == col(Ticket.id))
                     .where(col(TicketMessage.message_id) == bindparam("b_mid"), TicketMessage.direction == "in"))
-_RECENT_FROM = (select(TicketMessage.id)
+_RECENT_FROM = Prepared(select(TicketMessage.id)
                 .where(TicketMessage.direction == "in", col(TicketMessage.from_addr) == bindparam("b_from"),
                        col(TicketMessage.created_at) >= bindparam("b_since", type_=TicketMessage.__table__.c.created_at.type))
                 .limit(bindparam("b_limit")))
@@ -76,7 +76,7 @@ _RECENT_FROM = (select(TicketMessage.id)
 # The claim of a stored mail (Processor._one): its row, locked on PostgreSQL (SKIP LOCKED:
 # a row another worker holds is left to it); SQLite has no row locks and ignores the clause.
 _INBOUND = InboundMessage.__table__
-_CLAIM = (select(_INBOUND.c.id, _INBOUND.c.source, _INBOUND.c.rcpt_to, _INBOUND.c.process, _INBOUND.c.message_id,
+_CLAIM = Prepared(select(_INBOUND.c.id, _INBOUND.c.source, _INBOUND.c.rcpt_to, _INBOUND.c.process, _INBOUND.c.message_id,
                  _INBOUND.c.sha256, _INBOUND.c.state, _INBOUND.c.outcome, _INBOUND.c.ticket_number,
                  _INBOUND.c.detail)
           .where(_INBOUND.c.id == bindparam("b_id")).with_for_update(skip_locked=True))
@@ -174,7 +174,7 @@ class Processor:
             # copy: dropping it would let anyone silence a mail by sending its ID first.
             # Core on the session's connection (no ORM result machinery for two columns);
             # the mails before this one in the batch are flushed (Processor._mark).
-            rows = session.connection().execute(_SAME_MESSAGE_ID, {"b_mid": mail.message_id}).all()
+            rows = _SAME_MESSAGE_ID.rows(session.connection(), {"b_mid": mail.message_id})
             duplicate_of = next((n for n, f in rows if address_key(f) == address_key(mail.from_addr)), None)
         automatic = classify(mail, self.own, self.config.message_id_domain)
         thread = None if automatic else self.find_thread(session, inbound, mail)
@@ -197,8 +197,8 @@ class Processor:
         machine we do not recognise, or a mail bomb) cannot make us send a storm back."""
         since = utcnow() - timedelta(seconds=self.config.limits.rate_window)
         session.flush()  # the mail being processed counts (Core below does not autoflush)
-        recent = session.connection().execute(
-            _RECENT_FROM, {"b_from": sender, "b_since": since, "b_limit": self.config.limits.rate_limit + 1}).all()
+        recent = _RECENT_FROM.rows(
+            session.connection(), {"b_from": sender, "b_since": since, "b_limit": self.config.limits.rate_limit + 1})
         # The mail being processed is already among them.
         return len(recent) > self.config.limits.rate_limit
 
@@ -252,7 +252,7 @@ class Processor:
         A Core insert in the session's transaction (or savepoint): the message is not read
         back as an object here, and the ORM's model construction and flush cost more than
         the insert on every mail."""
-        msg_id = session.connection().execute(_INSERT_RECEIVED, dict(
+        msg_id = _INSERT_RECEIVED.execute(session.connection(), dict(
             ticket_id=ticket.id,
             direction="in",
             internal=internal,
@@ -267,7 +267,7 @@ class Processor:
             inbound_id=inbound.id,
             outbox_id=None,
             created_at=utcnow(),
-        )).scalar_one()
+        ))
         for att in mail.attachments:
             sha = att.blob or self.blobs.put(att.data)  # a large one is stored while parsed
             session.add(Attachment(message_id=msg_id, filename=att.filename, content_type=att.content_type,
@@ -482,7 +482,7 @@ class Processor:
             # backfill) run at once, and one that finds the row locked leaves it to the
             # other, which commits its outcome; nothing is processed twice.  On SQLite
             # BEGIN IMMEDIATE serialises them, and the second finds the row done.
-            row = session.connection().execute(_CLAIM, {"b_id": inbound_id}).first()
+            row = next(iter(_CLAIM.rows(session.connection(), {"b_id": inbound_id})), None)
             inbound = InboundRow(*row) if row is not None else None
             if inbound is None:
                 savepoint.commit()
@@ -540,7 +540,7 @@ class Processor:
         """The inbound row's new state, in the caller's transaction (a Core UPDATE: the
         unit of work's flush of the one row cost more than the statement)."""
         session.flush()  # the mail's own rows first, so the statement order stays that of the work
-        session.connection().execute(_MARK, {"b_id": inbound.id, "state": state, "outcome": outcome.outcome,
+        _MARK.execute(session.connection(), {"b_id": inbound.id, "state": state, "outcome": outcome.outcome,
                                              "ticket_number": outcome.ticket, "detail": outcome.detail,
                                              "processed_at": utcnow()})
         return outcome

@@ -25,6 +25,7 @@ from gateway.outbound.labels import APPROVE_WORD, PROCESS_LABELS, REJECT_WORD, S
 from gateway.outbound.render import FALLBACK_LANGUAGE, LANGUAGES, RenderedMail, Renderer, RenderError
 from gateway.tokens import reply_address
 from store import lifecycle
+from store.db import Prepared
 from store.models import Company, Outbox, Person, Ticket, TicketMessage, utcnow
 from store.tickets import latest_public_update
 
@@ -81,8 +82,8 @@ class KnownThread:
 
 # Built once: a statement made per call (``insert(...).values(...)``) computes its cache
 # key again each time, which cost more than executing it.
-_INSERT_OUTBOX = insert(Outbox.__table__).returning(Outbox.__table__.c.id)
-_INSERT_MESSAGE = insert(TicketMessage.__table__)
+_INSERT_OUTBOX = Prepared(insert(Outbox.__table__).returning(Outbox.__table__.c.id))
+_INSERT_MESSAGE = Prepared(insert(TicketMessage.__table__))
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -258,8 +259,8 @@ class Notifier:
                       raw=composed.raw, state="pending", attempts=0, next_attempt_at=now, last_answer=None,
                       created_at=now, sent_at=None)
         conn = session.connection()
-        outbox_id = conn.execute(_INSERT_OUTBOX, values).scalar_one()
-        conn.execute(_INSERT_MESSAGE, dict(
+        outbox_id = _INSERT_OUTBOX.execute(conn, values)
+        _INSERT_MESSAGE.execute(conn, dict(
             ticket_id=ticket.id, direction="out", internal=False, from_addr=self.config.helpdesk_address,
             to_addrs=values["recipients"], cc_addrs="", subject=composed.subject, body_text=composed.mail.text,
             body_full=None, body_html=None, message_id=composed.message_id, inbound_id=None, outbox_id=outbox_id,
