@@ -47,7 +47,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from gateway.errors import StoreFailed
 from gateway.ingest.inbound import Stored, header_message_id, record_inbound, store_raw
 from store.blobs import BlobStore, BlobWriter, _fsync_dir
-from store.db import make_engine
+from store.db import Prepared, make_engine
 from store.models import InboundMessage, utcnow
 
 log = logging.getLogger("gateway.spool")
@@ -315,7 +315,7 @@ class Spool:
         with self._engine.begin() as conn:
             for item, sha in zip(batch, shas):
                 message_id = item.message_id if item.raw is None else header_message_id(item.raw)
-                row_id = conn.execute(_INSERT_INBOUND, dict(
+                row_id = _INSERT_INBOUND_FAST.execute(conn, dict(
                     received_at=item.received_at,
                     source=item.source[:500],
                     mail_from=item.mail_from[:500],
@@ -323,7 +323,9 @@ class Spool:
                     message_id=message_id,
                     sha256=sha,
                     size=item.size,
-                )).scalar_one()
+                    process=None, state="received", outcome=None, ticket_number=None, detail=None, attempts=0,
+                    processed_at=None,
+                ))
                 results.append(Stored(row_id, False, message_id, sha))
         if len(batch) > 1:
             log.debug("stored %d mails in one commit", len(batch))
@@ -333,6 +335,7 @@ class Spool:
 # Built once (a statement built per call recomputes its cache key); the columns not given
 # take their defaults (state "received", no attempts), as a new InboundMessage has.
 _INSERT_INBOUND = insert(InboundMessage.__table__).returning(InboundMessage.__table__.c.id)
+_INSERT_INBOUND_FAST = Prepared(_INSERT_INBOUND)
 
 
 def _entry(item: _Item) -> dict:
