@@ -80,10 +80,15 @@ class Spool:
         # the database: the worker process stands aside between two mails (service.py).
         self.writing = writing
         self.lock_wait = lock_wait
-        # On SQLite, a connection of our own that does not sleep inside SQLite when the
-        # worker holds the write lock: we poll every millisecond instead (see _commit).
+        # On SQLite, a connection of our own that never runs the WAL checkpoint (the
+        # worker's do).  Without a journal, a sender waits for its commit: it does not
+        # sleep inside SQLite when the worker holds the write lock but polls every
+        # millisecond (_write_batch).  With one, nobody waits for it: SQLite's own
+        # waiting, which sleeps without holding the door's GIL (the polling took the
+        # door's event loop's time while the worker held the lock: accept p99 ~120 ms).
         self._sqlite = engine.url.get_backend_name() == "sqlite"
-        self._engine = (make_engine(engine.url.render_as_string(hide_password=False), busy_timeout_ms=0,
+        self._engine = (make_engine(engine.url.render_as_string(hide_password=False),
+                                    busy_timeout_ms=int(lock_wait * 1000) if journal_dir is not None else 0,
                                     checkpoints=False)
                         if self._sqlite else engine)
         self.blobs = blobs
