@@ -315,6 +315,15 @@ class Site:
         proc = subprocess.Popen([sys.executable, "-m", "gateway", "--config", str(self.config), "serve"],
                                 cwd=self.dir, env=env(), stdout=log, stderr=subprocess.STDOUT)
         wait_port(self.port, proc)
+        # Measured from when the service is ready: every worker has warmed up (its log line
+        # "ready in"; ~0.5 s each, longer on PostgreSQL) and the deliverer runs.
+        workers = 1 if self.schema is None else max(1, min(4, os.cpu_count() or 1))
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            text = (self.dir / "serve.log").read_text(errors="replace")
+            if text.count("ready in") >= workers and "deliverer started" in text:
+                break
+            time.sleep(0.05)
         return proc
 
 
