@@ -15,7 +15,9 @@ from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Callable
 
-from sqlalchemy import bindparam, insert, update
+from sqlalchemy import Integer, bindparam, cast, insert, update
+from sqlalchemy.orm import make_transient_to_detached
+from sqlalchemy.orm.util import identity_key
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -106,6 +108,15 @@ _PARENT_WAITING = (select(_INBOUND.c.id)
                    .limit(1))
 
 
+# The sender's row (Processor.sender_of); booleans as integers, which need no result
+# processing on SQLite (Prepared runs it on the cursor).
+_PERSON = Person.__table__
+_PERSON_BY_EMAIL = Prepared(select(_PERSON.c.id, _PERSON.c.email, _PERSON.c.name, _PERSON.c.language,
+                                   _PERSON.c.company, cast(_PERSON.c.company_access, Integer), _PERSON.c.timezone,
+                                   _PERSON.c.hard_bounces, cast(_PERSON.c.undeliverable, Integer))
+                            .where(_PERSON.c.email == bindparam("b_email")))
+
+
 # ``sender`` not looked up yet (gather and apply then read it themselves).
 UNKNOWN = object()
 
@@ -161,10 +172,27 @@ class Processor:
                          may.approver, may.why, dmarc_failed(mail, self.config.gateway.authserv_id))
 
     def sender_of(self, session: Session, mail: ParsedMail) -> Person | None:
-        """The sender's Person, read once a mail: gather needs to know them, apply uses them."""
+        """The sender's Person, read once a mail: gather needs to know them, apply uses them.
+
+        Read with a Prepared statement and joined to the session as a loaded row (the
+        ORM's query machinery for it was ~11 % of the worker's time); a Person the
+        session holds already (created by an earlier mail of the batch) is that one."""
         if not mail.from_addr:
             return None
-        return session.exec(select(Person).where(Person.email == address_key(mail.from_addr))).first()
+        rows = _PERSON_BY_EMAIL.rows(session.connection(), {"b_email": address_key(mail.from_addr)})
+        if not rows:
+            return None
+        pid, email, name, language, company, access, tz, bounces, undeliverable = rows[0]
+        known = session.identity_map.get(identity_key(Person, pid))
+        if known is not None:
+            return known
+        person = Person(id=pid, email=email, name=name, language=language, company=company,
+                        company_access=bool(access), timezone=tz, hard_bounces=bounces,
+                        undeliverable=bool(undeliverable))
+        make_transient_to_detached(person)
+        session.add(person)
+        session.expire(person, ["created_at"])  # not read here: loaded if anyone asks
+        return person
 
     def gather(self, session: Session, inbound: InboundMessage, mail: ParsedMail, sender=UNKNOWN) -> Facts:
         duplicate_of = None
