@@ -102,10 +102,11 @@ class InboundRow:
 
 # An earlier stored mail, not yet processed, that this one answers (Processor._one): with
 # several workers the reply could otherwise be processed first and miss its ticket.
-_PARENT_WAITING = (select(_INBOUND.c.id)
-                   .where(_INBOUND.c.message_id.in_(bindparam("b_mids", expanding=True)),
-                          _INBOUND.c.state == "received", _INBOUND.c.id < bindparam("b_id"))
-                   .limit(1))
+_PARENT_WAITING = Prepared(select(_INBOUND.c.id)
+                           .where(_INBOUND.c.message_id == bindparam("b_mid"), _INBOUND.c.state == "received",
+                                  _INBOUND.c.id < bindparam("b_id"))
+                           .limit(1))
+PARENT_LOOKUPS = 6
 
 
 # The sender's row (Processor.sender_of); booleans as integers, which need no result
@@ -415,7 +416,7 @@ class Processor:
             log.info("<%s> %s: no %s notification: %s", mail.message_id, ticket.number, event, unanswerable)
             return
         self.notifier.enqueue(session, ticket, event, in_reply_to=mail.message_id or None,
-                              auto_submitted="auto-replied", **kwargs)
+                              auto_submitted="auto-replied", want_row=False, **kwargs)
 
     # Driving --------------------------------------------------------------------------
     def process(self, inbound_id: int) -> Outcome:
@@ -558,10 +559,15 @@ class Processor:
         Several workers (PostgreSQL) take mails side by side: a reply
         stored just after its original could be processed first, find no ticket and open
         a new one.  It waits instead, and is taken again after the original."""
-        mids = list(dict.fromkeys(m for m in (*mail.in_reply_to, *mail.references) if m))[:50]
-        if not mids:
-            return None
-        return session.connection().execute(_PARENT_WAITING, {"b_mids": mids, "b_id": inbound_id}).scalar()
+        # The mail it answers is In-Reply-To, else the last of References: those and the
+        # few before them (one statement each; a mail rarely names more than two).
+        mids = list(dict.fromkeys(m for m in (*mail.in_reply_to, *reversed(mail.references)) if m))[:PARENT_LOOKUPS]
+        conn = session.connection()
+        for mid in mids:
+            found = _PARENT_WAITING.execute(conn, {"b_mid": mid, "b_id": inbound_id})
+            if found is not None:
+                return found
+        return None
 
     @staticmethod
     def _mark(session: Session, inbound: InboundMessage, outcome: Outcome, state: str) -> Outcome:

@@ -245,8 +245,13 @@ class Notifier:
         only: list[Person] | None = None,
         now: datetime | None = None,
         known: KnownThread | None = None,
+        want_row: bool = True,
     ) -> Outbox | None:
-        """Render ``event`` for ``ticket`` and add it to the outbox (not committed here)."""
+        """Render ``event`` for ``ticket`` and add it to the outbox (not committed here).
+
+        Returns the outbox row as an object (None when nobody can be mailed); with
+        ``want_row=False`` (the mail path, which does not use it) only whether one was
+        queued: True or None."""
         now = now or utcnow()
         composed = self.compose(session, ticket, event, in_reply_to=in_reply_to, auto_submitted=auto_submitted,
                                 extra=extra, only=only, now=now, known=known)
@@ -265,10 +270,9 @@ class Notifier:
             to_addrs=values["recipients"], cc_addrs="", subject=composed.subject, body_text=composed.mail.text,
             body_full=None, body_html=None, message_id=composed.message_id, inbound_id=None, outbox_id=outbox_id,
             created_at=now))
-        row = Outbox(id=outbox_id, **values)
         log.info("%s: %s mail <%s> queued for %s in %s", ticket.number, event, composed.message_id,
-                 row.recipients, composed.language)
-        return row
+                 values["recipients"], composed.language)
+        return Outbox(id=outbox_id, **values) if want_row else True
 
     def event_for(self, status: str) -> str | None:
         """The template event mailed when a ticket arrives in ``status`` (manual §1.5)."""
