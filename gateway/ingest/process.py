@@ -431,7 +431,7 @@ class Processor:
         same transaction, and it is quarantined after max_attempts); the others, each with
         its ticket, outbox row and inbound state, are committed together: one commit
         (one fsync, one wait for SQLite's write lock) for several mails.  ``yield_now`` is
-        asked between two mails: when it says the door is waiting for the write lock, the
+        asked between two mails: when it says another writer waits for the lock, the
         mails done so far are committed and the rest is left for the next call.  Mails
         are parsed before the transaction, up to ``max_bytes`` of raw mail (at least
         one), so the lock is not held while parsing.  Returns the outcomes of the mails
@@ -452,7 +452,7 @@ class Processor:
             log.warning("committing %d mails together failed (%s); processing them one by one",
                         len(outcomes), exc)
             return [self.process(i) for i, _m, _q in prepared[:len(outcomes)]]
-        # Parsed but left for the next batch (the door wanted the lock): not parsed twice.
+        # Parsed but left for the next batch (yield_now said so): not parsed twice.
         self._ahead.update({i: (m, q) for i, m, q in prepared[len(outcomes):]})
         if len(self._ahead) > 4 * BATCH_MAILS:  # taken by another worker meanwhile: let go
             for stale in sorted(self._ahead)[:len(self._ahead) - 4 * BATCH_MAILS]:

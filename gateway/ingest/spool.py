@@ -70,15 +70,12 @@ class Spool:
     """A writer thread taking store requests in batches of at most ``max_batch``."""
 
     def __init__(self, engine: Engine, blobs: BlobStore, max_batch: int = 64, blob_threads: int = 8,
-                 lock_wait: float = 30.0, writing=None, journal_dir: Path | None = None,
+                 lock_wait: float = 30.0, journal_dir: Path | None = None,
                  on_recorded: Callable[[Stored], None] | None = None):
         self.engine = engine
         # Called (in the recording thread) for each mail once its row is committed, when
         # there is a journal: the answer came before, the worker may start now.
         self.on_recorded = on_recorded
-        # An Event (threading or multiprocessing) set while a batch waits for or holds
-        # the database: the worker process stands aside between two mails (service.py).
-        self.writing = writing
         self.lock_wait = lock_wait
         # On SQLite, a connection of our own that never runs the WAL checkpoint (the
         # worker's do).  Without a journal, a sender waits for its commit: it does not
@@ -182,24 +179,12 @@ class Spool:
     # The writer thread -----------------------------------------------------------------
     def _run(self) -> None:
         while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            stop = False
-            while len(batch) < self.max_batch:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
-            if self.journal is None:
-                self._write(batch)
-            else:
-                self._append(batch)
+            batch, stop = _take(self._queue, self.max_batch)
+            if batch:
+                if self.journal is None:
+                    self._write(batch)
+                else:
+                    self._append(batch)
             if stop:
                 return
 
@@ -219,22 +204,12 @@ class Spool:
 
     def _record_loop(self) -> None:
         """Record journaled mails in the database, as many at once as are waiting."""
-        stop = False
-        while not stop:
-            first = self._records.get()
-            if first is None:
+        while True:
+            batches, stop = _take(self._records, 4)
+            if batches:
+                self._record([item for batch in batches for item in batch])
+            if stop:
                 return
-            items = list(first)
-            while len(items) < 4 * self.max_batch:
-                try:
-                    more = self._records.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stop = True
-                    break
-                items += more
-            self._record(items)
 
     def _record(self, items: list[_Item]) -> None:
         """Insert the rows, waiting as long as it takes (the database down, the lock held):
@@ -298,20 +273,14 @@ class Spool:
         # The blobs are on disk (fsynced) already: see submit.
         shas = [item.sha for item in batch]
         deadline = time.monotonic() + self.lock_wait
-        if self.writing is not None:
-            self.writing.set()
-        try:
-            while True:
-                try:
-                    return self._insert(batch, shas)
-                except OperationalError as exc:
-                    busy = "locked" in str(exc) or "busy" in str(exc)
-                    if not (self._sqlite and busy) or time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.001)
-        finally:
-            if self.writing is not None:
-                self.writing.clear()
+        while True:
+            try:
+                return self._insert(batch, shas)
+            except OperationalError as exc:
+                busy = "locked" in str(exc) or "busy" in str(exc)
+                if not (self._sqlite and busy) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.001)
 
     def _insert(self, batch: list[_Item], shas: list[str]) -> list[Stored]:
         # Core inserts on one connection, in one transaction: the ORM's unit of work
@@ -341,6 +310,24 @@ class Spool:
 # take their defaults (state "received", no attempts), as a new InboundMessage has.
 _INSERT_INBOUND = insert(InboundMessage.__table__).returning(InboundMessage.__table__.c.id)
 _INSERT_INBOUND_FAST = Prepared(_INSERT_INBOUND)
+
+
+def _take(source: queue.SimpleQueue, most: int) -> tuple[list, bool]:
+    """Wait for the first element of ``source``, then take what else is there, up to
+    ``most``; and whether the end (None) was met."""
+    first = source.get()
+    if first is None:
+        return [], True
+    taken = [first]
+    while len(taken) < most:
+        try:
+            more = source.get_nowait()
+        except queue.Empty:
+            break
+        if more is None:
+            return taken, True
+        taken.append(more)
+    return taken, False
 
 
 def _entry(item: _Item) -> dict:
