@@ -112,8 +112,7 @@ class Spool:
         try:
             with self._engine.connect() as conn:
                 with conn.begin() as tx:
-                    conn.execute(_INSERT_INBOUND, dict(received_at=utcnow(), source="warm-up", mail_from="",
-                                                       rcpt_to="", message_id="", sha256="warm-up", size=0))
+                    _INSERT_INBOUND.execute(conn, _inbound_row(_Item(b"", "warm-up", "", ()), "", "warm-up"))
                     tx.rollback()
         except Exception:  # noqa: BLE001 - the database busy or down: the first mail will say so
             log.debug("spool warm-up skipped", exc_info=True)
@@ -289,27 +288,23 @@ class Spool:
         with self._engine.begin() as conn:
             for item, sha in zip(batch, shas):
                 message_id = item.message_id if item.raw is None else header_message_id(item.raw)
-                row_id = _INSERT_INBOUND_FAST.execute(conn, dict(
-                    received_at=item.received_at,
-                    source=item.source[:500],
-                    mail_from=item.mail_from[:500],
-                    rcpt_to=",".join(item.rcpt_to)[:2000],
-                    message_id=message_id,
-                    sha256=sha,
-                    size=item.size,
-                    process=None, state="received", outcome=None, ticket_number=None, detail=None, attempts=0,
-                    processed_at=None,
-                ))
+                row_id = _INSERT_INBOUND.execute(conn, _inbound_row(item, message_id, sha))
                 results.append(Stored(row_id, False, message_id, sha))
         if len(batch) > 1:
             log.debug("stored %d mails in one commit", len(batch))
         return results
 
 
-# Built once (a statement built per call recomputes its cache key); the columns not given
-# take their defaults (state "received", no attempts), as a new InboundMessage has.
-_INSERT_INBOUND = insert(InboundMessage.__table__).returning(InboundMessage.__table__.c.id)
-_INSERT_INBOUND_FAST = Prepared(_INSERT_INBOUND)
+# Compiled once, run on the cursor (store.db.Prepared); every column is given.
+_INSERT_INBOUND = Prepared(insert(InboundMessage.__table__).returning(InboundMessage.__table__.c.id))
+
+
+def _inbound_row(item: _Item, message_id: str, sha: str) -> dict:
+    """A new inbound row's columns, as a new InboundMessage has them (received, no attempts)."""
+    return dict(received_at=item.received_at, source=item.source[:500], mail_from=item.mail_from[:500],
+                rcpt_to=",".join(item.rcpt_to)[:2000], message_id=message_id, sha256=sha, size=item.size,
+                process=None, state="received", outcome=None, ticket_number=None, detail=None, attempts=0,
+                processed_at=None)
 
 
 def _take(source: queue.SimpleQueue, most: int) -> tuple[list, bool]:
