@@ -37,11 +37,10 @@ from gateway.outbound.outbox import deliver_pending
 log = logging.getLogger("gateway.service")
 
 
-def worker_main(config: Config, wake, stop, parent_pid: int, log_level: str = "INFO",
-                slot: tuple[int, int] = (0, 1), deliver=None) -> None:
+def worker_main(config: Config, wake, stop, parent_pid: int, deliver, log_level: str = "INFO",
+                slot: tuple[int, int] = (0, 1)) -> None:
     """Process stored mail until told to stop (or orphaned); ``deliver`` wakes the
-    deliverer process when confirmations were queued (without one, the worker delivers
-    when no mail waits).  The door answers senders from its journal (spool.py), so the worker
+    deliverer process when confirmations were queued.  The door answers senders from its journal (spool.py), so the worker
     need not stand aside for the door's commits: on SQLite these only wait for the lock.
 
     ``slot`` = (k, n): worker k of n takes the mails whose id is k modulo n, and helps
@@ -52,7 +51,6 @@ def worker_main(config: Config, wake, stop, parent_pid: int, log_level: str = "I
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     app = App(config)
-    transport = app.transport()
     took = app.processor.warm_up()
     log.info("worker started (pid %s; ready in %.0f ms)", os.getpid(), took * 1000)
     # One mail is processed at a time in this process: a poller thread and this loop
@@ -73,7 +71,7 @@ def worker_main(config: Config, wake, stop, parent_pid: int, log_level: str = "I
     if slot[0] == 0:
         pollers = imap.start_pollers(imap.pollers_for(config, app.engine, app.blobs, process=process_one), poll_stop)
     try:
-        _work(app, config, transport, wake, stop, parent_pid, process_some, slot, deliver)
+        _work(app, config, wake, stop, parent_pid, process_some, slot, deliver)
     finally:
         poll_stop.set()
         for thread in pollers:
@@ -81,8 +79,8 @@ def worker_main(config: Config, wake, stop, parent_pid: int, log_level: str = "I
     log.info("worker stopped")
 
 
-def _work(app: App, config: Config, transport, wake, stop, parent_pid: int, process_some,
-          slot: tuple[int, int], deliver=None) -> None:
+def _work(app: App, config: Config, wake, stop, parent_pid: int, process_some,
+          slot: tuple[int, int], deliver) -> None:
     next_close = 0.0
     # On SQLite one transaction for several mails saves a commit and a wait for the one
     # write lock each.  On PostgreSQL the workers run side by side, and a batch would hold
@@ -103,11 +101,8 @@ def _work(app: App, config: Config, transport, wake, stop, parent_pid: int, proc
             while mine and not stop.is_set():
                 done = process_some(mine[:batch])
                 mine = mine[max(done, 1):]
-                if deliver is not None:
-                    deliver.set()  # their confirmations are in the outbox
+                deliver.set()  # their confirmations are in the outbox
             busy = bool(pending)
-            if deliver is None and k == 0 and not pending:  # no deliverer process (tests)
-                busy = bool(deliver_pending(app.engine, config, transport, limit=100))
             if time.monotonic() >= next_close:
                 close_due(app)
                 next_close = time.monotonic() + config.lifecycle.close_interval
@@ -203,7 +198,7 @@ async def _serve(app: App, accept_only: bool, log_level: str) -> None:
         n = worker_count(config)
         for k in range(n):
             worker = ctx.Process(target=worker_main, name=f"gateway-worker-{k}",
-                                 args=(config, wake, stop, os.getpid(), log_level, (k, n), deliver), daemon=False)
+                                 args=(config, wake, stop, os.getpid(), deliver, log_level, (k, n)), daemon=False)
             worker.start()
             workers.append(worker)
         deliverer = ctx.Process(target=deliverer_main, name="gateway-deliverer",

@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
-import socket
-import time
 
 from aiosmtpd.smtp import _DataState
 
@@ -156,42 +154,13 @@ def test_too_long_and_too_much_are_read_to_the_end_then_refused():
 
 # Over real SMTP: the door, a raw socket, DATA sent in tiny pieces ------------------------
 
-def _send_in_pieces(port: int, data: bytes, cuts: list[int]) -> list[bytes]:
-    replies = []
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        reader = sock.makefile("rb")
-
-        def reply() -> bytes:
-            while True:
-                line = reader.readline()
-                if line[3:4] != b"-":
-                    replies.append(line)
-                    return line
-
-        reply()
-        for command in (b"EHLO client.example\r\n", b"MAIL FROM:<alice@example.com>\r\n",
-                        b"RCPT TO:<helpdesk@localhost>\r\n", b"DATA\r\n"):
-            sock.sendall(command)
-            reply()
-        pos = 0
-        for cut in cuts + [len(data)]:
-            sock.sendall(data[pos:cut])
-            pos = cut
-            time.sleep(0.02)  # one read per piece on the door's side
-        reply()
-        sock.sendall(b"QUIT\r\n")
-        reply()
-    return replies
-
-
 def test_door_reads_a_mail_cut_inside_the_end_and_inside_stuffed_lines(tmp_path):
     """The pieces reach the door one by one: cuts inside a dot-stuffed line, inside a bare
     <LF>.<CR><LF>, and inside the final <CR><LF>.<CR><LF>; the mail stored is the one sent,
     unstuffed, and the session goes on (NOOP is not taken as DATA)."""
     from sqlmodel import select
 
-    from test_large_mail import _door
+    from test_large_mail import _dialogue, _door
 
     from store.db import session_for
     from store.models import InboundMessage
@@ -206,7 +175,7 @@ def test_door_reads_a_mail_cut_inside_the_end_and_inside_stuffed_lines(tmp_path)
     cuts = sorted({stuffed + 1, stuffed + 2, bare + 1, bare + 2, end + 1, end + 2, end + 3, end + 4})
     app, controller, stored = _door(tmp_path)
     try:
-        replies = _send_in_pieces(controller.port, wire + b"NOOP\r\n", cuts)
+        replies = _dialogue(controller.port, wire + b"NOOP\r\n", cuts)
     finally:
         controller.stop()
     assert replies[5].startswith(b"250 2.0.0 Stored as #"), replies
@@ -219,12 +188,12 @@ def test_door_reads_a_mail_cut_inside_the_end_and_inside_stuffed_lines(tmp_path)
 
 
 def test_door_answers_500_for_a_line_too_long_and_keeps_the_session(tmp_path):
-    from test_large_mail import _door
+    from test_large_mail import _dialogue, _door
 
     wire = b"Subject: long\r\n\r\n" + b"z" * 3000 + b"\r\nafter\r\n.\r\n"
     app, controller, stored = _door(tmp_path)
     try:
-        replies = _send_in_pieces(controller.port, wire, [10, 1200, 2500, len(wire) - 2])
+        replies = _dialogue(controller.port, wire, [10, 1200, 2500, len(wire) - 2])
     finally:
         controller.stop()
     assert replies[5].startswith(b"500 Line too long"), replies

@@ -122,13 +122,17 @@ def _door(tmp_path, max_size: int = 64 * 2**20):
     return app, controller, stored
 
 
-def _dialogue(port: int, data: bytes) -> list[bytes]:
+def _dialogue(port: int, data: bytes, cuts: list[int] | None = None) -> list[bytes]:
     """One mail over a raw socket: the bytes of DATA exactly as given (no dot-stuffing or
-    line-ending repair by a client library); the replies, in order."""
+    line-ending repair by a client library); the replies, in order.  ``cuts``: DATA sent in
+    those pieces, one at a time, with a pause between (the door reads each alone), and the
+    session ends after the reply to it; otherwise in 1 MB writes, then a NOOP."""
     import socket
+    import time
 
     replies = []
     with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         reader = sock.makefile("rb")
 
         def reply() -> bytes:
@@ -143,11 +147,18 @@ def _dialogue(port: int, data: bytes) -> list[bytes]:
                         b"RCPT TO:<helpdesk@localhost>\r\n", b"DATA\r\n"):
             sock.sendall(command)
             reply()
-        view = memoryview(data)
-        for i in range(0, len(data), 1 << 20):
-            sock.sendall(view[i:i + (1 << 20)])
-        reply()
-        sock.sendall(b"NOOP\r\n")
+        if cuts is None:
+            view = memoryview(data)
+            for i in range(0, len(data), 1 << 20):
+                sock.sendall(view[i:i + (1 << 20)])
+            reply()
+            sock.sendall(b"NOOP\r\n")
+        else:
+            pos = 0
+            for cut in cuts + [len(data)]:
+                sock.sendall(data[pos:cut])
+                pos = cut
+                time.sleep(0.02)
         reply()
         sock.sendall(b"QUIT\r\n")
         reply()
