@@ -61,10 +61,10 @@ def worker_main(config: Config, wake, stop, parent_pid: int, deliver, log_level:
         with process_lock:
             return app.processor.process(inbound_id)
 
-    def process_some(inbound_ids: list[int]) -> int:
+    def process_some(inbound_ids: list[int], known: dict[int, tuple[str, int]] | None = None) -> int:
         """Process a batch in one transaction (Processor.process_batch); how many were done."""
         with process_lock:
-            return len(app.processor.process_batch(inbound_ids))
+            return len(app.processor.process_batch(inbound_ids, known=known))
 
     poll_stop = threading.Event()
     pollers = []
@@ -95,11 +95,12 @@ def _work(app: App, config: Config, wake, stop, parent_pid: int, process_some,
         busy = False
         try:
             k, n = slot
-            pending = app.processor.pending_ids(limit=50 * n)
-            mine = [i for i in pending if i % n == k] or pending
+            pending = app.processor.pending(limit=50 * n)
+            known = {i: (sha, size) for i, sha, size in pending}
+            mine = [i for i in known if i % n == k] or list(known)
             # Several mails a transaction (one commit), each under its own savepoint.
             while mine and not stop.is_set():
-                done = process_some(mine[:batch])
+                done = process_some(mine[:batch], known)
                 mine = mine[max(done, 1):]
                 deliver.set()  # their confirmations are in the outbox
             busy = bool(pending)
