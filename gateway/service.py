@@ -17,6 +17,7 @@ picks up whatever is left on start, and the outbox keeps what was not sent.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import multiprocessing as mp
 import os
@@ -52,6 +53,7 @@ def worker_main(config: Config, wake, stop, parent_pid: int, deliver, log_level:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     app = App(config)
     took = app.processor.warm_up()
+    _settle_gc()
     log.info("worker started (pid %s; ready in %.0f ms)", os.getpid(), took * 1000)
     # One mail is processed at a time in this process: a poller thread and this loop
     # must not both pick up the same stored mail.  The pollers live in worker 0 only.
@@ -128,6 +130,7 @@ def deliverer_main(config: Config, deliver, stop, parent_pid: int, log_level: st
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     app = App(config)
     transport = app.transport()
+    _settle_gc()
     log.info("deliverer started (pid %s)", os.getpid())
     last = time.monotonic()
     while not stop.is_set():
@@ -164,6 +167,14 @@ def deliverer_main(config: Config, deliver, stop, parent_pid: int, log_level: st
 
 DELIVER_EVERY = 2.0  # seconds: the longest the outbox waits (for stored mail, or a retry to fall due)
 DELIVER_WHEN_QUIET = 0.1  # seconds between two looks for "no stored mail waiting" during a burst
+
+
+def _settle_gc() -> None:
+    """After start-up: what the process loaded (modules, compiled statements and templates,
+    locale data) is moved out of the garbage collector's reach, so its full collections
+    no longer walk it again and again (they took ~4-6 % of the door's CPU, perf, small set)."""
+    gc.collect()
+    gc.freeze()
 
 
 def _name_process(name: str) -> None:
@@ -225,6 +236,7 @@ async def _serve(app: App, accept_only: bool, log_level: str) -> None:
             log.info("recorded %d mails a previous run had answered but not recorded", spool.recovered)
         door = Door(config, app.engine, app.blobs, on_stored=lambda _stored: wake.set(), spool=spool)
         server = await loop.create_server(make_server_factory(config, door), config.smtp.host, config.smtp.port)
+        _settle_gc()
         port = server.sockets[0].getsockname()[1]
         log.info("listening for SMTP on %s:%s for %s", config.smtp.host, port, ", ".join(config.gateway.addresses))
     log.info("database %s; outbound transport %s", _safe_url(config.database_url), config.outbound.transport)

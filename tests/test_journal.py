@@ -136,6 +136,32 @@ def test_the_answer_waits_for_the_journal_fsync(gw, tmp_path, monkeypatch):
     assert rows(gw) == {}
 
 
+def test_a_blob_that_cannot_be_written_fails_its_mail_alone(gw, tmp_path, monkeypatch):
+    """Small mails have their blob written by the journal's own thread (INLINE_BLOB): a
+    blob that cannot be written fails its own submission (the door answers 451, nothing
+    recorded), and the mails around it are answered and recorded."""
+    spool = Spool(gw.engine, gw.blobs, journal_dir=tmp_path / "spool")
+    real = spool.blobs.put
+
+    def full_for_one(data, durable=True):
+        if b"Imprimante 3\r\n" in data:
+            raise OSError(28, "No space left on device")
+        return real(data, durable)
+
+    monkeypatch.setattr(spool.blobs, "put", full_for_one)
+    futures = [spool.submit(_raw(i), source="smtp") for i in range(6)]
+    answers = {}
+    for i, future in enumerate(futures):
+        try:
+            answers[i] = future.result(timeout=30).sha256
+        except Exception as exc:  # noqa: BLE001
+            answers[i] = exc
+    spool.close()
+    assert "No space left" in str(answers[3])
+    assert all(isinstance(answers[i], str) for i in (0, 1, 2, 4, 5)), answers
+    assert sorted(rows(gw)) == sorted(f"journal-{i}@client.example" for i in (0, 1, 2, 4, 5))
+
+
 def test_concurrent_submissions_share_journal_fsyncs(gw, tmp_path):
     spool = Spool(gw.engine, gw.blobs, journal_dir=tmp_path / "spool")
     start = threading.Barrier(24)
