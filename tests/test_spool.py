@@ -44,8 +44,11 @@ def test_concurrent_submissions_share_commits_and_all_are_stored(gw):
     assert len({s.id for s in stored}) == 24 and not any(s.duplicate for s in stored)
     with gw.engine.connect() as conn:
         rows = dict(conn.execute(text("select message_id, sha256 from inboundmessage")).all())
+        by_id = dict(conn.execute(text("select id, message_id from inboundmessage")).all())
     assert {s.message_id for s in stored} == set(rows)
     assert all(gw.blobs.exists(sha) for sha in rows.values())
+    # Each answer names its own row (a batch's ids come back in the order of its rows).
+    assert all(by_id[s.id] == s.message_id for s in stored)
 
 
 def test_a_duplicate_inside_a_batch_gets_the_first_row(gw):
