@@ -21,6 +21,7 @@ One conversation per ticket, in every client:
 from __future__ import annotations
 
 import base64
+import binascii
 import os
 import random
 import re
@@ -28,7 +29,6 @@ import sys
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from email import quoprimime
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP, SMTPUTF8
@@ -283,10 +283,11 @@ def _addresses(name: str, people: list[tuple[str, str]]) -> str:
 
 
 def _qp_part(subtype: str, text: str, mime_version: bool) -> str:
-    # What contentmanager.set_text_content(cte="quoted-printable") stores and the
-    # generator writes with CRLF.
-    body = quoprimime.body_encode(b"\n".join(text.encode("utf-8").splitlines()).decode("latin-1") + "\n",
-                                  _MAX_LINE)
+    # The part contentmanager.set_text_content(cte="quoted-printable") makes, its body
+    # encoded by binascii (C) rather than email.quoprimime (Python, ~4 times slower: ~5 %
+    # of the worker's CPU a mail); the same text once decoded, lines of at most 76
+    # characters, every "=" written "=3D" (tests/test_compose_fast.py).
+    body = binascii.b2a_qp(b"\n".join(text.encode("utf-8").splitlines()) + b"\n").decode("ascii")
     head = (f'Content-Type: text/{subtype}; charset="utf-8"\r\n'
             "Content-Transfer-Encoding: quoted-printable\r\n")
     if mime_version:
