@@ -146,6 +146,9 @@ class Renderer:
             keep_trailing_newline=False,
         )
         env.install_gettext_translations(self.translations(lang, use_override), newstyle=True)
+        # ``_`` straight to the extension's gettext: its alias looks ``gettext`` up again at
+        # every call, through a second context.call (~20 calls a mail: ~15 % of rendering).
+        env.globals["_"] = env.globals["gettext"]
         locale = Locale.parse(lang)
 
         def fmt_datetime(value: datetime | None, tz: str | None = None, fmt: str = "full") -> str:
