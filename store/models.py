@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import Column, LargeBinary, Text, UniqueConstraint
+from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -106,6 +106,9 @@ class InboundMessage(SQLModel, table=True):
 
 class TicketMessage(SQLModel, table=True):
     """A mail or note on a ticket: received, sent, or written by an agent."""
+
+    # The rate limit counts a sender's recent mails for every mail (Processor.over_rate).
+    __table_args__ = (Index("ix_ticketmessage_from_addr_created_at", "from_addr", "created_at"),)
 
     id: int | None = Field(default=None, primary_key=True)
     ticket_id: int = Field(foreign_key="ticket.id", index=True)

@@ -36,8 +36,12 @@ def engine(database_url):
 
 
 def create_all_as_before(engine) -> None:
-    """What init_db did before migrations (commit 4ff6682): create_all and the counters."""
-    SQLModel.metadata.create_all(engine)
+    """What init_db did before migrations (commit 4ff6682): create_all of the models as
+    they were then (the baseline revision's tables) and the counters."""
+    with engine.connect() as conn:
+        baseline = schema.script_directory(schema.alembic_config(conn, schema.MIGRATIONS_DIR)) \
+            .get_revision(schema.BASELINE).module.tables()
+    baseline.create_all(engine)
     with Session(engine) as session:
         for process in PROCESS_PREFIX:
             if session.get(Counter, process) is None:
@@ -194,17 +198,19 @@ def test_a_newer_database_stops_start_up(engine, tmp_path, database_url):
     assert schema.stored_revision(engine) == "0042"
 
 
-LATER_REVISION = '''
+# The revision after the newest shipped one (store.schema.HEAD), written into a copy.
+NEXT = f"{int(schema.HEAD) + 1:04d}"
+LATER_REVISION = f'''
 """ticket priority: a later migration, as one would be written
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: {NEXT}
+Revises: {schema.HEAD}
 """
 from alembic import op
 import sqlalchemy as sa
 
-revision = "0002"
-down_revision = "0001"
+revision = "{NEXT}"
+down_revision = "{schema.HEAD}"
 branch_labels = None
 depends_on = None
 
@@ -227,16 +233,16 @@ def downgrade() -> None:
 
 
 def test_a_later_revision_upgrades_an_older_database(engine, tmp_path):
-    """A database at 0001 with rows, and code that has a 0002 changing a table others
+    """A database at the head with rows, and code that has a next revision changing a table others
     refer to: the upgrade keeps the rows and their links, and can be undone."""
     scripts = tmp_path / "migrations"
     shutil.copytree(schema.MIGRATIONS_DIR, scripts, ignore=shutil.ignore_patterns("__pycache__"))
-    (scripts / "versions" / "0002_ticket_priority.py").write_text(textwrap.dedent(LATER_REVISION))
+    (scripts / "versions" / f"{NEXT}_ticket_priority.py").write_text(textwrap.dedent(LATER_REVISION))
     init_db(engine)
     put_a_ticket(engine)
 
     done = schema.upgrade(engine, scripts=scripts)
-    assert (done.before, done.after) == ("0001", "0002")
+    assert (done.before, done.after) == (schema.HEAD, NEXT)
     with engine.connect() as conn:
         columns = {c["name"]: c for c in inspect(conn).get_columns("ticket")}
         assert "priority" in columns
@@ -256,7 +262,7 @@ def test_a_later_revision_upgrades_an_older_database(engine, tmp_path):
             assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
 
     down = schema.downgrade(engine, "-1", scripts=scripts)
-    assert (down.before, down.after) == ("0002", "0001")
+    assert (down.before, down.after) == (NEXT, schema.HEAD)
     assert alembic_differences(engine) == []
     assert_ticket_kept(engine)
 
@@ -376,8 +382,9 @@ def test_db_upgrade_stamps_an_old_database(tmp_path):
     out = run_gateway("db", "current", cwd=tmp_path).stdout.decode()
     assert out.startswith("no revision: tables made before migrations")
     out = run_gateway("db", "upgrade", cwd=tmp_path).stdout.decode()
-    assert out == f"the tables made before migrations are the baseline's: stamped {schema.BASELINE}\n" \
-                  f"at {schema.HEAD} (head): nothing to upgrade\n"
+    assert out == f"the tables made before migrations are the baseline's: stamped {schema.BASELINE}\n" + (
+        f"at {schema.HEAD} (head): nothing to upgrade\n" if schema.HEAD == schema.BASELINE
+        else f"upgraded from {schema.BASELINE} to {schema.HEAD}\n")
     tickets = json.loads(run_gateway("ticket", "list", "--json", cwd=tmp_path).stdout)
     assert [t["number"] for t in tickets] == ["INC-000001"]
 
@@ -392,18 +399,18 @@ def test_db_revision_writes_the_next_numbered_file(tmp_path, monkeypatch, capsys
     monkeypatch.setattr(schema, "MIGRATIONS_DIR", scripts)
     config = write_config(tmp_path, "")
     assert main(["--config", str(config), "db", "revision", "-m", "ticket priority", "--autogenerate"]) == 1
-    assert "must be at 0001 first" in capsys.readouterr().err
+    assert f"must be at {schema.HEAD} first" in capsys.readouterr().err
     assert main(["--config", str(config), "db", "upgrade"]) == 0
     assert main(["--config", str(config), "db", "revision", "-m", "ticket priority", "--autogenerate"]) == 0
-    written = scripts / "versions" / "0002_ticket_priority.py"
+    written = scripts / "versions" / f"{NEXT}_ticket_priority.py"
     assert f"wrote {written}" in capsys.readouterr().out
     source = written.read_text()
-    assert "revision = '0002'" in source and "down_revision = '0001'" in source
+    assert f"revision = '{NEXT}'" in source and f"down_revision = '{schema.HEAD}'" in source
     # The models and the database agree: nothing to generate.
     assert source.split("def upgrade() -> None:")[1].split("def downgrade")[0].count("pass") == 1
     assert "op." not in source.split("def upgrade() -> None:")[1]
     engine = make_engine(f"sqlite:///{tmp_path / 'var' / 'gateway.db'}")
     try:
-        assert schema.upgrade(engine, scripts=scripts) == schema.Migration("0001", "0002", False)
+        assert schema.upgrade(engine, scripts=scripts) == schema.Migration(schema.HEAD, NEXT, False)
     finally:
         engine.dispose()
