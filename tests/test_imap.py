@@ -252,7 +252,7 @@ def test_store_failure_ends_in_failed_never_deleted(tmp_path, dovecot):
     app = make_app(tmp_path, dovecot)
     app.blobs  # created; now make its folder unusable: a file where the folder was
     blob_dir = app.config.blob_dir
-    blob_dir.rmdir()
+    shutil.rmtree(blob_dir)
     blob_dir.write_text("not a folder")
     dovecot.append("INBOX", [mail(0, tag)])
     with Running(app):
