@@ -117,6 +117,14 @@ class LifecycleSection:
 
 
 @dataclass(frozen=True)
+class ServiceSection:
+    # How much lower than the SMTP listener's the workers' and the deliverer's CPU
+    # priority is (nice, 0-19; 0: the same).  The listener's answers are what senders
+    # wait for; processing catches up when they are done.
+    worker_nice: int = 5
+
+
+@dataclass(frozen=True)
 class TemplatesSection:
     # Folder of admin overrides: a template or catalog there wins over the shipped one.
     override_dir: str = ""
@@ -170,6 +178,7 @@ class Config:
     smtp: SmtpSection = field(default_factory=SmtpSection)
     outbound: OutboundSection = field(default_factory=OutboundSection)
     lifecycle: LifecycleSection = field(default_factory=LifecycleSection)
+    service: ServiceSection = field(default_factory=ServiceSection)
     templates: TemplatesSection = field(default_factory=TemplatesSection)
     limits: LimitsSection = field(default_factory=LimitsSection)
     routing: RoutingSection = field(default_factory=RoutingSection)
@@ -341,6 +350,8 @@ def load_config(path: str | os.PathLike | None = None, env: dict[str, str] | Non
 
 
 def _check(config: Config) -> None:
+    if not 0 <= config.service.worker_nice <= 19:
+        raise ConfigError(f"service.worker_nice: {config.service.worker_nice} is not between 0 and 19")
     if not config.gateway.addresses:
         raise ConfigError("gateway.addresses: at least one address is needed")
     for addr in config.gateway.addresses:

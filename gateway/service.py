@@ -52,6 +52,7 @@ def worker_main(config: Config, wake, stop, parent_pid: int, deliver, log_level:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     app = App(config)
+    _lower_priority(config)
     took = app.processor.warm_up()
     _settle_gc()
     log.info("worker started (pid %s; ready in %.0f ms)", os.getpid(), took * 1000)
@@ -130,6 +131,7 @@ def deliverer_main(config: Config, deliver, stop, parent_pid: int, log_level: st
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     app = App(config)
     transport = app.transport()
+    _lower_priority(config)
     _settle_gc()
     log.info("deliverer started (pid %s)", os.getpid())
     last = time.monotonic()
@@ -167,6 +169,21 @@ def deliverer_main(config: Config, deliver, stop, parent_pid: int, log_level: st
 
 DELIVER_EVERY = 2.0  # seconds: the longest the outbox waits (for stored mail, or a retry to fall due)
 DELIVER_WHEN_QUIET = 0.1  # seconds between two looks for "no stored mail waiting" during a burst
+
+
+def _lower_priority(config: Config) -> None:
+    """Run this process ``[service] worker_nice`` steps below the listener's priority.
+
+    The listener's event loop answers every sender; on two cores it shared the CPU with
+    two PostgreSQL workers parsing 5 MB mails, and its accept p99 for small mails on the
+    mixed set was 107 ms against 77 with the workers at nice 5 (5 alternating runs each,
+    the same rate of processing: 87.5 and 88.6 mails/s); on SQLite the small set went
+    204-271 -> 216-298 mails/s and the mixed set was unchanged."""
+    if config.service.worker_nice:
+        try:
+            os.nice(config.service.worker_nice)
+        except OSError as exc:  # not allowed here: run at the same priority
+            log.warning("could not lower the priority by %s: %s", config.service.worker_nice, exc)
 
 
 def _settle_gc() -> None:

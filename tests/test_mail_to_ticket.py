@@ -231,3 +231,46 @@ def test_sigterm_stops_cleanly(tmp_path):
     service = Service(tmp_path, port)
     assert service.stop() == 0
     assert "stopped" in (tmp_path / "service.log").read_text()
+
+
+def _children(pid: int) -> dict[str, int]:
+    """The service's processes by name (gw-worker-N, gw-deliverer), their nice value."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            name = (entry / "comm").read_text().strip()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:  # the parent's pid
+            out[name] = int(fields[16])  # nice
+    return out
+
+
+@pytest.mark.parametrize("extra, lower", [("", 5), ("[service]\nworker_nice = 0\n", 0)])
+def test_workers_run_below_the_listeners_priority(tmp_path, extra, lower):
+    """The listener answers senders; the workers and the deliverer yield the CPU to it
+    (``[service] worker_nice``, 5 by default, 0: the same priority)."""
+    port = free_port()
+    service_config(tmp_path, port, extra=extra)
+    service = Service(tmp_path, port)
+    try:
+        own = int((Path("/proc") / str(service.proc.pid) / "stat").read_text().rsplit(")", 1)[1].split()[16])
+        wanted = {"gw-worker-0": own + lower, "gw-deliverer": own + lower}
+
+        def settled():  # each child lowers its own priority as it starts
+            children = _children(service.proc.pid)
+            return {name: children.get(name) for name in wanted} == wanted
+
+        wait_until(settled)
+    finally:
+        assert service.stop() == 0
+
+
+def test_a_priority_out_of_range_is_refused(tmp_path):
+    service_config(tmp_path, free_port(), extra="[service]\nworker_nice = 25\n")
+    result = run_gateway("serve", cwd=tmp_path, check=False)
+    assert result.returncode != 0
+    assert b"service.worker_nice: 25 is not between 0 and 19" in result.stderr + result.stdout
