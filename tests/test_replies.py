@@ -572,6 +572,37 @@ def test_the_same_approval_sent_again_does_not_act_twice(gw):
     assert len(history(gw, number)) == moves and ticket(gw, number).status == lifecycle.IN_PROGRESS
 
 
+def test_an_answer_to_an_earlier_approval_request_does_not_decide_the_current_one(gw):
+    """Asked twice (a first quote approved, then a new one): a "yes" that answers the
+    first request, arriving late or sent again from an old mail, is a comment; the
+    answer to the current request decides."""
+    from gateway import actions
+
+    def request(quote: str) -> str:  # as an agent asks: the status and its mail together
+        actions.set_status(gw, number, lifecycle.APPROVAL, StatusData(approval_text=quote), by="agent@localhost")
+        row = notifications(gw, number)[-1]
+        assert row.event == "approval"
+        return row.message_id
+
+    number = _service_request(gw)
+    first_id = request("Écran 27 pouces : 320 EUR")
+    _mid, reply_to, subject = last_notification(gw, number)
+    out = deliver(gw, gmail_reply(MARIE, "Marie Dupont", f"Re: {subject}", "Approuvé.",
+                                  mid="round1@mail.gmail.com", in_reply_to=first_id, to=reply_to))
+    assert out.outcome == "approval" and ticket(gw, number).status == lifecycle.IN_PROGRESS
+    second_id = request("Écran 32 pouces : 480 EUR")  # a second quote
+    assert second_id != first_id
+    moves = len(history(gw, number))
+    late = deliver(gw, gmail_reply(MARIE, "Marie Dupont", f"Re: {subject}", "Approuvé, vous pouvez commander.",
+                                   mid="round1-again@mail.gmail.com", in_reply_to=first_id, to=reply_to))
+    assert (late.outcome, late.ticket) == ("appended", number)
+    assert "earlier approval request" in late.detail
+    assert ticket(gw, number).status == lifecycle.APPROVAL and len(history(gw, number)) == moves
+    now = deliver(gw, gmail_reply(MARIE, "Marie Dupont", f"Re: {subject}", "Refusé, trop cher.",
+                                  mid="round2@mail.gmail.com", in_reply_to=second_id, to=reply_to))
+    assert now.outcome == "approval" and ticket(gw, number).status == lifecycle.REJECTED
+
+
 def test_refusal_by_reply_in_dutch_from_an_iphone(gw):
     number = _service_request(gw, JAN, "Jan Peeters", "nl-BE", "sr-nl@klant.be")
     ask_approval(gw, number)

@@ -180,8 +180,24 @@ class Processor:
         if not may.allowed:
             log.warning("<%s> %s referred to %s by %s but may not write into it: a ticket of their own",
                         mail.message_id, mail.from_addr, ticket.number, via)
+        earlier = self._earlier_request(session, ticket, mail) if ticket.status == lifecycle.APPROVAL else None
         return ThreadHit(ticket.number, ticket.status, via, may.allowed, ticket.waiting_reason,
-                         may.approver, may.why, dmarc_failed(mail, self.config.gateway.authserv_id))
+                         may.approver, may.why, dmarc_failed(mail, self.config.gateway.authserv_id), earlier)
+
+    @staticmethod
+    def _earlier_request(session: Session, ticket: Ticket, mail: ParsedMail) -> str | None:
+        """When the mail answers (In-Reply-To) one of the ticket's approval requests that
+        is not the latest: that request's date, as the agents will read it."""
+        if not mail.in_reply_to:
+            return None
+        requests = session.exec(select(Outbox.message_id, Outbox.created_at)
+                                .where(Outbox.ticket_id == ticket.id, Outbox.event == "approval")
+                                .order_by(col(Outbox.id))).all()
+        answered = {mid for mid in mail.in_reply_to if mid}
+        for message_id, created_at in requests[:-1]:
+            if message_id in answered:
+                return f"{created_at:%Y-%m-%d %H:%M} UTC"
+        return None
 
     def sender_of(self, session: Session, mail: ParsedMail) -> Person | None:
         """The sender's Person, read once a mail: gather needs to know them, apply uses them.
