@@ -384,22 +384,35 @@ def test_undeliverable_person_is_never_sent_to(app, relay):
 
 
 # A crash between the relay's 250 and the commit -----------------------------------
-def test_crash_after_250_sends_at_most_twice_with_the_same_message_id(tmp_path, relay):
-    """The worker (a real ``gateway outbox flush`` process) gets the relay's 250, but the
-    database is locked by another writer, so its commit waits; it is killed there.  The
-    row is still pending; the next run sends the mail again, byte for byte."""
-    cfg = relay_config(tmp_path, relay.port)
+def hold_writes(database_url: str):
+    """Another writer, from outside: on SQLite it holds the one write lock, on PostgreSQL
+    a lock on the delivery records that the deliverer's record waits for.  Returns the
+    connection (``rollback()`` and ``close()`` let go)."""
+    if database_url.startswith("sqlite"):
+        conn = sqlite3.connect(database_url.removeprefix("sqlite:///"), isolation_level=None,
+                               check_same_thread=False)
+        conn.execute("BEGIN IMMEDIATE")
+        return conn
+    import psycopg
+
+    conn = psycopg.connect(database_url)
+    conn.execute("LOCK TABLE deliveryattempt IN EXCLUSIVE MODE")
+    return conn
+
+
+def test_crash_after_250_sends_at_most_twice_with_the_same_message_id(tmp_path, relay, database_url):
+    """The worker (a real ``gateway outbox flush`` process) gets the relay's 250, but
+    another writer holds what its commit needs, so the commit waits; it is killed there.
+    The row is still pending; the next run sends the mail again, byte for byte."""
+    cfg = relay_config(tmp_path, relay.port, database_url)
     app = App(load_config(cfg, env={}))
     open_ticket(app)
-    db_path = tmp_path / "var" / "gateway.db"
     holder: dict = {}
     accepted = threading.Event()
 
     def hold_the_database():
         if "conn" not in holder:
-            conn = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
-            conn.execute("BEGIN IMMEDIATE")
-            holder["conn"] = conn
+            holder["conn"] = hold_writes(database_url)
             accepted.set()
 
     relay.on_accept = hold_the_database
@@ -434,31 +447,35 @@ def test_crash_after_250_sends_at_most_twice_with_the_same_message_id(tmp_path, 
     app.engine.dispose()
 
 
-def test_commit_failing_after_250_records_later_and_never_resends(tmp_path, relay):
-    """The process lives on but its commit fails for real (SQLite says "database is
-    locked": another writer holds the lock past a short busy timeout).  The run raises;
-    the next run records the 250 without sending the mail again."""
+def test_commit_failing_after_250_records_later_and_never_resends(tmp_path, relay, database_url):
+    """The process lives on but its commit fails for real: another writer holds what it
+    needs past a short wait (SQLite: "database is locked" after its busy timeout;
+    PostgreSQL: its lock_timeout).  The run raises; the next run records the 250
+    without sending the mail again."""
     from sqlalchemy import event
 
-    cfg = relay_config(tmp_path, relay.port)
+    cfg = relay_config(tmp_path, relay.port, database_url)
     app = App(load_config(cfg, env={}))
     open_ticket(app)
     app.engine.dispose()
 
     @event.listens_for(app.engine, "connect")
-    def short_busy_timeout(dbapi_conn, _record):
-        dbapi_conn.execute("PRAGMA busy_timeout=200")
+    def short_wait_for_locks(dbapi_conn, _record):
+        if database_url.startswith("sqlite"):
+            dbapi_conn.execute("PRAGMA busy_timeout=200")
+        else:
+            dbapi_conn.autocommit = True
+            dbapi_conn.execute("SET lock_timeout = 200")
+            dbapi_conn.autocommit = False
 
     holder: dict = {}
 
     def hold_the_database():
-        conn = sqlite3.connect(tmp_path / "var" / "gateway.db", isolation_level=None, check_same_thread=False)
-        conn.execute("BEGIN IMMEDIATE")
-        holder["conn"] = conn
+        holder["conn"] = hold_writes(database_url)
 
     relay.on_accept = hold_the_database
     transport = app.transport()  # the worker keeps one transport for its life
-    with pytest.raises(Exception, match="locked"):
+    with pytest.raises(Exception, match="locked|lock timeout"):
         deliver_pending(app.engine, app.config, transport, now=T0)
     holder["conn"].rollback()
     holder["conn"].close()
