@@ -59,6 +59,7 @@ def cmd_ingest(config, args) -> int:
             _print_outcome(Outcome(source, "", "error", None, f"cannot read: {exc.strerror}"), args.json)
             status = 1
             continue
+        size = len(raw)
         try:
             stored = store_raw(app.engine, app.blobs, raw, source=f"ingest:{source}")
         except StoreFailed as exc:
@@ -68,7 +69,9 @@ def cmd_ingest(config, args) -> int:
         finally:
             # Processing reads the mail back from its blob: not two copies of a large one.
             raw = None
-        outcome = app.processor.process(stored.id)
+        # A new row is known to wait: processing need not read it back first.
+        known = None if stored.duplicate else {stored.id: (stored.sha256, size)}
+        outcome = app.processor.process_batch([stored.id], known=known)[0]
         if stored.duplicate:
             outcome = Outcome(source, stored.message_id, "duplicate", outcome.ticket,
                               f"already stored as #{stored.id}")
