@@ -371,6 +371,43 @@ def test_db_commands(tmp_path, database_url):
     ]
 
 
+def test_db_downgrade_takes_the_schema_back_for_an_older_version(tmp_path, database_url):
+    """Before going back to an older gateway: its revision, the rows kept; that version
+    starts on it (here: the revisions up to it), and the newer one upgrades it again."""
+    write_config(tmp_path, f'[database]\nurl = "{database_url}"\n')
+
+    def gateway(*args, check=True):
+        return run_gateway("db", *args, cwd=tmp_path, check=check)
+
+    gateway("upgrade")
+    engine = make_engine(database_url)
+    try:
+        put_a_ticket(engine)
+    finally:
+        engine.dispose()
+    for wrong, says in [("base", "is not a revision"), (schema.HEAD, "is not an older revision"),
+                        ("9999", "is not an older revision"), ("0000", "the oldest revision is")]:
+        proc = gateway("downgrade", wrong, check=False)
+        assert proc.returncode != 0 and says.encode() in proc.stderr, (wrong, proc.stderr)
+    assert gateway("current").stdout.decode() == f"{schema.HEAD} (head)\n"
+
+    assert gateway("downgrade", schema.BASELINE).stdout.decode() == \
+        f"downgraded from {schema.HEAD} to {schema.BASELINE}\n"
+    assert json.loads(gateway("current", "--json").stdout)["revision"] == schema.BASELINE
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:  # the baseline's tables, exactly (an older version's check)
+            assert schema._compare(conn, schema.script_directory(schema.alembic_config(conn, schema.MIGRATIONS_DIR))
+                                   .get_revision(schema.BASELINE).module.tables()) == []
+        assert_ticket_kept(engine)
+    finally:
+        engine.dispose()
+    proc = gateway("downgrade", schema.BASELINE, check=False)
+    assert proc.returncode != 0 and b"is not an older revision" in proc.stderr
+    assert gateway("upgrade").stdout.decode() == f"upgraded from {schema.BASELINE} to {schema.HEAD}\n"
+    assert gateway("check").returncode == 0
+
+
 def test_db_upgrade_stamps_an_old_database(tmp_path):
     write_config(tmp_path, "")
     engine = make_engine(f"sqlite:///{tmp_path / 'var' / 'gateway.db'}")

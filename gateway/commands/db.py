@@ -1,4 +1,5 @@
-"""db upgrade, db current, db check, db revision: the database's schema (store.schema).
+"""db upgrade, db downgrade, db current, db check, db revision: the database's schema
+(store.schema).
 
 These commands open the database without App, whose engine would upgrade it on the way.
 """
@@ -20,6 +21,11 @@ def register(sub, common) -> None:
     s = dsub.add_parser("upgrade", parents=[common],
                         help="upgrade the schema to this version's newest revision (start-up does it too)")
     s.set_defaults(func=cmd_upgrade)
+    s = dsub.add_parser("downgrade", parents=[common],
+                        help="take the schema back to an older revision, before installing an older version "
+                             "(back up first)")
+    s.add_argument("revision", help="the revision the older version expects, e.g. 0001")
+    s.set_defaults(func=cmd_downgrade)
     s = dsub.add_parser("current", parents=[common], help="the database's revision and this version's newest")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_current)
@@ -52,6 +58,28 @@ def cmd_upgrade(config, args) -> int:
         print(f"at {done.after} (head): nothing to upgrade")
     else:
         print(f"upgraded from {start or 'an empty database'} to {done.after}")
+    return 0
+
+
+def cmd_downgrade(config, args) -> int:
+    """Undo the revisions after ``args.revision`` (their ``downgrade()``, newest first),
+    so that an older version of the gateway, whose newest revision that is, can start.
+    Only a numbered revision older than the database's: never ``base`` (no tables)."""
+    if not re.fullmatch(r"\d{4}", args.revision):
+        raise CommandError(f"{args.revision!r} is not a revision: give one such as {schema.BASELINE}")
+    engine = _engine(config)
+    try:
+        now = schema.stored_revision(engine)
+        if now is None:
+            raise CommandError("the database has no schema revision: nothing to downgrade")
+        if not re.fullmatch(r"\d{4}", now) or int(args.revision) >= int(now):
+            raise CommandError(f"the database is at {now}: {args.revision} is not an older revision")
+        if int(args.revision) < int(schema.BASELINE):
+            raise CommandError(f"the oldest revision is {schema.BASELINE}")
+        done = schema.downgrade(engine, args.revision)  # a SchemaError is printed by gateway.cli
+    finally:
+        engine.dispose()
+    print(f"downgraded from {done.before} to {done.after}")
     return 0
 
 
