@@ -36,3 +36,28 @@ def verify_reply_address(secret: str, address: str) -> str | None:
     if hmac.compare_digest(token_for(secret, number), m.group("token").lower()):
         return number
     return None
+
+
+# The signed reply address, hidden at the end of our HTML (as osTicket and FreeScout do):
+# a client that drops In-Reply-To and References, a customer who changes the subject and
+# writes to the plain address still quote it, and the reply finds its ticket by it.
+_MARKER = "gw-ref:"
+_MARKED = re.compile(re.escape(_MARKER) + r"\s*([^\s<>\"']+@[^\s<>\"']+)")
+
+
+def html_marker(address: str) -> str:
+    """The hidden element carrying ``address`` (a reply address) in our HTML."""
+    return ('<div style="display:none;max-height:0;overflow:hidden;font-size:0;line-height:0;mso-hide:all" '
+            f'aria-hidden="true">{_MARKER}{address}</div>')
+
+
+def with_marker(html: str, address: str) -> str:
+    """``html`` with the marker of ``address`` just before its end (``</body>``)."""
+    marker = html_marker(address)
+    end = html.lower().rfind("</body>")
+    return html[:end] + marker + html[end:] if end >= 0 else html + marker
+
+
+def marked_addresses(html: str) -> list[str]:
+    """The addresses of the markers in ``html`` (a reply quoting our mails), first first."""
+    return list(dict.fromkeys(m.group(1).rstrip(".,;") for m in _MARKED.finditer(html)))

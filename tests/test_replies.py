@@ -8,6 +8,7 @@ and Apple Mail write them, and go through the gateway's store and processor (or 
 from __future__ import annotations
 
 import email
+import re
 import email.header
 import email.policy
 import json
@@ -274,6 +275,44 @@ def assert_untouched(gw, victim: str, before: int, status: str) -> None:
 
 
 # Threading ---------------------------------------------------------------------------
+def our_html(gw, number: str) -> str:
+    """The HTML part of the newest mail we sent on the ticket, as a client quotes it."""
+    row = notifications(gw, number)[-1]
+    msg = email.message_from_bytes(row.raw, policy=email.policy.default)
+    return msg.get_body(("html",)).get_content()
+
+
+def test_a_reply_that_lost_every_header_finds_its_ticket_by_the_marker_in_our_html(gw):
+    """The client dropped In-Reply-To and References, the customer wrote a new subject to
+    the plain address: the reply address hidden at the end of our HTML, quoted in the
+    reply's HTML, still names the ticket (and only a signed one counts)."""
+    number = open_ticket(gw)
+    quoted = our_html(gw, number)
+    assert "gw-ref:helpdesk+" in quoted and "display:none" in quoted
+    out = deliver(gw, gmail_reply(MARIE, "Marie Dupont", "Encore l'imprimante", "Elle refait la même chose.",
+                                  mid="lost-headers@mail.gmail.com", in_reply_to=None, to=HELPDESK,
+                                  quoted=quoted))
+    assert (out.outcome, out.ticket) == ("appended", number)
+    assert messages(gw, number, "in")[-1].body_text.startswith("Elle refait la même chose.")
+    # A marker whose token does not verify is nothing: a ticket of its own.
+    forged = quoted.replace("gw-ref:helpdesk+", "gw-ref:helpdesk+x")
+    forged = re.sub(r"(gw-ref:helpdesk\+x?[A-Z]+-\d{6}\.)[0-9a-f]+", r"\g<1>0123456789abcdef0123", forged)
+    out = deliver(gw, gmail_reply(MARIE, "Marie Dupont", "Autre chose", "Un autre souci.",
+                                  mid="forged-marker@mail.gmail.com", in_reply_to=None, to=HELPDESK, quoted=forged))
+    assert out.outcome == "created" and out.ticket != number
+
+
+def test_a_stranger_quoting_our_html_gets_a_ticket_of_their_own(gw):
+    number = open_ticket(gw)
+    before = len(messages(gw, number, "in"))
+    out = deliver(gw, gmail_reply(MALLORY, "Mallory", "Fwd: votre ticket", "Je m'invite.",
+                                  mid="stranger-marker@evil.example", in_reply_to=None, to=HELPDESK,
+                                  quoted=our_html(gw, number)))
+    assert out.outcome == "created" and out.ticket != number
+    assert number in (out.detail or "")  # found by the marker, refused by the permission check
+    assert_untouched(gw, number, before, lifecycle.NEW)
+
+
 def test_outlook_reply_without_in_reply_to_lands_by_its_tag(gw):
     number = open_ticket(gw)
     _mid, reply_to, subject = last_notification(gw, number)

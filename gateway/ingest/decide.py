@@ -23,7 +23,7 @@ class ThreadHit:
 
     number: str
     status: str
-    via: str  # message-id | token | tag
+    via: str  # message-id | token | tag | marker (the reply address hidden in our HTML)
     sender_allowed: bool
     waiting_reason: str | None = None
     # Reporting or Affected Person: the people whose approval a ticket waits for.
@@ -56,7 +56,7 @@ class NewTicket:
     refers_to: str | None = None  # a ticket the sender referred to but may not write into
     linked_to: str | None = None  # the Closed ticket this reply came to (a new problem, a new ticket)
     description: str | None = None  # None: the whole text of the mail
-    refers_via: str | None = None  # how the mail referred to ``refers_to``: message-id | token | tag
+    refers_via: str | None = None  # how the mail referred to ``refers_to``: message-id | token | tag | marker
 
     @property
     def outcome(self) -> str:

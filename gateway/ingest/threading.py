@@ -28,7 +28,7 @@ from sqlmodel import Session, select
 
 from gateway.ingest.parse import ParsedMail
 from gateway.ingest.references import ticket_tags
-from gateway.tokens import verify_reply_address
+from gateway.tokens import marked_addresses, verify_reply_address
 from store.addresses import all_addresses, key as address_key, strip_tag
 from store.models import Person, Ticket, TicketMessage
 
@@ -91,6 +91,16 @@ def find_ticket(session: Session, mail: ParsedMail, recipients: list[str], secre
         ticket = _ticket_by_number(session, number)
         if ticket is not None:
             return ticket, "tag"
+    # Last: the signed reply address hidden in our HTML, quoted by the reply (a client
+    # that dropped the headers, a new subject, the plain address).
+    for addr in marked_addresses(mail.html or ""):
+        if not is_own(addr, own):
+            continue
+        number = verify_reply_address(secret, address_key(addr))
+        if number:
+            ticket = _ticket_by_number(session, number)
+            if ticket is not None:
+                return ticket, "marker"
     return None
 
 
