@@ -78,7 +78,24 @@ def find_ticket(session: Session, mail: ParsedMail, recipients: list[str], secre
         ticket = _ticket_by_message_id(session, mid)
         if ticket is not None:
             return ticket, "message-id"
-    for addr in recipients:
+    ticket = _ticket_by_token(session, recipients, secret, own)
+    if ticket is not None:
+        return ticket, "token"
+    for number in ticket_tags(mail.subject):
+        ticket = _ticket_by_number(session, number)
+        if ticket is not None:
+            return ticket, "tag"
+    # Last: the signed reply address hidden in our HTML, quoted by the reply (a client
+    # that dropped the headers, a new subject, the plain address).
+    ticket = _ticket_by_token(session, marked_addresses(mail.html or ""), secret, own)
+    if ticket is not None:
+        return ticket, "marker"
+    return None
+
+
+def _ticket_by_token(session: Session, addresses: list[str], secret: str, own: tuple[str, ...]) -> Ticket | None:
+    """The ticket of the first signed reply address among ``addresses`` that verifies."""
+    for addr in addresses:
         # Only a token on one of our own addresses: the same local part elsewhere is not ours.
         if not is_own(addr, own):
             continue
@@ -86,21 +103,7 @@ def find_ticket(session: Session, mail: ParsedMail, recipients: list[str], secre
         if number:
             ticket = _ticket_by_number(session, number)
             if ticket is not None:
-                return ticket, "token"
-    for number in ticket_tags(mail.subject):
-        ticket = _ticket_by_number(session, number)
-        if ticket is not None:
-            return ticket, "tag"
-    # Last: the signed reply address hidden in our HTML, quoted by the reply (a client
-    # that dropped the headers, a new subject, the plain address).
-    for addr in marked_addresses(mail.html or ""):
-        if not is_own(addr, own):
-            continue
-        number = verify_reply_address(secret, address_key(addr))
-        if number:
-            ticket = _ticket_by_number(session, number)
-            if ticket is not None:
-                return ticket, "marker"
+                return ticket
     return None
 
 
