@@ -136,14 +136,14 @@ class Spool:
             # through the blob pool's threads (each one a GIL hand-over and a wake-up).
             self._queue.put(item)
             return item.future
+        return self._after(self._put, item, item=item)
 
-        def put(raw=raw):
-            item.message_id = header_message_id(raw)
-            sha = self.blobs.put(raw)
-            item.raw = None  # on disk now: the bytes are not held until the row is recorded
-            return sha
-
-        return self._after(put, item=item)
+    def _put(self, item: _Item) -> str:
+        """Write a journaled mail's blob (fsynced); its sha256."""
+        item.message_id = header_message_id(item.raw)
+        sha = self.blobs.put(item.raw)
+        item.raw = None  # on disk now: the bytes are not held until the row is recorded
+        return sha
 
     def submit_written(self, writer: BlobWriter, message_id: str, *, source: str, mail_from: str = "",
                        rcpt_to=()) -> Future:
@@ -202,9 +202,7 @@ class Spool:
         for item in batch:
             if item.raw is not None:  # a small mail: its blob first (INLINE_BLOB)
                 try:
-                    item.message_id = header_message_id(item.raw)
-                    item.sha = self.blobs.put(item.raw)
-                    item.raw = None
+                    item.sha = self._put(item)
                 except Exception as exc:  # noqa: BLE001 - its command is told (451)
                     item.future.set_exception(
                         StoreFailed(f"could not store the message: {type(exc).__name__}: {exc}"))
