@@ -185,3 +185,19 @@ def test_concurrent_submissions_share_journal_fsyncs(gw, tmp_path):
     spool.close()
     assert sum(fsyncs) == 24 and len(fsyncs) < 24, fsyncs
     assert len(rows(gw)) == 24
+
+
+def test_a_mail_above_the_inline_size_goes_through_the_blob_pool(gw, tmp_path):
+    """Small mails are written by the journal's thread, larger ones (up to the door's
+    1 MB in memory) by the blob pool: both are stored byte for byte and recorded."""
+    from gateway.ingest.spool import INLINE_BLOB
+
+    spool = Spool(gw.engine, gw.blobs, journal_dir=tmp_path / "spool")
+    small = _raw(1)
+    large = _raw(2) + b"x" * 76 + b"\r\n"
+    large += (b"y" * 76 + b"\r\n") * (INLINE_BLOB // 78 + 100)
+    assert len(small) <= INLINE_BLOB < len(large) < 1_000_000
+    answers = [spool.submit(raw, source="smtp").result(timeout=30) for raw in (small, large)]
+    spool.close()
+    assert [gw.blobs.get(a.sha256) for a in answers] == [small, large]
+    assert sorted(rows(gw)) == ["journal-1@client.example", "journal-2@client.example"]
