@@ -263,6 +263,38 @@ def test_store_failure_ends_in_failed_never_deleted(tmp_path, dovecot):
     app.engine.dispose()
 
 
+def test_retry_failed_moves_back_what_could_not_be_stored(tmp_path, dovecot):
+    """After an outage: `gateway imap retry-failed` moves back to the inbox what the
+    failed folder holds that is not in the gateway; the poller takes it again.  A mail
+    the gateway quarantined (it knows why) stays in the failed folder."""
+    tag = uuid.uuid4().hex[:8]
+    app = make_app(tmp_path, dovecot)
+    no_sender = mail(1, tag).replace(b"From: User 1 <user1@example.org>\r\n", b"")
+    dovecot.append("INBOX", [no_sender])
+    with Running(app):  # quarantined: no sender to answer
+        wait_until(lambda: len(dovecot.message_ids("failed")) == 1)
+    blob_dir = app.config.blob_dir
+    shutil.rmtree(blob_dir)
+    blob_dir.write_text("not a folder")  # the disk "fails"
+    dovecot.append("INBOX", [mail(0, tag)])
+    with Running(app):
+        wait_until(lambda: len(dovecot.message_ids("failed")) == 2)
+    blob_dir.unlink()  # the outage is over
+
+    out = run_gateway("--config", str(tmp_path / "config.toml"), "imap", "retry-failed", "desk", "--json",
+                      cwd=tmp_path, env=ENV)
+    results = {r["message_id"]: r for r in json.loads(out.stdout)}
+    assert results[f"{tag}-0@example.org"]["moved_to"] == "INBOX"
+    assert results[f"{tag}-1@example.org"]["moved_to"] is None
+    assert "quarantined" in results[f"{tag}-1@example.org"]["detail"]
+    assert dovecot.message_ids("INBOX") == [f"<{tag}-0@example.org>"]
+    with Running(app):
+        wait_until(lambda: len(tickets(app)) == 1)
+        wait_until(lambda: dovecot.message_ids("processed") == [f"<{tag}-0@example.org>"])
+    assert dovecot.message_ids("failed") == [f"<{tag}-1@example.org>"]
+    app.engine.dispose()
+
+
 def test_idle_picks_up_a_new_mail_in_under_two_seconds(tmp_path, dovecot, caplog):
     caplog.set_level(logging.INFO, logger="gateway.imap")
     tag = uuid.uuid4().hex[:8]

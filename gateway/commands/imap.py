@@ -1,4 +1,4 @@
-"""imap check NAME, imap backfill NAME [--since DATE]."""
+"""imap check NAME, imap backfill NAME [--since DATE], imap retry-failed NAME."""
 
 from __future__ import annotations
 
@@ -31,6 +31,12 @@ def register(sub, common) -> None:
     s.add_argument("--no-progress", action="store_true", help="no progress bar (the summary is still printed)")
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
     s.set_defaults(func=cmd_backfill)
+    s = isub.add_parser("retry-failed", parents=[common],
+                        help="move back to the mailbox's folder what its failed folder holds that could not be "
+                             "stored (after an outage); quarantined and too-large mail stays")
+    s.add_argument("name", help="the mailbox's name in [[mailboxes]]")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_retry_failed)
 
 
 def _date(text: str) -> date:
@@ -112,3 +118,26 @@ def cmd_backfill(config, args) -> int:
             print(f"  moved to {folder!r}: {n}")
         print(f"  tickets touched: {len(tickets)}")
     return 1 if counts.get("store-failed") else 0
+
+
+def cmd_retry_failed(config, args) -> int:
+    box = _mailbox(config, args.name)
+    app = App(config)
+    try:
+        results = imap.retry_failed(box, app.engine, max_size=config.smtp.max_message_size)
+    except imap.ImapConfigError as exc:
+        raise CommandError(f"mailbox {box.name}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - say what failed; `imap check` says where
+        raise CommandError(f"mailbox {box.name}: {type(exc).__name__}: {exc} "
+                           f"(run `gateway imap check {box.name}` to see which step fails)") from None
+    if args.json:
+        print(json.dumps([{"uid": r.uid, "message_id": r.message_id, "outcome": r.outcome, "moved_to": r.moved_to,
+                           "detail": r.detail} for r in results], indent=2))
+    else:
+        for r in results:
+            where = f"moved back to {r.moved_to!r}" if r.moved_to else f"left in {box.failed_folder!r}"
+            print(f"UID {r.uid} <{r.message_id}>: {where}{f' ({r.detail})' if r.detail else ''}")
+        moved = sum(1 for r in results if r.moved_to)
+        print(f"mailbox {box.name}: {moved} of {len(results)} message(s) in {box.failed_folder!r} moved back "
+              f"to {box.folder!r}; the running gateway takes them again")
+    return 0

@@ -9,8 +9,9 @@ message is never deleted before its bytes are committed, and never deleted at al
 except as the second half of a move.
 
 What "failed" means, for the person who looks at that folder: the message could not be
-stored (it is not in the gateway at all: move it back to the folder to try again, the
-store recognises what it already has), it was larger than ``[smtp] max_message_size``
+stored (it is not in the gateway at all: ``gateway imap retry-failed`` moves such
+messages back to the folder to be taken again, and the store recognises what it already
+has), it was larger than ``[smtp] max_message_size``
 (not fetched), or processing quarantined it (it is in the gateway, quarantined with the
 reason, and made no ticket).  A processing error that will be retried (the worker
 quarantines after ``max_attempts``) does not count: the mail is stored, so it goes to
@@ -184,6 +185,52 @@ def move(client: IMAPClient, uid: int, folder: str) -> None:
         client.uid_expunge([uid])
     else:
         client.expunge()
+
+
+def retry_failed(box: MailboxSection, engine: Engine, *, max_size: int | None = None,
+                 env: Mapping[str, str] | None = None) -> list[ItemResult]:
+    """Move back to the mailbox's folder the messages of its failed folder that are not
+    in the gateway: those that could not be stored (the database or the disk was down),
+    for the poller to take again.  A message the gateway holds (it was quarantined: the
+    gateway says why) and one over ``max_size`` stay (``moved_to`` None)."""
+    import hashlib
+
+    from sqlalchemy import select as sa_select
+
+    from store.models import InboundMessage
+
+    client = open_mailbox(box, env)
+    results: list[ItemResult] = []
+    try:
+        client.select_folder(box.failed_folder)
+        for uid in sorted(client.search(["UNDELETED"])):
+            if max_size:
+                info = client.fetch([uid], ["RFC822.SIZE"]).get(uid) or {}
+                size = int(info.get(b"RFC822.SIZE", 0))
+                if size > max_size:
+                    results.append(ItemResult(uid, "", "too-large", None, None,
+                                              detail=f"{size} bytes > {max_size}"))
+                    continue
+            data = client.fetch([uid], ["BODY.PEEK[]"]).get(uid)
+            raw = None if data is None else data.get(b"BODY[]")
+            if raw is None:
+                continue  # expunged meanwhile
+            mid = header_message_id(raw)
+            with engine.connect() as conn:  # the store's unique key: these bytes, this Message-ID
+                held = conn.execute(sa_select(InboundMessage.id, InboundMessage.state).where(
+                    InboundMessage.message_id == mid,
+                    InboundMessage.sha256 == hashlib.sha256(raw).hexdigest())).first()
+            if held is not None:
+                results.append(ItemResult(uid, mid, "kept", None, None, duplicate=True,
+                                          detail=f"in the gateway as #{held.id} ({held.state})"))
+                continue
+            move(client, uid, box.folder)
+            log.info("<%s> mailbox %s: UID %s moved back from %r to %r to be taken again", mid, box.name, uid,
+                     box.failed_folder, box.folder)
+            results.append(ItemResult(uid, mid, "moved-back", None, box.folder))
+    finally:
+        close_quietly(client)
+    return results
 
 
 # One pass over a folder -------------------------------------------------------------------
