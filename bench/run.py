@@ -317,7 +317,10 @@ class Site:
         wait_port(self.port, proc)
         # Measured from when the service is ready: every worker has warmed up (its log line
         # "ready in"; ~0.5 s each, longer on PostgreSQL) and the deliverer runs.
-        workers = 1 if self.schema is None else max(1, min(4, os.cpu_count() or 1))
+        from gateway.config import load_config
+        from gateway.service import worker_count
+
+        workers = worker_count(load_config(self.config, env={}))
         end = time.monotonic() + 60
         while time.monotonic() < end:
             text = (self.dir / "serve.log").read_text(errors="replace")

@@ -32,6 +32,7 @@ starts and once when it ends, not at every retry.
 
 from __future__ import annotations
 
+import hashlib
 import imaplib
 import logging
 import os
@@ -50,8 +51,9 @@ from sqlalchemy.engine import Engine
 
 from gateway.config import MailboxSection
 from gateway.errors import GatewayError, StoreFailed
-from gateway.ingest.inbound import header_message_id, store_raw
+from gateway.ingest.inbound import find_stored, header_message_id, store_raw
 from store.blobs import BlobStore
+from store.db import session_for
 
 log = logging.getLogger("gateway.imap")
 
@@ -193,12 +195,6 @@ def retry_failed(box: MailboxSection, engine: Engine, *, max_size: int | None = 
     in the gateway: those that could not be stored (the database or the disk was down),
     for the poller to take again.  A message the gateway holds (it was quarantined: the
     gateway says why) and one over ``max_size`` stay (``moved_to`` None)."""
-    import hashlib
-
-    from sqlalchemy import select as sa_select
-
-    from store.models import InboundMessage
-
     client = open_mailbox(box, env)
     results: list[ItemResult] = []
     try:
@@ -216,10 +212,8 @@ def retry_failed(box: MailboxSection, engine: Engine, *, max_size: int | None = 
             if raw is None:
                 continue  # expunged meanwhile
             mid = header_message_id(raw)
-            with engine.connect() as conn:  # the store's unique key: these bytes, this Message-ID
-                held = conn.execute(sa_select(InboundMessage.id, InboundMessage.state).where(
-                    InboundMessage.message_id == mid,
-                    InboundMessage.sha256 == hashlib.sha256(raw).hexdigest())).first()
+            with session_for(engine) as session:
+                held = find_stored(session, mid, hashlib.sha256(raw).hexdigest())
             if held is not None:
                 results.append(ItemResult(uid, mid, "kept", None, None, duplicate=True,
                                           detail=f"in the gateway as #{held.id} ({held.state})"))

@@ -98,10 +98,17 @@ def record_inbound(
                 session.commit()
             except IntegrityError:
                 session.rollback()
-                existing = session.exec(
-                    select(InboundMessage).where(InboundMessage.message_id == message_id, InboundMessage.sha256 == sha)
-                ).one()
+                existing = find_stored(session, message_id, sha)
+                assert existing is not None  # the unique key refused this very row
                 return Stored(existing.id, True, message_id, sha)
             return Stored(row.id, False, message_id, sha)
     except Exception as exc:
         raise StoreFailed(f"could not store the message: {type(exc).__name__}: {exc}") from exc
+
+
+def find_stored(session, message_id: str, sha: str) -> InboundMessage | None:
+    """The inbound row of these bytes (``sha``) with this Message-ID: the store's unique
+    key, so at most one."""
+    return session.exec(
+        select(InboundMessage).where(InboundMessage.message_id == message_id, InboundMessage.sha256 == sha)
+    ).first()
