@@ -5,6 +5,11 @@ The token is an HMAC-SHA256 of the ticket number under the configured secret, cu
 address stays within the 64 characters a local part may have.  A token alone is never
 authority: the sender must also be allowed on the ticket (gateway.ingest.threading).
 A token that does not verify counts for nothing.
+
+An approval request carries the request's place among the ticket's requests in its
+address (``helpdesk+CHG-000001.a2.<token>@…``, the token signing ``CHG-000001.a2``): an
+answer, even one whose mail program dropped In-Reply-To, says which request it decides,
+and only the open one can be decided (gateway.ingest.process, ``_stale_request``).
 """
 
 from __future__ import annotations
@@ -14,28 +19,40 @@ import hmac
 import re
 
 _TOKEN_LEN = 20
-_TAGGED = re.compile(r"^(?P<local>[^+@]+)\+(?P<number>(?:INC|SR|CHG)-\d{6})\.(?P<token>[0-9a-f]+)@(?P<domain>.+)$",
-                     re.IGNORECASE)
+_TAGGED = re.compile(r"^(?P<local>[^+@]+)\+(?P<number>(?:INC|SR|CHG)-\d{6})(?:\.a(?P<request>[1-9]\d{0,3}))?"
+                     r"\.(?P<token>[0-9a-f]+)@(?P<domain>.+)$", re.IGNORECASE)
 
 
-def token_for(secret: str, number: str) -> str:
-    return hmac.new(secret.encode(), number.upper().encode(), hashlib.sha256).hexdigest()[:_TOKEN_LEN]
+def token_for(secret: str, number: str, request: int | None = None) -> str:
+    signed = number.upper() if request is None else f"{number.upper()}.a{request}"
+    return hmac.new(secret.encode(), signed.encode(), hashlib.sha256).hexdigest()[:_TOKEN_LEN]
 
 
-def reply_address(secret: str, helpdesk: str, number: str) -> str:
+def reply_address(secret: str, helpdesk: str, number: str, request: int | None = None) -> str:
+    """The signed reply address of ticket ``number``; of its ``request``-th approval
+    request (1, 2, ...) when given."""
     local, _, domain = helpdesk.rpartition("@")
-    return f"{local}+{number}.{token_for(secret, number)}@{domain}"
+    tag = number if request is None else f"{number}.a{request}"
+    return f"{local}+{tag}.{token_for(secret, number, request)}@{domain}"
 
 
-def verify_reply_address(secret: str, address: str) -> str | None:
-    """The ticket number of a signed reply address, or None if it is not one or does not verify."""
+def verified_reply(secret: str, address: str) -> tuple[str, int | None] | None:
+    """(ticket number, approval request or None) of a signed reply address; None if it
+    is not one or does not verify."""
     m = _TAGGED.match(address.strip())
     if not m:
         return None
     number = m.group("number").upper()
-    if hmac.compare_digest(token_for(secret, number), m.group("token").lower()):
-        return number
+    request = int(m.group("request")) if m.group("request") else None
+    if hmac.compare_digest(token_for(secret, number, request), m.group("token").lower()):
+        return number, request
     return None
+
+
+def verify_reply_address(secret: str, address: str) -> str | None:
+    """The ticket number of a signed reply address, or None if it is not one or does not verify."""
+    found = verified_reply(secret, address)
+    return found[0] if found else None
 
 
 # The signed reply address, hidden at the end of our HTML (as osTicket and FreeScout do):

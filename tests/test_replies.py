@@ -642,6 +642,97 @@ def test_an_answer_to_an_earlier_approval_request_does_not_decide_the_current_on
     assert now.outcome == "approval" and ticket(gw, number).status == lifecycle.REJECTED
 
 
+def _request(gw, number: str, quote: str) -> tuple[str, str]:
+    """An agent asks for approval (the status and its mail together): (Message-ID, Reply-To)."""
+    from gateway import actions
+
+    actions.set_status(gw, number, lifecycle.APPROVAL, StatusData(approval_text=quote), by="agent@localhost")
+    row = notifications(gw, number)[-1]
+    assert row.event == "approval"
+    msg = email.message_from_bytes(row.raw, policy=email.policy.default)
+    return row.message_id, getaddresses([str(msg["Reply-To"])])[0][1]
+
+
+def test_each_approval_request_has_its_own_reply_address_and_an_old_one_decides_nothing(gw):
+    """Outlook sends no In-Reply-To: the answer says which request it decides by the
+    address it was sent to.  "Approuvé" sent to the first request's address while a
+    second one waits is a comment; sent to the second's, it decides."""
+    from gateway.tokens import verified_reply, verify_reply_address
+
+    number = _service_request(gw)
+    _first_id, first_to = _request(gw, number, "Écran 27 pouces : 320 EUR")
+    assert verified_reply(gw.config.gateway.secret, first_to) == (number, 1)
+    assert verify_reply_address(gw.config.gateway.secret, first_to) == number  # still the ticket's address
+    _mid, _plain, subject = last_notification(gw, number)
+    out = deliver(gw, outlook_reply(MARIE, "Marie Dupont", f"RE: {subject}", "Approuvé.", first_to, subject,
+                                    mid="o-round1@o", to=first_to))
+    assert (out.outcome, out.ticket) == ("approval", number)
+    _second_id, second_to = _request(gw, number, "Écran 32 pouces : 480 EUR")
+    assert verified_reply(gw.config.gateway.secret, second_to) == (number, 2) and second_to != first_to
+    moves = len(history(gw, number))
+    old = deliver(gw, outlook_reply(MARIE, "Marie Dupont", f"RE: {subject}", "Approuvé, vous pouvez commander.",
+                                    first_to, subject, mid="o-round1-again@o", to=first_to))
+    assert (old.outcome, old.ticket) == ("appended", number)
+    assert "earlier approval request" in old.detail
+    assert ticket(gw, number).status == lifecycle.APPROVAL and len(history(gw, number)) == moves
+    # The same old answer quoted by a client that writes to the plain address: the
+    # request address hidden in our HTML says which request it was.
+    quoted = gmail_reply(MARIE, "Marie Dupont", f"Re: {subject}", "Approuvé !", mid="g-old@mail.gmail.com",
+                         in_reply_to=None, to=HELPDESK, quoted=f"gw-ref:{first_to}")
+    assert deliver(gw, quoted).outcome == "appended" and ticket(gw, number).status == lifecycle.APPROVAL
+    now = deliver(gw, outlook_reply(MARIE, "Marie Dupont", f"RE: {subject}", "Refusé, trop cher.", second_to,
+                                    subject, mid="o-round2@o", to=second_to))
+    assert now.outcome == "approval" and ticket(gw, number).status == lifecycle.REJECTED
+
+
+def test_an_answer_once_used_does_not_decide_again(gw):
+    """A request approved, then the ticket back in Approval without a new request (the
+    customer's address bounced meanwhile): the first answer, sent again, must not approve
+    what nobody was asked."""
+    from gateway import actions
+
+    number = _service_request(gw)
+    first_id, first_to = _request(gw, number, "Écran 27 pouces : 320 EUR")
+    _mid, _plain, subject = last_notification(gw, number)
+    answer = gmail_reply(MARIE, "Marie Dupont", f"Re: {subject}", "Approuvé.", mid="once@mail.gmail.com",
+                         in_reply_to=first_id, to=first_to)
+    assert deliver(gw, answer).outcome == "approval"
+    with session_for(gw.engine) as s:
+        marie = s.exec(select(Person).where(Person.email == MARIE)).one()
+        marie.undeliverable = True
+        s.add(marie)
+        s.commit()
+    sent = len(notifications(gw, number))
+    actions.set_status(gw, number, lifecycle.APPROVAL, StatusData(approval_text="Écran 32 pouces : 480 EUR"),
+                       by="agent@localhost")
+    assert len(notifications(gw, number)) == sent  # nobody could be asked
+    moves = len(history(gw, number))
+    replay = gmail_reply(MARIE, "Marie Dupont", f"Re: {subject}", "Approuvé.", mid="once-again@mail.gmail.com",
+                         in_reply_to=first_id, to=first_to)
+    out = deliver(gw, replay)
+    assert (out.outcome, out.ticket) == ("appended", number)
+    assert "already decided" in out.detail
+    assert ticket(gw, number).status == lifecycle.APPROVAL and len(history(gw, number)) == moves
+    # A new mail that names no request answers the open question.
+    fresh = gmail_reply(MARIE, "Marie Dupont", f"[{number}] écran 32 pouces", "Approuvé.",
+                        mid="fresh@mail.gmail.com", in_reply_to=None, to=HELPDESK)
+    assert deliver(gw, fresh).outcome == "approval" and ticket(gw, number).status == lifecycle.IN_PROGRESS
+
+
+def test_a_request_address_is_signed_for_its_request_only(gw):
+    """The ticket's token does not sign a request number, nor one request's token another."""
+    from gateway.tokens import reply_address, token_for, verified_reply
+
+    secret = gw.config.gateway.secret
+    plain = reply_address(secret, HELPDESK, "SR-000001")
+    local, _, domain = HELPDESK.rpartition("@")
+    assert verified_reply(secret, plain) == ("SR-000001", None)
+    assert verified_reply(secret, f"{local}+SR-000001.a1.{token_for(secret, 'SR-000001')}@{domain}") is None
+    assert verified_reply(secret, f"{local}+SR-000001.a2.{token_for(secret, 'SR-000001', 1)}@{domain}") is None
+    assert verified_reply(secret, reply_address(secret, HELPDESK, "SR-000001", 3)) == ("SR-000001", 3)
+    assert len(reply_address(secret, HELPDESK, "CHG-000001", 9999).split("@")[0]) <= 64
+
+
 def test_refusal_by_reply_in_dutch_from_an_iphone(gw):
     number = _service_request(gw, JAN, "Jan Peeters", "nl-BE", "sr-nl@klant.be")
     ask_approval(gw, number)

@@ -31,9 +31,10 @@ class ThreadHit:
     why: str = ""  # reporting | affected | thread | company | own | stranger
     # Our MTA says the From fails DMARC: anyone may have written it.
     dmarc_failed: bool = False
-    # The mail answers an earlier approval request of this ticket than the one pending
-    # (when it was sent): its answer was for another question.
-    earlier_request: str | None = None
+    # The mail answers an approval request of this ticket that is not the open one (an
+    # earlier request, or one already decided): why, as the agents will read it.  Its
+    # answer was for another question, or has been used.
+    stale_request: str | None = None
 
 
 @dataclass(frozen=True)
@@ -176,11 +177,10 @@ def decide_reply(mail: ParsedMail, thread: ThreadHit) -> FollowUp:
         return follow(REOPEN, "reopened by the customer's comment")
     if thread.status == lifecycle.APPROVAL:
         word = approval_word(text)
-        if word and thread.earlier_request:
+        if word and thread.stale_request:
             # A ticket asked for approval twice (a new quote, say): "yes" to the first
-            # request must not decide the second.
-            return follow(APPEND, f"answers the earlier approval request of {thread.earlier_request}: "
-                                  "added as a comment, approval pending")
+            # request must not decide the second; nor may an answer be used twice.
+            return follow(APPEND, f"{thread.stale_request}: added as a comment, approval pending")
         if word and thread.sender_is_approver:
             return follow(word, "approved by mail" if word == APPROVE else "refused by mail")
         if word:

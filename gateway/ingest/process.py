@@ -31,12 +31,13 @@ from gateway.ingest.parse import Limits, ParsedMail, parse
 from gateway.ingest.references import find_reference
 from gateway.ingest.threading import dmarc_failed, find_ticket, permission
 from gateway.outbound.notify import KnownThread, Notifier
+from gateway.tokens import marked_addresses, verified_reply
 from store import lifecycle
 from store.addresses import key as address_key
 from store.blobs import BlobStore
 from store.db import Prepared, reader, session_for
 from store.lifecycle import StatusData
-from store.models import Attachment, InboundMessage, Outbox, Person, Ticket, TicketMessage, utcnow
+from store.models import Attachment, InboundMessage, Outbox, Person, StatusChange, Ticket, TicketMessage, utcnow
 from store.tickets import add_person, change_status, create_ticket, get_or_create_person, get_ticket
 
 log = logging.getLogger("gateway.ingest")
@@ -180,23 +181,45 @@ class Processor:
         if not may.allowed:
             log.warning("<%s> %s referred to %s by %s but may not write into it: a ticket of their own",
                         mail.message_id, mail.from_addr, ticket.number, via)
-        earlier = self._earlier_request(session, ticket, mail) if ticket.status == lifecycle.APPROVAL else None
+        stale = (self._stale_request(session, ticket, mail, recipients)
+                 if ticket.status == lifecycle.APPROVAL else None)
         return ThreadHit(ticket.number, ticket.status, via, may.allowed, ticket.waiting_reason,
-                         may.approver, may.why, dmarc_failed(mail, self.config.gateway.authserv_id), earlier)
+                         may.approver, may.why, dmarc_failed(mail, self.config.gateway.authserv_id), stale)
 
-    @staticmethod
-    def _earlier_request(session: Session, ticket: Ticket, mail: ParsedMail) -> str | None:
-        """When the mail answers (In-Reply-To) one of the ticket's approval requests that
-        is not the latest: that request's date, as the agents will read it."""
-        if not mail.in_reply_to:
-            return None
+    def _stale_request(self, session: Session, ticket: Ticket, mail: ParsedMail, recipients: list[str]) -> str | None:
+        """When the mail answers one of the ticket's approval requests that is not open:
+        an earlier one than the latest, or one decided since it was sent (the ticket came
+        back to Approval without a new request).  The request is the one its In-Reply-To
+        names, else the one whose reply address (``+CHG-000001.a2.<token>``) it was sent
+        to or quotes in our HTML.  A mail that names no request (a new mail with the
+        ticket's tag) answers the open question.  None when the request is open."""
         requests = session.exec(select(Outbox.message_id, Outbox.created_at)
                                 .where(Outbox.ticket_id == ticket.id, Outbox.event == "approval")
                                 .order_by(col(Outbox.id))).all()
+        if not requests:
+            return None
         answered = {mid for mid in mail.in_reply_to if mid}
-        for message_id, created_at in requests[:-1]:
-            if message_id in answered:
-                return f"{created_at:%Y-%m-%d %H:%M} UTC"
+        index = next((i for i, (mid, _at) in enumerate(requests) if mid in answered), None)
+        if index is None:
+            for addr in [*recipients, *marked_addresses(mail.html or "")]:
+                found = verified_reply(self.config.gateway.secret, address_key(addr))
+                if found and found[0] == ticket.number and found[1] is not None:
+                    index = found[1] - 1
+                    break
+        if index is None:
+            return None
+        if not 0 <= index < len(requests):  # signed by us, yet no such request: not this question
+            return f"answers approval request {index + 1}, which this ticket never had"
+        asked = requests[index][1]
+        if index < len(requests) - 1:
+            return f"answers the earlier approval request of {asked:%Y-%m-%d %H:%M} UTC"
+        decided = session.exec(select(StatusChange.at).where(StatusChange.ticket_id == ticket.id,
+                                                             StatusChange.from_status == lifecycle.APPROVAL,
+                                                             StatusChange.at > asked)
+                               .order_by(col(StatusChange.at))).first()
+        if decided is not None:
+            return (f"answers the approval request of {asked:%Y-%m-%d %H:%M} UTC, already decided on "
+                    f"{decided:%Y-%m-%d %H:%M} UTC")
         return None
 
     def sender_of(self, session: Session, mail: ParsedMail) -> Person | None:

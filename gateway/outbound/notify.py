@@ -15,7 +15,7 @@ from email import message_from_bytes
 from email.message import EmailMessage
 from email.policy import SMTP
 
-from sqlalchemy import insert
+from sqlalchemy import func, insert
 from sqlmodel import Session, col, select
 
 from gateway.config import Config
@@ -213,7 +213,13 @@ class Notifier:
             in_reply_to = references[-1]
         message_id = new_message_id(self.config.message_id_domain)
         topic = stable_subject(ticket.number, ticket.title)
-        reply_to = reply_address(self.config.gateway.secret, self.config.helpdesk_address, ticket.number)
+        # An approval request's address names the request (1, 2, ...): the answer to an
+        # earlier or already decided one is then told apart, In-Reply-To or not.
+        request = None
+        if event == "approval" and ticket.id is not None:
+            request = 1 + session.exec(select(func.count()).select_from(Outbox)
+                                       .where(Outbox.ticket_id == ticket.id, Outbox.event == "approval")).one()
+        reply_to = reply_address(self.config.gateway.secret, self.config.helpdesk_address, ticket.number, request)
         # Whatever the template, the HTML carries the reply address hidden at its end
         # (gateway.tokens.with_marker): the last way a reply finds its ticket.
         mail = replace(mail, html=with_marker(mail.html, reply_to))
