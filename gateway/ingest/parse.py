@@ -186,7 +186,7 @@ def decode_header_value(value, notes: list[str] | None = None, hint: str | None 
 def _fix_surrogates(text: str, notes: list[str] | None, hint: str | None = None) -> str:
     """Raw 8-bit header bytes arrive as surrogates: decode them as UTF-8, the mail's own
     charset, or Windows-1252."""
-    if not any("\udc80" <= ch <= "\udcff" for ch in text):
+    if not _SURROGATE.search(text):
         return text
     raw = text.encode("utf-8", "surrogateescape")
     return decode_bytes(raw, None, notes, hint)
@@ -207,8 +207,12 @@ def raw_headers(msg: email.message.Message, name: str) -> list[str]:
     return [v if isinstance(v, str) else str(v) for k, v in msg.raw_items() if k.lower() == name]
 
 
+_SURROGATE = re.compile("[\udc80-\udcff]")
+_FOLD = re.compile(r"\r?\n[ \t]*")
+
+
 def _unfold(text: str) -> str:
-    return re.sub(r"\r?\n[ \t]*", " ", text).strip()
+    return _FOLD.sub(" ", text).strip() if "\n" in text else text.strip()
 
 
 _PLAIN_ADDRESS = re.compile(r'^[^\s<>@"(),;:]+@[^\s<>@"(),;:]+$')
