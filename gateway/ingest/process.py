@@ -29,9 +29,9 @@ from gateway.ingest.decide import (APPROVE, HOLD, NEEDS_COMMENT, REFUSE, REOPEN,
 from gateway.ingest.language import detect_language
 from gateway.ingest.parse import Limits, ParsedMail, parse
 from gateway.ingest.references import find_reference
-from gateway.ingest.threading import dmarc_failed, find_ticket, permission
+from gateway.ingest.threading import dmarc_failed, find_ticket, permission, signed_replies
 from gateway.outbound.notify import KnownThread, Notifier
-from gateway.tokens import marked_addresses, verified_reply
+from gateway.tokens import marked_addresses
 from store import lifecycle
 from store.addresses import key as address_key
 from store.blobs import BlobStore
@@ -201,11 +201,10 @@ class Processor:
         answered = {mid for mid in mail.in_reply_to if mid}
         index = next((i for i, (mid, _at) in enumerate(requests) if mid in answered), None)
         if index is None:
-            for addr in [*recipients, *marked_addresses(mail.html or "")]:
-                found = verified_reply(self.config.gateway.secret, address_key(addr))
-                if found and found[0] == ticket.number and found[1] is not None:
-                    index = found[1] - 1
-                    break
+            addresses = [*recipients, *marked_addresses(mail.html or "")]
+            index = next((request - 1 for number, request in signed_replies(addresses, self.config.gateway.secret,
+                                                                            self.own)
+                          if number == ticket.number and request is not None), None)
         if index is None:
             return None
         if not 0 <= index < len(requests):  # signed by us, yet no such request: not this question

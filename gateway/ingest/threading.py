@@ -23,12 +23,13 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
+from typing import Iterator
 
 from sqlmodel import Session, select
 
 from gateway.ingest.parse import ParsedMail
 from gateway.ingest.references import ticket_tags
-from gateway.tokens import marked_addresses, verify_reply_address
+from gateway.tokens import marked_addresses, verified_reply
 from store.addresses import all_addresses, key as address_key, strip_tag
 from store.models import Person, Ticket, TicketMessage
 
@@ -93,17 +94,24 @@ def find_ticket(session: Session, mail: ParsedMail, recipients: list[str], secre
     return None
 
 
-def _ticket_by_token(session: Session, addresses: list[str], secret: str, own: tuple[str, ...]) -> Ticket | None:
-    """The ticket of the first signed reply address among ``addresses`` that verifies."""
+def signed_replies(addresses: list[str], secret: str, own: tuple[str, ...]) -> Iterator[tuple[str, int | None]]:
+    """(ticket number, approval request or None) of each of ``addresses`` that is a
+    signed reply address of ours and verifies, in order."""
     for addr in addresses:
         # Only a token on one of our own addresses: the same local part elsewhere is not ours.
         if not is_own(addr, own):
             continue
-        number = verify_reply_address(secret, address_key(addr))
-        if number:
-            ticket = _ticket_by_number(session, number)
-            if ticket is not None:
-                return ticket
+        found = verified_reply(secret, address_key(addr))
+        if found:
+            yield found
+
+
+def _ticket_by_token(session: Session, addresses: list[str], secret: str, own: tuple[str, ...]) -> Ticket | None:
+    """The ticket of the first signed reply address among ``addresses`` that verifies."""
+    for number, _request in signed_replies(addresses, secret, own):
+        ticket = _ticket_by_number(session, number)
+        if ticket is not None:
+            return ticket
     return None
 
 
