@@ -85,3 +85,33 @@ def test_a_subject_that_looks_like_an_unfinished_encoded_word_still_gets_its_con
     (row,) = outbox_rows(app)
     assert row.state == "pending" and b"utf8:" in row.raw
     app.engine.dispose()
+
+
+def test_several_senders_in_from_are_quarantined_unless_sender_names_one(tmp_path, database_url):
+    """Item 21: ``From: victim, attacker`` or two From fields is an ambiguous identity:
+    quarantined, never "the first" (which would write into the victim's ticket); with a
+    Sender field naming one of the authors (RFC 5322 §3.6.2), that one sent it."""
+    app = make_app(tmp_path, database_url=database_url)
+    first = receive(app, raw(f"Alice <{VICTIM}>", "Salary slips ##HR1##", mid="a1@corp.example"))
+    assert first.outcome == "created"
+    follow = f"In-Reply-To: <a1@corp.example>\r\n"
+    listed = receive(app, raw(f"Alice <{VICTIM}>, Mallory <mallory@evil.example>", f"RE: [{first.ticket}] Salary",
+                              "Send them to mallory please.", mid="f1@evil.example", extra=follow))
+    assert listed.outcome == "quarantined" and "ambiguous sender" in listed.detail
+    twice = receive(app, raw(f"Alice <{VICTIM}>", f"RE: [{first.ticket}] Salary", "To mallory please.",
+                             mid="f2@evil.example", extra=f"From: Mallory <mallory@evil.example>\r\n{follow}"))
+    assert twice.outcome == "quarantined" and "2 From fields" in twice.detail
+    # Sender names someone outside the authors: still ambiguous.
+    outside = receive(app, raw(f"Alice <{VICTIM}>, Bob <bob@corp.example>", "Printer", mid="f3@x.example",
+                               extra="Sender: Mallory <mallory@evil.example>\r\n"))
+    assert outside.outcome == "quarantined"
+    assert [m.from_addr for m in messages_on(app, first.ticket)] == [VICTIM]
+    # Two authors and the Sender one of them: a ticket in the sender's name.
+    pair = receive(app, raw(f"Alice <{VICTIM}>, Bob <bob@corp.example>", "Printer on the 3rd floor",
+                            mid="p1@corp.example", extra="Sender: Bob <bob@corp.example>\r\n"))
+    assert pair.outcome == "created" and pair.ticket != first.ticket
+    assert [m.from_addr for m in messages_on(app, pair.ticket)] == ["bob@corp.example"]
+    # The same address twice is one sender.
+    same = receive(app, raw(f"Alice <{VICTIM}>, alice <{VICTIM.upper()}>", "Scanner", mid="s1@corp.example"))
+    assert same.outcome == "created"
+    app.engine.dispose()

@@ -256,7 +256,7 @@ def sender_problem(values: list[str]) -> str | None:
     standard library's strict header parser (CVE-2023-27043: shapes such as
     ``alice@corp.example(<mallory@evil>`` read as Alice by one and not by the other), or
     the MTA that checked DMARC may have read another address than ours.  (Several From
-    addresses are read alike by both: the first is the sender, as every helpdesk does.)"""
+    addresses are read alike by both; ``parse`` then asks which one sent, _one_author.)"""
     if values and all(isinstance(value, str) and _SIMPLE_FROM.match(value) for value in values):
         # A plain address, or a phrase of plain words (encoded words included) or a plain
         # quoted string before one in angle brackets: nothing either parser could read
@@ -288,6 +288,23 @@ def sender_problem(values: list[str]) -> str | None:
     if not ours and values:
         return None  # no usable address at all: the "no sender" quarantine says so
     return None
+
+
+def _one_author(msg: email.message.Message, from_values: list[str], froms, notes: list[str],
+                hint: str | None) -> tuple[str, str]:
+    """The sender of a mail whose From names several people, or a Quarantine.
+
+    Which of them wrote is an identity question, and the first is not an answer: "From:
+    victim, attacker" would act in the victim's name.  RFC 5322 allows one From field,
+    and several authors in it only with a Sender field naming the one who sent: that one,
+    when it is among the authors."""
+    if len(from_values) > 1:
+        raise Quarantine(f"ambiguous sender: {len(from_values)} From fields")
+    senders = _addresses(raw_headers(msg, "Sender"), notes, hint)
+    authors = {a.lower(): (name, a) for name, a in froms}
+    if len(senders) == 1 and senders[0][1].lower() in authors:
+        return authors[senders[0][1].lower()]
+    raise Quarantine(f"ambiguous sender: {len(authors)} addresses in From and no Sender naming one of them")
 
 
 def _message_ids(value: str | None) -> tuple[str, ...]:
@@ -795,6 +812,8 @@ def parse(raw: bytes, limits: Limits = Limits(), blobs=None) -> ParsedMail:
         raise Quarantine(problem)
     froms = _addresses(from_values, notes, hint)
     from_name, from_addr = froms[0] if froms else ("", "")
+    if len(from_values) > 1 or len({a.lower() for _, a in froms}) > 1:
+        from_name, from_addr = _one_author(msg, from_values, froms, notes, hint)
     to = tuple(a for _, a in _addresses(msg.get_all("To") or [], notes))
     cc = tuple(a for _, a in _addresses(msg.get_all("Cc") or [], notes))
     reply_to = tuple(a for _, a in _addresses(msg.get_all("Reply-To") or [], notes))
