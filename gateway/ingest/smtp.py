@@ -54,7 +54,25 @@ class Door:
             return True
         return f"{local.split('+', 1)[0]}@{domain}" in self.own
 
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options):
+        """A non-ASCII address only with SMTPUTF8 on MAIL (RFC 6531, 3.4): the door offers
+        it, so aiosmtpd reads every command as UTF-8 and would take such an address from a
+        client that never declared it.  aiosmtpd (1.4, ``smtp_MAIL``) leaves the
+        transaction to a MAIL hook: it sets ``mail_from`` and ``mail_options`` itself."""
+        if not _utf8_allowed(address, mail_options):
+            return "553 5.6.7 Non-ASCII address without SMTPUTF8 on MAIL FROM"
+        if not _valid_utf8(address):
+            return "553 5.6.7 The address is not valid UTF-8"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options):
+        # SMTPUTF8 is a parameter of MAIL: it covers the whole transaction (RFC 6531, 3.4).
+        if not _utf8_allowed(address, envelope.mail_options):
+            return "553 5.6.7 Non-ASCII address without SMTPUTF8 on MAIL FROM"
+        if not _valid_utf8(address):
+            return "553 5.6.7 The address is not valid UTF-8"
         if not self.accepts(address):
             return "550 5.1.1 No such mailbox here"
         if len(envelope.rcpt_tos) >= self.config.smtp.max_recipients:
@@ -122,6 +140,23 @@ class Door:
         if self.on_stored is not None:
             self.on_stored(stored)
         return f"250 2.0.0 Stored as #{stored.id}"
+
+
+def _utf8_allowed(address: str, mail_options) -> bool:
+    """False for a non-ASCII address (UTF-8, or raw 8-bit bytes that aiosmtpd keeps as
+    surrogates) in a transaction whose MAIL did not carry SMTPUTF8."""
+    return address.isascii() or any(option.upper() == "SMTPUTF8" for option in mail_options)
+
+
+def _valid_utf8(address: str) -> bool:
+    """False when the address held bytes that are not UTF-8 (kept as surrogates): with
+    SMTPUTF8 declared they are still no address, and storing them could only fail, again
+    at every retry of the sender; a permanent answer now tells it."""
+    try:
+        address.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _check_spooled(writer: BlobWriter, limits: Limits) -> tuple[str | None, str]:
