@@ -64,6 +64,7 @@ def test_each_rule_with_a_real_mail(corpus, rel, kind, detail):
     ("X-Autoreply", "yes"), ("X-Autorespond", "Out of office"), ("X-MS-Exchange-Generated-Message-Source",
                                                                   "Mailbox Rules Agent"),
     ("Auto-Submitted", "auto-replied (vacation)"), ("X-Auto-Response-Suppress", "DR, OOF, AutoReply"),
+    ("List-Id", "IT news <it-news.corp.example>"),
 ])
 def test_header_rules_on_a_real_person_mail(corpus, name, value):
     auto = classify(parse(with_header(corpus_mail(corpus, PERSON), name, value)), OWN)

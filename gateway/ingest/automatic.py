@@ -6,7 +6,8 @@ a person wrote.  Nothing it recognises may make a ticket or a notification.
 The order matters: our own mail first (a loop is never processed again), then delivery
 and abuse reports (many bounces also carry ``Auto-Submitted``, and they must be linked
 to the mail that bounced), then the auto-reply headers of RFC 3834 and of the common
-mail programs, then the subjects of out-of-office replies in our four languages.
+mail programs and a mailing list's List-Id, then the subjects of out-of-office replies
+in our four languages.
 """
 
 from __future__ import annotations
@@ -74,6 +75,11 @@ def classify(mail: ParsedMail, own_addresses: tuple[str, ...], own_domain: str =
             return Automatic("auto-reply", f"{name}: {value.strip()[:80]}")
     if precedence.split(";")[0].strip() in ("bulk", "junk", "list", "auto_reply"):
         return Automatic("auto-reply", f"Precedence: {precedence[:40]}")
+    # A mailing list's copy (RFC 2919), with or without Precedence: list: answering it
+    # would answer the whole list.
+    list_id = mail.header("list-id")
+    if list_id is not None and list_id.strip():
+        return Automatic("auto-reply", f"mailing-list mail, List-Id: {list_id.strip()[:80]}")
     if _OOO.search(mail.subject):
         return Automatic("auto-reply", f"out-of-office subject: {mail.subject[:80]}")
     return None
