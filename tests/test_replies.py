@@ -719,6 +719,23 @@ def test_an_answer_once_used_does_not_decide_again(gw):
     assert deliver(gw, fresh).outcome == "approval" and ticket(gw, number).status == lifecycle.IN_PROGRESS
 
 
+def test_an_autoresponder_saying_approve_decides_nothing(gw):
+    """Item 36 of the reliability bar: an out-of-office that quotes "Approuvé" (or whose
+    rule answers with it) is a machine: never a decision, no answer, the ticket waits."""
+    number = _service_request(gw)
+    _mid, request_to = _request(gw, number, "Écran 27 pouces : 320 EUR")
+    _m, _plain, subject = last_notification(gw, number)
+    sent = len(notifications(gw, number))
+    moves = len(history(gw, number))
+    auto = b"Auto-Submitted: auto-replied\r\n" + outlook_reply(
+        MARIE, "Marie Dupont", f"Réponse automatique : {subject}", "Approuvé. Je suis absente jusqu'au 4 décembre.",
+        request_to, subject, mid="ooo-1@o", to=request_to)
+    out = deliver(gw, auto)
+    assert out.outcome == "auto-reply"
+    assert ticket(gw, number).status == lifecycle.APPROVAL and len(history(gw, number)) == moves
+    assert len(notifications(gw, number)) == sent
+
+
 def test_a_request_address_is_signed_for_its_request_only(gw):
     """The ticket's token does not sign a request number, nor one request's token another."""
     from gateway.tokens import reply_address, token_for, verified_reply
