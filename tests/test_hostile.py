@@ -115,3 +115,28 @@ def test_several_senders_in_from_are_quarantined_unless_sender_names_one(tmp_pat
     same = receive(app, raw(f"Alice <{VICTIM}>, alice <{VICTIM.upper()}>", "Scanner", mid="s1@corp.example"))
     assert same.outcome == "created"
     app.engine.dispose()
+
+
+def test_a_malformed_mail_makes_its_ticket_and_says_what_was_wrong(tmp_path, database_url):
+    """Items 15 and 17: a missing closing boundary and base64 with trailing garbage. The
+    ticket is made from what could be read, and the inbound row says what was wrong,
+    for the agent who finds the text odd (``gateway inbound show``)."""
+    from store.models import InboundMessage
+
+    app = make_app(tmp_path, database_url=database_url)
+    mail = (b"From: Bob <bob@example.be>\r\nTo: helpdesk@localhost\r\nSubject: Printer\r\n"
+            b"Message-ID: <broken-1@example.be>\r\nMIME-Version: 1.0\r\n"
+            b"Content-Type: multipart/mixed; boundary=\"XYZ\"\r\n\r\n--XYZ\r\n"
+            b"Content-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+            b"TCdpbXByaW1hbnRlIGVzdCBlbiBwYW5uZS4=x\r\n")
+    out = receive(app, mail)
+    assert out.outcome == "created" and "close boundary not found" in out.detail
+    with session_for(app.engine) as session:
+        ticket = session.exec(select(Ticket)).one()
+        assert "L'imprimante est en panne." in ticket.description
+        row = session.exec(select(InboundMessage)).one()
+        assert "as read: close boundary not found" in row.detail
+    # A well-formed mail says nothing of the kind.
+    clean = receive(app, raw("Bob <bob@example.be>", "Scanner", mid="clean-1@example.be"))
+    assert clean.outcome == "created" and "as read" not in (clean.detail or "")
+    app.engine.dispose()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import timedelta
 from typing import Callable
 
@@ -55,6 +55,16 @@ def unanswerable_sender(mail: ParsedMail) -> str | None:
     if _NO_REPLY.match(local):
         return f"no-reply sender {mail.from_addr}"
     return None
+
+
+def with_defects(detail: str | None, defects: tuple[str, ...]) -> str:
+    """The outcome's detail and what was wrong with the mail as it came (a missing
+    boundary, a charset that did not decode, broken base64...): the agent who finds its
+    text garbled sees why in ``gateway inbound show``, without opening the raw mail."""
+    words = [re.sub(r"(?<=[a-z])(?=[A-Z])", " ", d[:-len("Defect")]).lower() if d.endswith("Defect") else d
+             for d in defects]
+    read = "as read: " + "; ".join(words)
+    return f"{detail}; {read}" if detail else read
 
 
 # A batch (Processor.process_batch): at most this many mails, and this much raw mail
@@ -606,6 +616,8 @@ class Processor:
                 number, detail = self.record_report(session, mail, facts.automatic)
                 decision = Ignore("bounce", detail, number)
             outcome = self.apply(session, inbound, mail, decision, sender)
+            if mail.defects:
+                outcome = replace(outcome, detail=with_defects(outcome.detail, mail.defects))
             state = "quarantined" if outcome.outcome == "quarantined" else "processed"
             outcome = self._mark(session, inbound, outcome, state)
             savepoint.commit()
