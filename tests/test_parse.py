@@ -180,6 +180,10 @@ def test_calendar_invitation_kept():
 @pytest.mark.parametrize("name, clean", [
     ("../../../etc/cron.d/x", "x"), ("C:\\Users\\me\\evil.exe", "evil.exe"), ("a\x00b\x07c.txt", "abc.txt"),
     ("   ", "attachment"), ("x" * 300 + ".pdf", "x" * 196 + ".pdf"),
+    # Reliability bar item 42: a right-to-left override hides the real extension; Windows
+    # device names are no files.  Item 44: an endless extension is cut, in linear time.
+    ("invoice\u202egpj.exe", "invoicegpj.exe"), ("CON", "_CON"), ("con.txt", "_con.txt"), ("LPT1.pdf", "_LPT1.pdf"),
+    ("console.txt", "console.txt"), ("Com10.txt", "Com10.txt"), ("report." + "x" * 100_000, "report." + "x" * 193),
 ])
 def test_file_names_cleaned(name, clean):
     assert clean_filename(name) == clean

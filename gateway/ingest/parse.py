@@ -341,13 +341,19 @@ def _part_filename(part: email.message.Message, notes: list[str], hint: str | No
     return decode_header_value(name, notes, hint)
 
 
+_WINDOWS_DEVICE = re.compile(r"^(?:con|prn|aux|nul|com[0-9]|lpt[0-9])(?:\.|$)", re.IGNORECASE)
+
+
 def clean_filename(name: str, fallback: str = "attachment") -> str:
-    """A file name safe to show and to store: no path parts, no control characters, bounded."""
+    """A file name safe to show and to store: no path parts, no control or bidi characters
+    (``invoice\u202egpj.exe`` shows as the .exe it is), no Windows device name, bounded."""
     name = name.replace("\\", "/").rsplit("/", 1)[-1]
     name = "".join(ch for ch in name if ch.isprintable() and ch not in '<>:"|?*')
     name = name.strip().strip(".").strip()
     if not name:
         name = fallback
+    if _WINDOWS_DEVICE.match(name):  # "CON.txt" opens the console, not a file, on Windows
+        name = "_" + name
     if len(name) > 200:
         stem, dot, ext = name.rpartition(".")
         if dot and 0 < len(ext) <= 10:
