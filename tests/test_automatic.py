@@ -71,6 +71,19 @@ def test_header_rules_on_a_real_person_mail(corpus, name, value):
     assert auto is not None and auto.kind == "auto-reply" and name.lower() in auto.detail.lower()
 
 
+def test_our_own_message_id_with_precedence_bulk_is_a_loop(corpus):
+    """Reliability bar item 50: a mail carrying a Message-ID at our domain and
+    Precedence: bulk is our own mail coming back (a relay or list that kept our id)."""
+    raw = re.sub(rb"(?im)^Message-ID:[^\n]*\n", b"", corpus_mail(corpus, PERSON))
+    ours = with_header(with_header(raw, "Message-ID", "<gw.42.abc@helpdesk.example>"), "Precedence", "bulk")
+    auto = classify(parse(ours), OWN, own_domain="helpdesk.example")
+    assert auto is not None and auto.kind == "loop" and "our own Message-ID" in auto.detail
+    # Another domain's id with Precedence: bulk is bulk mail, not our loop.
+    theirs = with_header(with_header(raw, "Message-ID", "<x.1@news.example>"), "Precedence", "bulk")
+    other = classify(parse(theirs), OWN, own_domain="helpdesk.example")
+    assert other is not None and other.kind == "auto-reply"
+
+
 def test_auto_submitted_no_is_a_person(corpus):
     assert classify(parse(with_header(corpus_mail(corpus, PERSON), "Auto-Submitted", "no")), OWN) is None
 

@@ -736,6 +736,26 @@ def test_an_autoresponder_saying_approve_decides_nothing(gw):
     assert len(notifications(gw, number)) == sent
 
 
+def test_an_approval_word_only_in_an_attachment_decides_nothing(gw):
+    """Reliability bar item 38: a command is read from the new text of the reply only;
+    an attachment named approve.txt, or holding "Approuvé", is no answer."""
+    number = _service_request(gw)
+    request_id, request_to = _request(gw, number, "Écran 27 pouces : 320 EUR")
+    _m, _plain, subject = last_notification(gw, number)
+    moves = len(history(gw, number))
+    out = deliver(gw, gmail_reply(MARIE, "Marie Dupont", f"Re: {subject}", "Voir pièce jointe.",
+                                  mid="att-1@mail.gmail.com", in_reply_to=request_id, to=request_to,
+                                  attachment=("approve.txt", "Approuvé.\r\nAPPROVE\r\n".encode())))
+    assert (out.outcome, out.ticket) == ("appended", number)
+    assert ticket(gw, number).status == lifecycle.APPROVAL and len(history(gw, number)) == moves
+    from store.models import Attachment
+
+    with session_for(gw.engine) as s:  # the attachment came, and is kept on the comment
+        kept = s.exec(select(Attachment.filename).where(
+            Attachment.message_id == messages(gw, number, "in")[-1].id)).all()
+    assert kept == ["approve.txt"]
+
+
 def test_a_request_address_is_signed_for_its_request_only(gw):
     """The ticket's token does not sign a request number, nor one request's token another."""
     from gateway.tokens import reply_address, token_for, verified_reply
