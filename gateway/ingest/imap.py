@@ -270,9 +270,10 @@ class Importer:
             size = int(size_info.get(b"RFC822.SIZE", 0))
             if size > self.max_size:
                 # Not fetched: a huge message is left for a person, in the failed folder.
+                if not self._move(client, uid, box.failed_folder):
+                    return self._vanished(uid, f"before it was moved to {box.failed_folder!r} ({size} bytes)")
                 log.error("mailbox %s: UID %s is %s bytes, above the limit of %s; moved to %r unread",
                           box.name, uid, size, self.max_size, box.failed_folder)
-                move(client, uid, box.failed_folder)
                 return ItemResult(uid, "", "too-large", None, box.failed_folder,
                                   detail=f"{size} bytes > {self.max_size}")
         data = client.fetch([uid], ["BODY.PEEK[]"]).get(uid)
@@ -283,9 +284,10 @@ class Importer:
             stored = store_raw(self.engine, self.blobs, raw, source=self.source, process=box.process or None)
         except StoreFailed as exc:
             mid = header_message_id(raw)
+            if not self._move(client, uid, box.failed_folder):
+                return self._vanished(uid, f"after it could not be stored ({exc})", mid)
             log.error("<%s> mailbox %s: UID %s could not be stored (%s); moved to %r", mid, box.name, uid, exc,
                       box.failed_folder)
-            move(client, uid, box.failed_folder)
             return ItemResult(uid, mid, "store-failed", None, box.failed_folder, detail=str(exc))
         # The bytes are committed: from here on the IMAP copy may go.
         outcome, ticket, detail = "stored", None, None
@@ -293,15 +295,39 @@ class Importer:
             result = self.process(stored.id)
             outcome, ticket, detail = result.outcome, result.ticket, result.detail
         target = box.failed_folder if outcome == "quarantined" else box.processed_folder
-        move(client, uid, target)
+        if not self._move(client, uid, target):
+            # Another client expunged it after we committed it: the gateway has it, nothing is lost.
+            log.info("<%s> mailbox %s: UID %s %s%s%s, then vanished before it was moved to %r (another client "
+                     "expunged it; it is stored)", stored.message_id, box.name, uid, outcome,
+                     f" {ticket}" if ticket else "", " (already stored)" if stored.duplicate else "", target)
+            return ItemResult(uid, stored.message_id, outcome, ticket, None, stored.duplicate,
+                              "; ".join(filter(None, [detail, "expunged by another client before it was moved"])))
         log.info("<%s> mailbox %s: UID %s %s%s%s, moved to %r", stored.message_id, box.name, uid, outcome,
                  f" {ticket}" if ticket else "", " (already stored)" if stored.duplicate else "", target)
         return ItemResult(uid, stored.message_id, outcome, ticket, target, stored.duplicate, detail)
 
-    def _vanished(self, uid: int) -> ItemResult:
-        # Another client expunged it between SEARCH and FETCH: nothing of ours is lost.
-        log.info("mailbox %s: UID %s vanished before it was fetched", self.box.name, uid)
-        return ItemResult(uid, "", "vanished", None, None)
+    def _move(self, client: IMAPClient, uid: int, folder: str) -> bool:
+        """move(); False if the message is no longer there to move: another client
+        expunged it meanwhile (Dovecot refuses with NO [EXPUNGEISSUED], RFC 5530).  Any
+        other failure is raised (the poller reconnects)."""
+        try:
+            move(client, uid, folder)
+            return True
+        except imaplib.IMAP4.abort:
+            raise
+        except IMAPClientError:
+            # A server reports another session's expunges between commands: NOOP first.
+            client.noop()
+            if client.search(["UID", str(uid)]):
+                raise
+            return False
+
+    def _vanished(self, uid: int, when: str = "before it was fetched", message_id: str = "") -> ItemResult:
+        # Another client expunged it: between SEARCH and FETCH nothing of ours is lost; an
+        # unstored message gone from the folder is the other client's doing, not ours to keep.
+        log.info("%smailbox %s: UID %s vanished %s", f"<{message_id}> " if message_id else "", self.box.name,
+                 uid, when)
+        return ItemResult(uid, message_id, "vanished", None, None, detail=f"expunged by another client {when}")
 
 
 # The long-running poller ------------------------------------------------------------------
