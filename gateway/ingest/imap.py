@@ -11,12 +11,14 @@ except as the second half of a move.
 What "failed" means, for the person who looks at that folder: the message could not be
 stored (it is not in the gateway at all: ``gateway imap retry-failed`` moves such
 messages back to the folder to be taken again, and the store recognises what it already
-has), it was larger than ``[smtp] max_message_size``
-(not fetched), or processing quarantined it (it is in the gateway, quarantined with the
-reason, and made no ticket).  A processing error that will be retried (the worker
-quarantines after ``max_attempts``) does not count: the mail is stored, so it goes to
-``processed``.  Without a worker (``serve --accept-only``) nothing is processed here,
-so every stored message goes to ``processed``.
+has), it was larger than ``[smtp] max_message_size`` (not fetched: only its header is,
+and kept as a quarantined inbound row with outcome ``too-large``, committed before the
+move, so ``gateway inbound list`` shows it; ``retry-failed`` moves it back once the limit
+allows it, and it is then taken in full as a new row), or processing quarantined it (it
+is in the gateway, quarantined with the reason, and made no ticket).  A processing error
+that will be retried (the worker quarantines after ``max_attempts``) does not count: the
+mail is stored, so it goes to ``processed``.  Without a worker (``serve --accept-only``)
+nothing is processed here, so every stored message goes to ``processed``.
 
 Why there is no UID cursor: a crash between the commit and the move leaves the message
 in the folder, and the next pass fetches it again; the store recognises the bytes and
@@ -32,10 +34,13 @@ starts and once when it ends, not at every retry.
 
 from __future__ import annotations
 
+import email.parser
+import email.policy
 import hashlib
 import imaplib
 import logging
 import os
+import re
 import shlex
 import socket
 import ssl
@@ -48,12 +53,15 @@ from dataclasses import dataclass
 from imapclient import IMAPClient, SocketTimeout
 from imapclient.exceptions import IMAPClientError, LoginError
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 
 from gateway.config import MailboxSection
 from gateway.errors import GatewayError, StoreFailed
-from gateway.ingest.inbound import find_stored, header_message_id, store_raw
+from gateway.ingest.inbound import Stored, find_stored, header_message_id, store_raw
+from gateway.ingest.parse import decode_header_value, raw_header
 from store.blobs import BlobStore
 from store.db import session_for
+from store.models import InboundMessage, utcnow
 
 log = logging.getLogger("gateway.imap")
 
@@ -63,6 +71,11 @@ IDLE_RENEW_SECONDS = 20 * 60
 # How often a waiting poller looks at its stop flag.
 STOP_CHECK_SECONDS = 1.0
 TIMEOUT = SocketTimeout(connect=15.0, read=120.0)
+# The outcome of the inbound row kept for a message above max_size: its header only, never
+# processed (gateway inbound reprocess refuses it).
+TOO_LARGE = "too-large"
+# At most this much of a too-large message's header is fetched (a header can be huge too).
+HEADER_CAP = 256 * 1024
 
 
 class ImapConfigError(GatewayError):
@@ -269,13 +282,7 @@ class Importer:
                 return self._vanished(uid)
             size = int(size_info.get(b"RFC822.SIZE", 0))
             if size > self.max_size:
-                # Not fetched: a huge message is left for a person, in the failed folder.
-                if not self._move(client, uid, box.failed_folder):
-                    return self._vanished(uid, f"before it was moved to {box.failed_folder!r} ({size} bytes)")
-                log.error("mailbox %s: UID %s is %s bytes, above the limit of %s; moved to %r unread",
-                          box.name, uid, size, self.max_size, box.failed_folder)
-                return ItemResult(uid, "", "too-large", None, box.failed_folder,
-                                  detail=f"{size} bytes > {self.max_size}")
+                return self._too_large(client, uid, size)
         data = client.fetch([uid], ["BODY.PEEK[]"]).get(uid)
         raw = None if data is None else data.get(b"BODY[]")
         if raw is None:
@@ -306,6 +313,49 @@ class Importer:
                  f" {ticket}" if ticket else "", " (already stored)" if stored.duplicate else "", target)
         return ItemResult(uid, stored.message_id, outcome, ticket, target, stored.duplicate, detail)
 
+    def _too_large(self, client: IMAPClient, uid: int, size: int) -> ItemResult:
+        """A message above max_size: not fetched, only its header (BODY.PEEK[HEADER], at
+        most HEADER_CAP bytes).  The header is kept as a quarantined inbound row (outcome
+        too-large), committed before the message is moved to the failed folder, so the
+        desk has a record of it; the same message seen again gets the same row."""
+        box = self.box
+        data = client.fetch([uid], [f"BODY.PEEK[HEADER]<0.{HEADER_CAP}>"]).get(uid)
+        header = None if data is None else next(
+            (v for k, v in data.items() if k.startswith(b"BODY[HEADER]")), None)
+        if header is None:
+            return self._vanished(uid)
+        mid = header_message_id(header)
+        limit = f"{size} bytes > {self.max_size} ([smtp] max_message_size)"
+        kept = "only its header is kept" + (f" (its first {HEADER_CAP} bytes)" if len(header) >= HEADER_CAP else "")
+        detail = (f"too large: {limit}; not fetched, left in folder {box.failed_folder!r}; {kept}"
+                  + _from_and_subject(header))
+        try:
+            stub = record_too_large(self.engine, self.blobs, header, size=size, message_id=mid, source=self.source,
+                                    process=box.process or None, detail=detail)
+        except StoreFailed as exc:
+            # As for a message that could not be stored: into the failed folder, never lost.
+            if not self._move(client, uid, box.failed_folder):
+                return self._vanished(uid, f"after its record could not be stored ({exc}; {size} bytes)", mid)
+            log.error("<%s> mailbox %s: UID %s is %s bytes, above the limit of %s, and its record could not be "
+                      "stored (%s); moved to %r unread", mid, box.name, uid, size, self.max_size, exc,
+                      box.failed_folder)
+            return ItemResult(uid, mid, "store-failed", None, box.failed_folder,
+                              detail=f"too large: {limit}; its record could not be stored: {exc}")
+        seen = " (seen before)" if stub.duplicate else ""
+        if not self._move(client, uid, box.failed_folder):
+            # Another client expunged it after its record was committed: the row stays, saying so.
+            note = f"expunged by another client before it was moved to {box.failed_folder!r}"
+            _note_on(self.engine, stub.id, note)
+            log.info("<%s> mailbox %s: UID %s is %s bytes, above the limit of %s, kept as inbound #%s%s, then "
+                     "vanished before it was moved to %r (another client expunged it)", mid, box.name, uid, size,
+                     self.max_size, stub.id, seen, box.failed_folder)
+            return ItemResult(uid, mid, TOO_LARGE, None, None, stub.duplicate, f"{limit}; inbound #{stub.id}; {note}")
+        log.error("<%s> mailbox %s: UID %s is %s bytes, above the limit of %s; moved to %r unread, its header "
+                  "kept as inbound #%s%s (gateway inbound show %s)", mid, box.name, uid, size, self.max_size,
+                  box.failed_folder, stub.id, seen, stub.id)
+        return ItemResult(uid, mid, TOO_LARGE, None, box.failed_folder, stub.duplicate,
+                          f"{limit}; inbound #{stub.id}")
+
     def _move(self, client: IMAPClient, uid: int, folder: str) -> bool:
         """move(); False if the message is no longer there to move: another client
         expunged it meanwhile (Dovecot refuses with NO [EXPUNGEISSUED], RFC 5530).  Any
@@ -328,6 +378,63 @@ class Importer:
         log.info("%smailbox %s: UID %s vanished %s", f"<{message_id}> " if message_id else "", self.box.name,
                  uid, when)
         return ItemResult(uid, message_id, "vanished", None, None, detail=f"expunged by another client {when}")
+
+
+def record_too_large(engine: Engine, blobs: BlobStore, header: bytes, *, size: int, message_id: str, source: str,
+                     process: str | None, detail: str) -> Stored:
+    """The inbound row of a too-large message: its header in the blob store (fsynced),
+    the row committed in one transaction already quarantined (outcome too-large), so no
+    worker ever takes it for a mail to process.  Its key is (Message-ID, sha256 of the
+    header): the same message seen again gets the first row (``duplicate``).  StoreFailed
+    if it could not be stored."""
+    try:
+        sha = blobs.put(header)
+        with session_for(engine) as session:
+            row = InboundMessage(source=source[:500], process=process, message_id=message_id, sha256=sha, size=size,
+                                 state="quarantined", outcome=TOO_LARGE, detail=detail, processed_at=utcnow())
+            session.add(row)
+            try:
+                session.commit()
+            except IntegrityError:
+                session.rollback()
+                existing = find_stored(session, message_id, sha)
+                assert existing is not None  # the unique key refused this very row
+                return Stored(existing.id, True, message_id, sha)
+            return Stored(row.id, False, message_id, sha)
+    except Exception as exc:
+        raise StoreFailed(f"could not store the message's record: {type(exc).__name__}: {exc}") from exc
+
+
+def _note_on(engine: Engine, inbound_id: int | None, note: str) -> None:
+    """Add ``note`` to a too-large row's detail (best effort: the row is the record already)."""
+    try:
+        with session_for(engine) as session:
+            row = session.get(InboundMessage, inbound_id)
+            if row is not None and row.outcome == TOO_LARGE and note not in (row.detail or ""):
+                row.detail = f"{row.detail}; {note}" if row.detail else note
+                session.add(row)
+                session.commit()
+    except Exception as exc:  # noqa: BLE001 - the row exists; only its wording is older
+        log.warning("inbound #%s: could not add %r to its detail: %s", inbound_id, note, exc)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+def _from_and_subject(header: bytes) -> str:
+    """ "; from X; subject 'Y'" of a raw header, for the row's detail (what an agent needs
+    to answer the sender); "" if neither can be read."""
+    try:
+        msg = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(header)
+        parts = []
+        for name in ("From", "Subject"):
+            value = _CONTROL.sub(" ", decode_header_value(raw_header(msg, name))).strip()
+            if value:
+                cut = value if len(value) <= 200 else value[:200] + "…"
+                parts.append(f"from {cut}" if name == "From" else f"subject {cut!r}")
+        return "".join(f"; {p}" for p in parts)
+    except Exception:  # noqa: BLE001 - a header too broken to read: the blob keeps it as it came
+        return ""
 
 
 # The long-running poller ------------------------------------------------------------------
