@@ -53,15 +53,14 @@ from dataclasses import dataclass
 from imapclient import IMAPClient, SocketTimeout
 from imapclient.exceptions import IMAPClientError, LoginError
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
 
 from gateway.config import MailboxSection
 from gateway.errors import GatewayError, StoreFailed
-from gateway.ingest.inbound import Stored, find_stored, header_message_id, store_raw
+from gateway.ingest.inbound import Stored, find_stored, header_message_id, record_inbound, store_raw
 from gateway.ingest.parse import decode_header_value, raw_header
 from store.blobs import BlobStore
 from store.db import session_for
-from store.models import InboundMessage, utcnow
+from store.models import InboundMessage
 
 log = logging.getLogger("gateway.imap")
 
@@ -383,26 +382,16 @@ class Importer:
 def record_too_large(engine: Engine, blobs: BlobStore, header: bytes, *, size: int, message_id: str, source: str,
                      process: str | None, detail: str) -> Stored:
     """The inbound row of a too-large message: its header in the blob store (fsynced),
-    the row committed in one transaction already quarantined (outcome too-large), so no
-    worker ever takes it for a mail to process.  Its key is (Message-ID, sha256 of the
-    header): the same message seen again gets the first row (``duplicate``).  StoreFailed
-    if it could not be stored."""
+    the row committed already quarantined (outcome too-large), so no worker ever takes it
+    for a mail to process.  Its key is (Message-ID, sha256 of the header): the same
+    message seen again gets the first row (``duplicate``).  StoreFailed if it could not
+    be stored."""
     try:
         sha = blobs.put(header)
-        with session_for(engine) as session:
-            row = InboundMessage(source=source[:500], process=process, message_id=message_id, sha256=sha, size=size,
-                                 state="quarantined", outcome=TOO_LARGE, detail=detail, processed_at=utcnow())
-            session.add(row)
-            try:
-                session.commit()
-            except IntegrityError:
-                session.rollback()
-                existing = find_stored(session, message_id, sha)
-                assert existing is not None  # the unique key refused this very row
-                return Stored(existing.id, True, message_id, sha)
-            return Stored(row.id, False, message_id, sha)
     except Exception as exc:
-        raise StoreFailed(f"could not store the message's record: {type(exc).__name__}: {exc}") from exc
+        raise StoreFailed(f"could not store the message's header: {type(exc).__name__}: {exc}") from exc
+    return record_inbound(engine, sha, size, message_id, source=source, process=process,
+                          quarantined=(TOO_LARGE, detail))
 
 
 def _note_on(engine: Engine, inbound_id: int | None, note: str) -> None:

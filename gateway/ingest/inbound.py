@@ -77,10 +77,12 @@ def record_inbound(
     rcpt_to: tuple[str, ...] | list[str] = (),
     process: str | None = None,
     received_at: datetime | None = None,
+    quarantined: tuple[str, str] | None = None,
 ) -> Stored:
     """The inbound row of a mail whose blob is stored already (a large mail the SMTP door
     wrote to the blob store as it arrived, or a journaled one); a duplicate gets the
-    first row."""
+    first row.  ``quarantined`` (outcome, detail): a row that is a record, never a mail
+    for the workers (a too-large IMAP message's header, gateway.ingest.imap)."""
     try:
         with session_for(engine) as session:
             row = InboundMessage(
@@ -93,6 +95,8 @@ def record_inbound(
                 size=size,
                 received_at=received_at or utcnow(),
             )
+            if quarantined is not None:
+                row.state, (row.outcome, row.detail), row.processed_at = "quarantined", quarantined, utcnow()
             session.add(row)
             try:
                 session.commit()
