@@ -140,6 +140,10 @@ class LimitsSection:
     # Notifications to one sender: at most rate_limit mails in rate_window seconds.
     rate_limit: int = 20
     rate_window: int = 600
+    # New tickets from one sender: past new_tickets_per_sender in new_tickets_window
+    # seconds, a mail that would open another is quarantined for an agent (0: no limit).
+    new_tickets_per_sender: int = 0
+    new_tickets_window: int = 3600
 
 
 @dataclass(frozen=True)
@@ -350,6 +354,9 @@ def load_config(path: str | os.PathLike | None = None, env: dict[str, str] | Non
 
 
 def _check(config: Config) -> None:
+    if config.limits.new_tickets_per_sender < 0 or config.limits.new_tickets_window <= 0:
+        raise ConfigError("limits.new_tickets_per_sender must be 0 (no limit) or more, "
+                          "and limits.new_tickets_window more than 0 seconds")
     if not 0 <= config.service.worker_nice <= 19:
         raise ConfigError(f"service.worker_nice: {config.service.worker_nice} is not between 0 and 19")
     if not config.gateway.addresses:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from sqlmodel import col
 from ingest_helpers import customer_mail, inbound_rows, make_app, outbox_rows, person, receive, tickets
 
 from gateway.ingest.automatic import classify
@@ -201,6 +202,45 @@ def test_storm_of_200_mails_sends_at_most_the_rate_limit(tmp_path, database_url)
     assert outcomes == ["created"] * 200  # every mail still becomes a ticket
     assert len(tickets(app)) == 200
     assert len(outbox_rows(app)) == limit
+
+
+def test_new_tickets_per_sender_past_the_limit_are_held_for_an_agent(tmp_path, database_url):
+    """Reliability bar item 53, when the desk sets [limits] new_tickets_per_sender: a
+    script opening ticket after ticket gets that many; its further new mails are
+    quarantined with the reason (stored, visible, no answer), its replies still thread,
+    other senders are not concerned, and once the window has passed a reprocess makes
+    the held mails tickets."""
+    from sqlmodel import select
+
+    from gateway.cli import main
+    from store.db import session_for
+    from store.models import InboundMessage
+
+    app = make_app(tmp_path, "[limits]\nnew_tickets_per_sender = 3\nnew_tickets_window = 2\n", database_url)
+    outcomes = [receive(app, customer_mail(sender="script@example.org", subject=f"Alert {i}")) for i in range(5)]
+    assert [o.outcome for o in outcomes] == ["created"] * 3 + ["quarantined"] * 2
+    assert "flood: script@example.org opened 3 tickets" in outcomes[3].detail
+    assert len(tickets(app)) == 3 and len(outbox_rows(app)) == 3  # the held ones are not answered
+    reply = customer_mail(sender="script@example.org", subject=f"Re: [{outcomes[0].ticket}] Alert 0",
+                          body="Still failing.")
+    assert receive(app, reply).outcome == "appended"
+    assert receive(app, customer_mail(sender="marie@example.be", subject="Printer")).outcome == "created"
+    import time
+
+    time.sleep(2.2)  # the window passes
+    assert main(["--config", str(tmp_path / "config.toml"), "inbound", "reprocess", "--quarantined"]) == 0
+    with session_for(app.engine) as session:
+        held = session.exec(select(InboundMessage.outcome).where(
+            col(InboundMessage.message_id).in_([o.message_id for o in outcomes[3:]]))).all()
+    assert sorted(held) == ["created", "created"]
+    app.engine.dispose()
+
+
+def test_new_tickets_limit_must_be_sane(tmp_path):
+    from gateway.config import ConfigError
+
+    with pytest.raises(ConfigError, match="new_tickets_per_sender"):
+        make_app(tmp_path, "[limits]\nnew_tickets_per_sender = -1\n")
 
 
 def test_rate_falls_and_notifications_resume(tmp_path, database_url):

@@ -47,6 +47,9 @@ class Facts:
     # The sender is a known Person, and the policy for unknown ones (create, reject, quarantine).
     sender_known: bool = True
     unknown_senders: str = "create"
+    # The sender opened [limits] new_tickets_per_sender tickets in the window already:
+    # why another one is held (None: under the limit, or no limit).
+    flood: str | None = None
 
 
 @dataclass(frozen=True)
@@ -193,6 +196,15 @@ def decide_reply(mail: ParsedMail, thread: ThreadHit) -> FollowUp:
 
 
 def decide(mail: ParsedMail, facts: Facts) -> Decision:
+    decision = _decide(mail, facts)
+    if facts.flood and isinstance(decision, NewTicket):
+        # A script or a loop we do not recognise opening ticket after ticket: the mails
+        # are kept, quarantined with the reason, for an agent; replies still thread.
+        return QuarantineIt(facts.flood)
+    return decision
+
+
+def _decide(mail: ParsedMail, facts: Facts) -> Decision:
     if facts.duplicate_of:
         return Ignore("duplicate", f"Message-ID already on {facts.duplicate_of}", facts.duplicate_of)
     if facts.automatic is not None:

@@ -277,7 +277,25 @@ class Processor:
             reference=None if automatic else find_reference(mail),
             sender_known=known,
             unknown_senders=self.config.gateway.unknown_senders,
+            flood=self.flood(session, sender) if known and not automatic else None,
         )
+
+    def flood(self, session: Session, sender: Person) -> str | None:
+        """Why a new ticket from ``sender`` is held: they reported
+        limits.new_tickets_per_sender tickets in the last new_tickets_window seconds
+        already; None under the limit (or with no limit, 0)."""
+        limits = self.config.limits
+        if not limits.new_tickets_per_sender:
+            return None
+        since = utcnow() - timedelta(seconds=limits.new_tickets_window)
+        recent = session.exec(select(Ticket.id).where(Ticket.reporting_person_id == sender.id,
+                                                      col(Ticket.created_at) >= since)
+                              .limit(limits.new_tickets_per_sender)).all()
+        if len(recent) < limits.new_tickets_per_sender:
+            return None
+        return (f"flood: {sender.email} opened {len(recent)} tickets in the last {limits.new_tickets_window} s "
+                f"([limits] new_tickets_per_sender = {limits.new_tickets_per_sender}); held for an agent "
+                f"(gateway inbound reprocess takes it once the rate falls)")
 
     def over_rate(self, session: Session, sender: str) -> bool:
         """More than limits.rate_limit mails from ``sender`` in the last rate_window seconds:
