@@ -6,23 +6,13 @@ from __future__ import annotations
 
 import socket
 import time
+from contextlib import contextmanager
 
-from conftest import free_port
-from ingest_helpers import inbound_rows, make_app
-from test_routing import DoorController
-
-from gateway.ingest.smtp import Door, make_server_factory
+from ingest_helpers import inbound_rows
+from test_smtp_caps import start
 
 MAIL = (b"From: Jos\xc3\xa9 <jos\xc3\xa9@exemple.be>\r\nTo: helpdesk@localhost\r\nSubject: Imprimante\r\n"
         b"Message-ID: <dialogue-1@exemple.be>\r\n\r\nL'imprimante ne marche plus.\r\n")
-
-
-def start(tmp_path, extra: str = ""):
-    app = make_app(tmp_path, extra)
-    door = Door(app.config, app.engine, app.blobs)
-    controller = DoorController(make_server_factory(app.config, door), free_port())
-    controller.start()
-    return app, controller
 
 
 class Client:
@@ -48,11 +38,25 @@ class Client:
         self.sock.close()
 
 
+@contextmanager
+def dialogue(tmp_path, extra: str = "", timeout: float = 10):
+    """A real door on loopback (test_smtp_caps.start) and one raw connection to it; on
+    leaving, the connection is closed, the door stopped and the database let go."""
+    app, controller = start(tmp_path, extra)
+    try:
+        client = Client(controller.port, timeout)
+        try:
+            yield app, client
+        finally:
+            client.close()
+    finally:
+        controller.stop()
+        app.engine.dispose()
+
+
 # Item 9: 8-bit in MAIL FROM / RCPT TO without SMTPUTF8 -----------------------------------
 def test_non_ascii_mail_from_needs_smtputf8(tmp_path):
-    app, controller = start(tmp_path)
-    try:
-        client = Client(controller.port)
+    with dialogue(tmp_path) as (app, client):
         assert client.send(b"EHLO client.example").startswith(b"250")
         # UTF-8 and a raw Latin-1 byte alike: not ASCII, and SMTPUTF8 was not declared.
         for sender in (b"jos\xc3\xa9@exemple.be", b"jos\xe9@exemple.be"):
@@ -74,20 +78,14 @@ def test_non_ascii_mail_from_needs_smtputf8(tmp_path):
         assert client.send(b"DATA").startswith(b"354")
         assert client.send(MAIL + b".").startswith(b"250 2.0.0 Stored as #")
         assert client.send(b"QUIT").startswith(b"221")
-        client.close()
-    finally:
-        controller.stop()
-    (row,) = inbound_rows(app)
-    assert (row.mail_from, row.rcpt_to) == ("josé@exemple.be", "helpdesk@localhost")
-    app.engine.dispose()
+        (row,) = inbound_rows(app)
+        assert (row.mail_from, row.rcpt_to) == ("josé@exemple.be", "helpdesk@localhost")
 
 
 def test_non_ascii_rcpt_to_needs_smtputf8_on_mail(tmp_path):
     """With catch_all the door would take any local part at its domain: a non-ASCII one
     is refused for the missing SMTPUTF8 (553 5.6.7), not as an unknown mailbox (550)."""
-    app, controller = start(tmp_path, "[gateway]\ncatch_all = true\n")
-    try:
-        client = Client(controller.port)
+    with dialogue(tmp_path, "[gateway]\ncatch_all = true\n") as (_app, client):
         client.send(b"EHLO client.example")
         assert client.send(b"MAIL FROM:<alice@example.com>") == b"250 OK\r\n"
         assert client.send(b"RCPT TO:<s\xc3\xa9cretariat@localhost>").startswith(b"553 5.6.7 ")
@@ -95,19 +93,12 @@ def test_non_ascii_rcpt_to_needs_smtputf8_on_mail(tmp_path):
         assert client.send(b"RSET").startswith(b"250")
         assert client.send(b"MAIL FROM:<alice@example.com> SMTPUTF8") == b"250 OK\r\n"
         assert client.send(b"RCPT TO:<s\xc3\xa9cretariat@localhost>") == b"250 OK\r\n"
-        client.send(b"QUIT")
-        client.close()
-    finally:
-        controller.stop()
-        app.engine.dispose()
 
 
 # Item 6: too many recipients ----------------------------------------------------------
 def test_recipients_past_the_cap_get_452_and_the_mail_keeps_the_first_50(tmp_path):
-    app, controller = start(tmp_path)
-    assert app.config.smtp.max_recipients == 50
-    try:
-        client = Client(controller.port)
+    with dialogue(tmp_path) as (app, client):
+        assert app.config.smtp.max_recipients == 50
         client.send(b"EHLO client.example")
         assert client.send(b"MAIL FROM:<alice@example.com>") == b"250 OK\r\n"
         replies = [client.send(b"RCPT TO:<helpdesk@localhost>") for _ in range(60)]
@@ -116,32 +107,20 @@ def test_recipients_past_the_cap_get_452_and_the_mail_keeps_the_first_50(tmp_pat
         # A 452 is for that recipient only: the transaction goes on with the others.
         assert client.send(b"DATA").startswith(b"354")
         assert client.send(MAIL + b".").startswith(b"250 2.0.0 Stored as #")
-        client.send(b"QUIT")
-        client.close()
-    finally:
-        controller.stop()
-    (row,) = inbound_rows(app)
-    assert row.rcpt_to.split(",") == ["helpdesk@localhost"] * 50
-    app.engine.dispose()
+        (row,) = inbound_rows(app)
+        assert row.rcpt_to.split(",") == ["helpdesk@localhost"] * 50
 
 
 # Item 5: a 1 MB command line ----------------------------------------------------------
 def test_a_one_megabyte_command_line_gets_500_and_the_connection_stays_usable(tmp_path):
-    app, controller = start(tmp_path)
-    try:
-        client = Client(controller.port)
+    with dialogue(tmp_path) as (app, client):
         client.send(b"EHLO client.example")
         reply = client.send(b"MAIL FROM:<" + b"a" * (1 << 20) + b"@example.com>")
         assert reply == b"500 Command line too long\r\n"
         # The whole line was read and dropped: the next command is answered as such.
         assert client.send(b"NOOP") == b"250 OK\r\n"
         assert client.send(b"MAIL FROM:<alice@example.com>") == b"250 OK\r\n"
-        client.send(b"QUIT")
-        client.close()
-    finally:
-        controller.stop()
-    assert inbound_rows(app) == []
-    app.engine.dispose()
+        assert inbound_rows(app) == []
 
 
 # Item 7: idle and slow clients --------------------------------------------------------
@@ -157,24 +136,17 @@ def _closed_after(client: Client) -> float:
 
 
 def test_an_idle_connection_is_closed_at_the_timeout(tmp_path):
-    app, controller = start(tmp_path, "[smtp]\ntimeout = 1\n")
-    try:
-        client = Client(controller.port, timeout=5)  # a hang fails with socket.timeout
+    # A hang fails with socket.timeout.
+    with dialogue(tmp_path, "[smtp]\ntimeout = 1\n", timeout=5) as (_app, client):
         assert client.send(b"EHLO client.example").startswith(b"250")
         waited = _closed_after(client)
         assert 0.5 <= waited < 3, waited  # the timer started at EHLO
-        client.close()
-    finally:
-        controller.stop()
-        app.engine.dispose()
 
 
 def test_a_command_dribbled_a_byte_at_a_time_does_not_hold_the_connection(tmp_path):
     """Slowloris: bytes that never make a whole command do not reset the timer (aiosmtpd
     resets it on a valid command only), so the connection still closes at the timeout."""
-    app, controller = start(tmp_path, "[smtp]\ntimeout = 1\n")
-    try:
-        client = Client(controller.port)
+    with dialogue(tmp_path, "[smtp]\ntimeout = 1\n") as (_app, client):
         assert client.send(b"EHLO client.example").startswith(b"250")
         client.sock.settimeout(0.2)  # one byte every 0.2 s: 29 bytes would take 5.8 s
         began, closed = time.monotonic(), False
@@ -190,7 +162,3 @@ def test_a_command_dribbled_a_byte_at_a_time_does_not_hold_the_connection(tmp_pa
             closed = True
             break
         assert closed and 0.5 <= time.monotonic() - began < 3
-        client.close()
-    finally:
-        controller.stop()
-        app.engine.dispose()

@@ -216,7 +216,7 @@ def retry_failed(box: MailboxSection, engine: Engine, *, max_size: int | None = 
                 info = client.fetch([uid], ["RFC822.SIZE"]).get(uid) or {}
                 size = int(info.get(b"RFC822.SIZE", 0))
                 if size > max_size:
-                    results.append(ItemResult(uid, "", "too-large", None, None,
+                    results.append(ItemResult(uid, "", TOO_LARGE, None, None,
                                               detail=f"{size} bytes > {max_size}"))
                     continue
             data = client.fetch([uid], ["BODY.PEEK[]"]).get(uid)
