@@ -7,10 +7,11 @@ row in the same session before committing, so that both land or neither does.
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import bindparam, insert, or_, update
+from sqlalchemy import bindparam, func, insert, or_, update
 from sqlalchemy.orm import make_transient_to_detached
 from sqlmodel import Session, col, select
 
@@ -28,15 +29,33 @@ class NotFound(LookupError):
 _COUNTER = Counter.__table__
 _NEXT_NUMBER = Prepared(update(_COUNTER).where(_COUNTER.c.process == bindparam("b_process"))
                 .values(value=_COUNTER.c.value + 1).returning(_COUNTER.c.value))
+# PostgreSQL: one sequence a process (store revision 0003).
+_NEXT_IN_SEQUENCE = {process: Prepared(select(func.nextval("ticket_number_" + process.replace("-", "_"))))
+                     for process in PROCESS_PREFIX}
+
+# Set while a worker rehearses a mail (Processor.warm_up): a number is made up, none is
+# taken, since a sequence's number is gone even when the transaction is rolled back.
+REHEARSAL: ContextVar[bool] = ContextVar("rehearsal", default=False)
 
 
 def next_number(session: Session, process: str) -> str:
-    """Take the next number of ``process`` (``INC-000001``) inside the caller's transaction."""
+    """Take the next number of ``process`` (``INC-000001``) inside the caller's transaction.
+
+    SQLite: the process's counter row, gapless (one writer at a time).  PostgreSQL: the
+    process's sequence, which holds no lock until the commit, so several workers open
+    tickets side by side; a number taken by a transaction that is rolled back is skipped
+    (never given twice)."""
     if process not in PROCESS_PREFIX:
         raise LifecycleError(f"unknown process {process!r}; one of {', '.join(PROCESS_PREFIX)}")
-    # A Core statement on the session's connection: the ORM's bulk-update path around it
+    if REHEARSAL.get():
+        return f"{PROCESS_PREFIX[process]}-000000"
+    # Core statements on the session's connection: the ORM's bulk-update path around it
     # (synchronising objects that are never loaded) cost more than the statement itself.
-    value = _NEXT_NUMBER.execute(session.connection(), {"b_process": process})
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":
+        value = _NEXT_IN_SEQUENCE[process].execute(conn, {})
+    else:
+        value = _NEXT_NUMBER.execute(conn, {"b_process": process})
     return f"{PROCESS_PREFIX[process]}-{value:06d}"
 
 

@@ -38,7 +38,7 @@ from store.blobs import BlobStore
 from store.db import Prepared, reader, session_for
 from store.lifecycle import StatusData
 from store.models import Attachment, InboundMessage, Outbox, Person, StatusChange, Ticket, TicketMessage, utcnow
-from store.tickets import add_person, change_status, create_ticket, get_or_create_person, get_ticket
+from store.tickets import REHEARSAL, add_person, change_status, create_ticket, get_or_create_person, get_ticket
 
 log = logging.getLogger("gateway.ingest")
 
@@ -165,6 +165,10 @@ class Processor:
         self.limits = Limits(config.limits.max_parts, config.limits.max_depth, config.limits.max_header_length)
         # Every address we answer for is ours: mail from any of them is our own coming back.
         self._ahead: dict[int, tuple[ParsedMail | None, Quarantine | None]] = {}
+        # A savepoint for each mail of a batch (process_batch): cheap in SQLite's
+        # process, two round trips a mail on PostgreSQL, which redoes a failed batch
+        # one mail at a time instead.
+        self.savepoints = engine.dialect.name == "sqlite"
         self.own = tuple(dict.fromkeys(a.lower() for a in (*config.gateway.addresses, *config.routing.routes)))
 
     # Facts ----------------------------------------------------------------------------
@@ -503,42 +507,52 @@ class Processor:
     def process_batch(self, inbound_ids: list[int], yield_now: Callable[[], bool] = lambda: False,
                       max_bytes: int = BATCH_BYTES,
                       known: dict[int, tuple[str, int]] | None = None) -> list[Outcome]:
-        """Process stored mails in one transaction, each under its own SAVEPOINT.
+        """Process stored mails in one transaction: one commit (one fsync, on SQLite one
+        wait for the write lock) for several mails.
 
-        A mail that fails rolls back to its savepoint only (its attempt is counted in the
-        same transaction, and it is quarantined after max_attempts); the others, each with
-        its ticket, outbox row and inbound state, are committed together: one commit
-        (one fsync, one wait for SQLite's write lock) for several mails.  ``yield_now`` is
-        asked between two mails: when it says another writer waits for the lock, the
-        mails done so far are committed and the rest is left for the next call.  Mails
-        are parsed before the transaction, up to ``max_bytes`` of raw mail (at least
-        one), so the lock is not held while parsing.  Returns the outcomes of the mails
-        it got to, in order (the rest stay ``received``).
+        On SQLite each mail runs under its own SAVEPOINT: a mail that fails rolls back to
+        its savepoint only (its attempt is counted in the same transaction, and it is
+        quarantined after max_attempts); the others, each with its ticket, outbox row
+        and inbound state, are committed together.  On PostgreSQL a savepoint is two
+        more round trips a mail (SAVEPOINT, RELEASE), a fifth of a new ticket's: a batch
+        runs without, and when a mail fails (or the commit does) the whole transaction
+        is rolled back and every mail of the batch is done again alone, one mail a
+        transaction, which counts the failing one's attempt.  Either way no mail's work
+        is half kept and no other mail is lost with it.
+
+        ``yield_now`` is asked between two mails: when it says another writer waits for
+        the lock, the mails done so far are committed and the rest is left for the next
+        call.  Mails are parsed before the transaction, up to ``max_bytes`` of raw mail
+        (at least one), so the lock is not held while parsing.  Returns the outcomes of
+        the mails it got to, in order (the rest stay ``received``).
 
         ``known``: the blob and size of each waiting mail, as ``pending`` read them; the
         mails are then not read again before they are parsed (on PostgreSQL a read is a
         transaction of three round trips).  The claim in the transaction still finds a
         mail another worker took meanwhile.  A batch of one mail needs no savepoint: if
         it fails, the whole transaction is rolled back and its attempt counted in a new
-        one (two round trips fewer a mail on PostgreSQL, whose workers take one mail a
-        transaction)."""
+        one."""
         prepared = self._prepare(inbound_ids, max_bytes, known)
         outcomes: list[Outcome] = []
-        nested = len(prepared) > 1
+        nested = len(prepared) > 1 and self.savepoints
+        reached = 0  # mails started in the transaction (for the log)
         try:
             with session_for(self.engine) as session:
                 for inbound_id, mail, quarantine in prepared:
                     if outcomes and yield_now():
                         break
+                    reached += 1
                     outcomes.append(self._one(session, inbound_id, mail, quarantine, nested=nested))
                 session.commit()
         except Exception as exc:
-            if len(outcomes) <= 1 and len(prepared) == 1:
+            if len(prepared) == 1:
                 return [self._failed(prepared[0][0], exc)]
-            # The commit of several failed: each mail again alone, which counts its attempt.
-            log.warning("committing %d mails together failed (%s); processing them one by one",
-                        len(outcomes), exc)
-            return [self.process(i) for i, _m, _q in prepared[:len(outcomes)]]
+            # Nothing of the transaction was kept: each mail again alone (a failing one
+            # counts its attempt), parsed already.
+            log.warning("processing %d mails together failed at the %d. (%s: %s); processing them one by one",
+                        len(prepared), reached, type(exc).__name__, exc)
+            self._ahead.update({i: (m, q) for i, m, q in prepared})
+            return [self.process(i) for i, _m, _q in prepared]
         # Parsed but left for the next batch (yield_now said so): not parsed twice.
         self._ahead.update({i: (m, q) for i, m, q in prepared[len(outcomes):]})
         if len(self._ahead) > 4 * BATCH_MAILS:  # taken by another worker meanwhile: let go
@@ -706,8 +720,8 @@ class Processor:
         that time, so the door's next commit (a sender's 250) waited for it.
 
         Renders each event's templates in each language, then processes a built-in sample
-        mail in a transaction that is rolled back: nothing is kept, the counters are
-        untouched, no blob is written.  Returns the seconds it took."""
+        mail in a transaction that is rolled back: nothing is kept, no ticket number is
+        taken (store.tickets.REHEARSAL), no blob is written.  Returns the seconds it took."""
         import time
 
         from gateway.outbound.notify import sample_context
@@ -726,6 +740,7 @@ class Processor:
                + "L'imprimante ne répond plus.\r\n".encode())
         quiet = logging.root.manager.disable
         logging.disable(logging.INFO)  # its "created"/"queued" lines would read as a real mail's
+        rehearsal = REHEARSAL.set(True)  # no ticket number taken (a sequence's is gone for good)
         try:
             mail = parse(raw, self.limits)
             with session_for(self.engine) as session:
@@ -738,6 +753,7 @@ class Processor:
         except Exception:  # noqa: BLE001 - only a head start; the real mails say what is wrong
             log.debug("warm-up failed", exc_info=True)
         finally:
+            REHEARSAL.reset(rehearsal)
             logging.disable(quiet)
         return time.monotonic() - start
 
