@@ -100,7 +100,14 @@ def test_over_a_limit_at_smtp_is_a_5xx_and_nothing_is_stored(door):
     with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
         with pytest.raises(smtplib.SMTPDataError) as info:
             client.sendmail("marie@example.be", ["helpdesk@example.com"], looping + customer_mail())
-    assert info.value.smtp_code == 552 and b"mail loop" in info.value.smtp_error
+    assert info.value.smtp_code == 554 and info.value.smtp_error.startswith(b"5.4.6 Routing loop detected: mail loop")
+    # A mail over 1 MB is checked from its spool file (smtp.SpoolingSMTP): the same answer.
+    large = looping + customer_mail() + b"\r\n".join([b"x" * 76] * 20_000) + b"\r\n"
+    assert len(large) > 1 << 20
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        with pytest.raises(smtplib.SMTPDataError) as info:
+            client.sendmail("marie@example.be", ["helpdesk@example.com"], large)
+    assert info.value.smtp_code == 554 and b"5.4.6" in info.value.smtp_error
     assert stored == []
 
 

@@ -570,6 +570,11 @@ def _boundaries(raw: bytes) -> set[bytes]:
     return found
 
 
+# How over_limits names a mail that went round too many relays: the SMTP door answers it
+# with RFC 3463's "routing loop detected" (5.4.6), not as a mail too large.
+MAIL_LOOP = "mail loop"
+
+
 def over_limits(raw: bytes, limits: Limits) -> str | None:
     """The first limit ``raw`` is over, as a reason, or None.  Linear in the size and run
     before the standard parser, whose time and recursion grow with a hostile structure
@@ -588,7 +593,7 @@ def over_limits(raw: bytes, limits: Limits) -> str | None:
             return f"header longer than {limits.max_header_length} bytes"
         hops += line[:9].lower() == b"received:"
     if hops > limits.max_received:
-        return f"mail loop: {hops} Received headers (more than {limits.max_received})"
+        return f"{MAIL_LOOP}: {hops} Received headers (more than {limits.max_received})"
     boundaries = _boundaries(raw)
     if not boundaries:
         return None

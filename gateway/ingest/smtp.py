@@ -18,7 +18,7 @@ from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, _DataState
 from gateway.config import Config
 from gateway.errors import StoreFailed
 from gateway.ingest.inbound import Stored, header_message_id
-from gateway.ingest.parse import Limits, over_limits
+from gateway.ingest.parse import MAIL_LOOP, Limits, over_limits
 from gateway.ingest.spool import Spool
 from store.addresses import key as address_key
 from store.blobs import BlobStore, BlobWriter
@@ -96,7 +96,7 @@ class Door:
             problem = await asyncio.get_running_loop().run_in_executor(None, over_limits, raw, self.limits)
         if problem:
             log.warning("refused a mail from %s: %s", envelope.mail_from, problem)
-            return f"552 5.3.4 Message refused: {problem}"
+            return refusal(problem)
         try:
             # 250 only once the batch holding this mail is committed and its blob fsynced.
             stored = await asyncio.wrap_future(
@@ -120,7 +120,7 @@ class Door:
         if problem:
             writer.abort()
             log.warning("refused a mail from %s: %s", envelope.mail_from, problem)
-            return f"552 5.3.4 Message refused: {problem}"
+            return refusal(problem)
         try:
             stored = await asyncio.wrap_future(
                 self.spool.submit_written(writer, message_id, source="smtp", mail_from=envelope.mail_from or "",
@@ -157,6 +157,15 @@ def _valid_utf8(address: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def refusal(problem: str) -> str:
+    """The SMTP answer to a mail over a limit (parse.over_limits): a permanent refusal,
+    so the sending server returns it to its author.  A loop is RFC 3463's 5.4.6 with
+    554, as RFC 5321 (6.3) and Postfix answer one; every other limit 552 5.3.4."""
+    if problem.startswith(MAIL_LOOP):
+        return f"554 5.4.6 Routing loop detected: {problem}"
+    return f"552 5.3.4 Message refused: {problem}"
 
 
 def _check_spooled(writer: BlobWriter, limits: Limits) -> tuple[str | None, str]:
