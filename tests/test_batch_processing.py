@@ -6,14 +6,17 @@ in batches still never process one mail twice."""
 from __future__ import annotations
 
 import threading
+import time
 
+from sqlalchemy import text
 from sqlmodel import select
 
 from gateway.app import App
 from gateway.ingest.inbound import store_raw
 from gateway.ingest.process import Processor
 from store.db import session_for
-from store.models import InboundMessage, Outbox, Ticket, TicketMessage
+from store.models import InboundMessage, Outbox, Person, Ticket, TicketMessage
+from store.tickets import add_person
 
 
 def _store(gw, n: int, tag: str) -> list[int]:
@@ -103,3 +106,42 @@ def test_two_processors_in_batches_never_process_a_mail_twice(gw):
         assert len(session.exec(select(Outbox)).all()) == 24
         assert all(session.get(InboundMessage, i).state == "processed" for i in ids)
     assert {o for _i, o in outcomes} <= {"created", "busy"}
+
+
+def test_a_batch_that_meets_another_writers_new_sender_is_done_again_alone(gw, caplog):
+    """Two workers, one new customer writing several mails at once: the other worker's
+    batch made their person row and has not committed.  This batch waits for it
+    (PostgreSQL: the unique e-mail; SQLite: the write lock); on PostgreSQL its insert
+    then fails, its batch (no savepoints there) is rolled back and every mail done again
+    alone, finding the person.  No mail is lost, none counted as failed, one person."""
+    raws = [(f"From: =?utf-8?q?L=C3=A9a?= <lea@example.com>\r\nTo: helpdesk@localhost\r\nSubject: same {k}\r\n"
+             f"Message-ID: <same-{k}@example.com>\r\n\r\nBody {k}\r\n").encode() for k in range(3)]
+    ids = [store_raw(gw.engine, gw.blobs, raw, source="test").id for raw in raws]
+    postgres = gw.engine.dialect.name == "postgresql"
+    holder = session_for(gw.engine)
+    add_person(holder, "lea@example.com", "Léa")  # the other worker's batch, not committed
+    result: dict = {}
+    worker = threading.Thread(target=lambda: result.setdefault("out", gw.processor.process_batch(ids)))
+    worker.start()
+    if postgres:  # until the batch waits for the holder's row
+        with gw.engine.connect() as conn:
+            for _ in range(600):
+                if conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                     "AND datname = current_database()")).scalar():
+                    break
+                conn.rollback()
+                time.sleep(0.05)
+            else:
+                raise AssertionError("the batch never waited for the other writer's person")
+    else:
+        time.sleep(0.3)
+    holder.commit()
+    holder.close()
+    worker.join(60)
+    assert [o.outcome for o in result["out"]] == ["created"] * 3
+    with session_for(gw.engine) as session:
+        assert len(session.exec(select(Person).where(Person.email == "lea@example.com")).all()) == 1
+        assert [(session.get(InboundMessage, i).state, session.get(InboundMessage, i).attempts) for i in ids] == \
+            [("processed", 0)] * 3
+        assert len(session.exec(select(Ticket)).all()) == 3
+    assert ("processing them one by one" in caplog.text) == postgres
