@@ -795,6 +795,14 @@ def render_table(res: dict) -> str:
     if e or p:
         row("`gateway ingest` of the mixed set, mails/s (incl. start-up)", fmt(e and e["mails_per_s"]),
             fmt(p and p["mails_per_s"]))
+    # The PostgreSQL target, read off the rows above: the ratio of the medians.
+    pairs = [(name, sq.get(key, {}).get(sub) if sub else sq.get(key), pg.get(key, {}).get(sub) if sub else pg.get(key))
+             for name, key, sub in (("mixed 8 conn", "e2e", "8"), ("small 8 conn", "small_8", None),
+                                    ("ingest", "ingest", None))]
+    ratios = [(name, b["mails_per_s"]["median"] / a["mails_per_s"]["median"]) for name, a, b in pairs if a and b]
+    if ratios:
+        row(f"PostgreSQL ÷ SQLite, medians: {' / '.join(name for name, _r in ratios)}", "-",
+            " / ".join(f"{r:.2f}" for _name, r in ratios), "≥ 0.7")
     t = res.get("threading")
     if t:
         sizes = [k for k in t if k != "ratio"]
