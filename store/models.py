@@ -17,7 +17,9 @@ def utcnow() -> datetime:
 
 
 class Counter(SQLModel, table=True):
-    """Last ticket number used, per process."""
+    """Last ticket number used, per process, on SQLite.  PostgreSQL takes its numbers
+    from one sequence a process (revision 0003, store.tickets.next_number); its rows
+    there stand where they were at that upgrade, and a downgrade brings them up to date."""
 
     process: str = Field(primary_key=True)
     value: int = 0
