@@ -72,7 +72,8 @@ def worker_main(config: Config, wake, stop, parent_pid: int, deliver, log_level:
     poll_stop = threading.Event()
     pollers = []
     if slot[0] == 0:
-        pollers = imap.start_pollers(imap.pollers_for(config, app.engine, app.blobs, process=process_one), poll_stop)
+        pollers = imap.start_pollers(imap.pollers_for(config, app.engine, app.blobs, process=process_one,
+                                                      too_large_notice=app.processor.notify_too_large), poll_stop)
     try:
         _work(app, config, wake, stop, parent_pid, process_some, slot, deliver)
     finally:
@@ -243,7 +244,9 @@ async def _serve(app: App, accept_only: bool, log_level: str) -> None:
         loop.add_signal_handler(sig, done.set)
     # Without a worker (accept only) the pollers store and move, and processing waits.
     poll_stop = threading.Event()
-    pollers = imap.start_pollers(imap.pollers_for(config, app.engine, app.blobs), poll_stop) if accept_only else []
+    pollers = imap.start_pollers(imap.pollers_for(config, app.engine, app.blobs,
+                                                  too_large_notice=app.processor.notify_too_large),
+                                 poll_stop) if accept_only else []
     server = door = None
     if config.smtp.enabled:
         # The journal answers senders without waiting for the database (spool.py); the

@@ -18,6 +18,7 @@ import threading
 import uuid
 
 import pytest
+from sqlmodel import select
 from conftest import run_gateway, write_config
 from dovecot import USER
 from test_imap import dovecot, dovecot_ok, make_dovecot  # fixtures, shared with test_imap
@@ -287,8 +288,8 @@ def test_same_messages_in_two_folders_read_at_once_by_two_pollers(tmp_path, dove
 
 # Item 57: a message above the size limit --------------------------------------------------
 # Not fetched: only its header, kept as a quarantined inbound row (outcome too-large) that
-# is committed before the message is moved to the failed folder.  (The notice to the sender
-# is not built yet.)
+# is committed before the message is moved to the failed folder; its sender is told, once
+# a day at most, that it was not read.
 LIMIT = "[smtp]\nmax_message_size = 4000\n"
 BODY_MARKER = "SCANNED-CONTRACT-PAGE"
 
@@ -405,6 +406,71 @@ def test_too_large_mail_is_recorded_from_its_header_before_its_move(tmp_path, do
     assert [r.id for r in stubs(app, mid)] == [stub.id]
     assert len(inbound(app)) == 2 and len(tickets(app)) == 1
     assert dovecot.message_ids("failed") == [f"<{mid}>"] and dovecot.message_ids("INBOX") == []
+    app.engine.dispose()
+
+
+def test_the_sender_of_a_too_large_mail_is_told_once_and_machines_never(tmp_path, dovecot, database_url):
+    """A person whose mail was too large gets one notice, with no ticket: in their
+    language, answering their mail (In-Reply-To, Auto-Submitted: auto-replied), replies
+    going to the plain helpdesk address, naming the size and the limit.  The same mail
+    seen again, or another too-large one the same day, gets none; neither does an
+    auto-reply or a no-reply sender.  Each row's detail says what was done."""
+    from email import message_from_bytes, policy
+
+    from store.db import session_for
+    from store.models import Outbox
+    from store.tickets import add_person
+
+    tag = uuid.uuid4().hex[:8]
+    app = make_app(tmp_path, dovecot, database_url=database_url, top=LIMIT)
+    with session_for(app.engine) as session:  # user0 is known, and reads Dutch
+        add_person(session, "user0@example.org", "User 0", language="nl")
+        session.commit()
+    importer = imap.Importer(app.config.mailboxes[0], app.engine, app.blobs, process=app.processor.process,
+                             max_size=app.config.smtp.max_message_size,
+                             too_large_notice=app.processor.notify_too_large)
+
+    def notices() -> list:
+        with session_for(app.engine) as session:
+            return list(session.exec(select(Outbox).order_by(Outbox.id)))
+
+    dovecot.append("INBOX", [big_mail(tag, 0)])
+    first, = one_pass(importer)
+    assert first.outcome == "too-large"
+    notice, = notices()
+    assert (notice.event, notice.ticket_id, notice.recipients, notice.language, notice.state) == (
+        "too-large", None, "user0@example.org", "nl", "pending")
+    assert f"notice <{notice.message_id}> queued for user0@example.org" in first.detail
+    stub, = stubs(app, f"{tag}-0@example.org")
+    assert f"notice <{notice.message_id}> queued" in stub.detail
+    sent = message_from_bytes(notice.raw, policy=policy.default)
+    assert sent["In-Reply-To"] == f"<{tag}-0@example.org>" and sent["Auto-Submitted"] == "auto-replied"
+    assert sent["Reply-To"].addresses[0].addr_spec == app.config.helpdesk_address  # no ticket token
+    assert sent["Subject"] == "Uw e-mail is te groot om te lezen: Scans of the signed contract"  # no [number]
+    text = sent.get_body(("plain",)).get_content()
+    # Its size and the limit as a mail program shows them (Babel's units, in Dutch here).
+    assert f"met {round(len(big_mail(tag, 0)) / 1024)} kB is die groter dan de 4 kB" in text, text
+    assert "geen ticket" in text and "Beste User 0," in text
+
+    # Seen again (moved back by hand), then another too-large mail of theirs: no more.
+    move_back_by_hand(dovecot)
+    dovecot.append("INBOX", [big_mail(tag, 0).replace(f"{tag}-0@".encode(), f"{tag}-5@".encode())])
+    again, other = one_pass(importer)
+    assert len(notices()) == 1
+    for item in (again, other):
+        assert "no notice: user0@example.org was told of a too-large mail in the last 24 hours" in item.detail
+
+    # Machines and no-reply senders get nothing; a new person in the language they wrote.
+    auto = big_mail(tag, 2).replace(b"Subject:", b"Auto-Submitted: auto-replied\r\nSubject:")
+    noreply = big_mail(tag, 3).replace(b"user3@example.org", b"no-reply@example.org")
+    german = big_mail(tag, 4).replace(b"Subject:", b"Content-Language: de\r\nSubject:")
+    dovecot.append("INBOX", [auto, noreply, german])
+    auto_item, noreply_item, german_item = one_pass(importer)
+    assert "no notice: auto-reply" in auto_item.detail, auto_item.detail
+    assert "no notice: no-reply sender no-reply@example.org" in noreply_item.detail
+    assert [(n.recipients, n.language) for n in notices()] == [("user0@example.org", "nl"),
+                                                                ("user4@example.org", "de")]
+    assert tickets(app) == []
     app.engine.dispose()
 
 

@@ -192,3 +192,32 @@ def test_a_broken_override_catalog_fails_the_check_but_never_stops_a_mail(tmp_pa
         assert row.language == "fr" and b"Cordialement" in row.raw
     finally:
         app.engine.dispose()
+
+
+@pytest.mark.parametrize("lang, size, limit", [("fr", "38,2 Mo", "25 Mo"), ("de", "38,2 MB", "25 MB"),
+                                               ("en", "38.2 MB", "25 MB")])
+def test_sizes_read_as_the_customers_mail_program_shows_them(sqlite_gw, lang, size, limit):
+    """The too-large notice says the mail's size and the limit with the language's units
+    and decimal mark (Babel), in the text and the HTML; it shows no ticket (it has none)."""
+    from gateway.outbound.notify import sample_context
+
+    mail = sqlite_gw.renderer.render("too-large", lang, sample_context(sqlite_gw.notifier, "too-large", lang))
+    for part in (mail.text, mail.html):
+        part = part.replace("\u00a0", " ").replace("\u202f", " ")  # no break between number and unit
+        assert size in part and limit in part, part
+        assert "INC-000123" not in part
+    shown = sqlite_gw.renderer.environment(lang).filters["filesize"]
+    assert [shown(n).replace("\u00a0", " ").replace("\u202f", " ") for n in (9019, 1)] in (
+        ["9 ko", "1 ko"], ["9 kB", "1 kB"])
+
+
+def test_preview_of_the_notice_about_no_ticket(tmp_path):
+    """`too-large` previews as it is sent: no [number] tag, an answer (auto-replied); it
+    has no ticket to preview it with."""
+    data = json.loads(run_gateway("templates", "preview", "too-large", "--lang", "fr", "--json",
+                                  cwd=tmp_path).stdout)
+    assert data["subject"].startswith("Votre e-mail est trop volumineux pour être lu : ")
+    assert data["headers"]["Auto-Submitted"] == "auto-replied" and "[" not in data["subject"]
+    refused = run_gateway("templates", "preview", "too-large", "--lang", "fr", "--ticket", "INC-000001",
+                          cwd=tmp_path, check=False)
+    assert refused.returncode != 0 and b"is about no ticket" in refused.stderr

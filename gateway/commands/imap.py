@@ -89,7 +89,8 @@ def cmd_backfill(config, args) -> int:
     tickets: set[str] = set()
     try:
         importer = imap.Importer(box, app.engine, app.blobs, process=app.processor.process,
-                                 max_size=config.smtp.max_message_size)
+                                 max_size=config.smtp.max_message_size,
+                                 too_large_notice=app.processor.notify_too_large)
         importer.prepare(client)
         uids = importer.pending(client, criteria)
         # The bar goes to stderr, so the summary on stdout stays clean for scripts.

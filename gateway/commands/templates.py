@@ -9,7 +9,7 @@ from gateway.app import App
 from gateway.errors import CommandError
 from gateway.outbound.compose import Envelope, build_message
 from gateway.outbound.notify import SAMPLE_NOW, sample_context, sample_ticket
-from gateway.outbound.render import EVENTS, LANGUAGES, RenderError, check_templates, compile_catalogs, template_files
+from gateway.outbound.render import EVENTS, LANGUAGES, TICKETLESS, RenderError, check_templates, compile_catalogs, template_files
 from store.db import session_for
 from store.lifecycle import WAITING_REASONS
 from store.tickets import NotFound, get_ticket
@@ -62,6 +62,8 @@ def cmd_preview(config, args) -> int:
     app = App(config)
     notifier = app.notifier
     try:
+        if args.ticket and args.event in TICKETLESS:
+            raise CommandError(f"{args.event} is about no ticket: preview it without --ticket")
         if args.ticket:
             with session_for(app.engine) as session:
                 try:
@@ -80,8 +82,9 @@ def cmd_preview(config, args) -> int:
             msg = build_message(mail, Envelope(
                 from_name=config.gateway.name, from_addr=config.helpdesk_address, to=((person.name, person.email),),
                 reply_to=config.helpdesk_address, message_id=f"preview@{config.message_id_domain}",
-                in_reply_to=None, references=(), number=ticket.number, loop_id=config.helpdesk_address,
-                date=SAMPLE_NOW))
+                in_reply_to=None, references=(), number="" if args.event in TICKETLESS else ticket.number,
+                loop_id=config.helpdesk_address,
+                auto_submitted="auto-replied" if args.event in TICKETLESS else "auto-generated", date=SAMPLE_NOW))
     except RenderError as exc:
         raise CommandError(f"cannot render {args.event}: {exc}") from None
     if args.json:

@@ -83,6 +83,7 @@ class ImapConfigError(GatewayError):
 
 # What a processing step returns, as far as the poller needs it (gateway.ingest.process.Outcome).
 ProcessFn = Callable[[int], "object"]
+NoticeFn = Callable[[bytes, int, int], str]
 
 
 @dataclass(frozen=True)
@@ -244,12 +245,16 @@ class Importer:
     """Takes the messages of one mailbox folder into the store, one at a time."""
 
     def __init__(self, box: MailboxSection, engine: Engine, blobs: BlobStore, *,
-                 process: ProcessFn | None = None, max_size: int | None = None):
+                 process: ProcessFn | None = None, max_size: int | None = None,
+                 too_large_notice: NoticeFn | None = None):
         self.box = box
         self.engine = engine
         self.blobs = blobs
         self.process = process
         self.max_size = max_size
+        # (header, size, limit) -> what was done: tells the sender of a mail above
+        # max_size that it was not read (Processor.notify_too_large).
+        self.too_large_notice = too_large_notice
         self.source = f"imap:{box.name}"
 
     def prepare(self, client: IMAPClient) -> int:
@@ -341,6 +346,16 @@ class Importer:
             return ItemResult(uid, mid, "store-failed", None, box.failed_folder,
                               detail=f"too large: {limit}; its record could not be stored: {exc}")
         seen = " (seen before)" if stub.duplicate else ""
+        if self.too_large_notice is not None:
+            # After the record (committed), before the move: a crash in between finds the
+            # message again, and the notice's once-a-day rule keeps it to one.
+            try:
+                told = self.too_large_notice(header, size, self.max_size)
+            except Exception as exc:  # noqa: BLE001 - the record stands; the desk can still answer
+                log.exception("<%s> mailbox %s: UID %s: the sender's notice failed", mid, box.name, uid)
+                told = f"no notice: {type(exc).__name__}: {exc}"
+            _note_on(self.engine, stub.id, told)
+            detail = f"{detail}; {told}"
         if not self._move(client, uid, box.failed_folder):
             # Another client expunged it after its record was committed: the row stays, saying so.
             note = f"expunged by another client before it was moved to {box.failed_folder!r}"
@@ -353,7 +368,7 @@ class Importer:
                   "kept as inbound #%s%s (gateway inbound show %s)", mid, box.name, uid, size, self.max_size,
                   box.failed_folder, stub.id, seen, stub.id)
         return ItemResult(uid, mid, TOO_LARGE, None, box.failed_folder, stub.duplicate,
-                          f"{limit}; inbound #{stub.id}")
+                          f"{limit}; inbound #{stub.id}" + (f"; {told}" if self.too_large_notice else ""))
 
     def _move(self, client: IMAPClient, uid: int, folder: str) -> bool:
         """move(); False if the message is no longer there to move: another client
@@ -523,8 +538,9 @@ class Poller:
 
 
 def pollers_for(config, engine: Engine, blobs: BlobStore, process: ProcessFn | None = None,
-                env: Mapping[str, str] | None = None) -> list[Poller]:
-    return [Poller(Importer(box, engine, blobs, process=process, max_size=config.smtp.max_message_size), env=env)
+                env: Mapping[str, str] | None = None, too_large_notice: NoticeFn | None = None) -> list[Poller]:
+    return [Poller(Importer(box, engine, blobs, process=process, max_size=config.smtp.max_message_size,
+                            too_large_notice=too_large_notice), env=env)
             for box in config.mailboxes]
 
 

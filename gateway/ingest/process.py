@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import asdict, dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Callable
 
 from sqlalchemy import Integer, bindparam, cast, insert, update
@@ -346,6 +346,45 @@ class Processor:
                 ticket_number = ticket.number if ticket else None
         state = "marked failed" if report.hard else "delayed, kept"
         return ticket_number, f"{automatic.detail}; outbox <{rows[0].message_id}> {state}"
+
+    def notify_too_large(self, header: bytes, size: int, limit: int, now: datetime | None = None) -> str:
+        """Tell the sender of a mail too large to be read (gateway.ingest.imap: only its
+        header was fetched) that no ticket was made and why: one notice, committed here.
+        Returns what was done, for the inbound row's detail.
+
+        Never to a machine (auto-replies, bounces, lists, our own mail), a no-reply or
+        null return path, or an undeliverable person; and at most one such notice a
+        sender a day, so a sender that keeps sending huge mails gets one answer."""
+        try:
+            mail = parse(header.rstrip(b"\r\n") + b"\r\n\r\n", self.limits)
+        except Quarantine as exc:  # an ambiguous sender, say: nobody to answer
+            return f"no notice: {exc.reason}"
+        except Exception as exc:  # noqa: BLE001 - a header we cannot read is not answered
+            return f"no notice: header unreadable ({type(exc).__name__})"
+        automatic = classify(mail, self.own, self.config.message_id_domain)
+        why_not = (f"no notice: {automatic.kind} ({automatic.detail})" if automatic else None) or (
+            f"no notice: {unanswerable_sender(mail)}" if unanswerable_sender(mail) else None)
+        if why_not or not mail.from_addr or "@" not in mail.from_addr:
+            return why_not or "no notice: no sender address"
+        address = address_key(mail.from_addr)
+        now = now or utcnow()
+        with session_for(self.engine) as session:
+            person = session.exec(select(Person).where(Person.email == address)).first()
+            if person is not None and person.undeliverable:
+                return f"no notice: {address} is undeliverable"
+            recent = session.exec(select(Outbox.id).where(Outbox.event == "too-large", Outbox.recipients == address,
+                                                          col(Outbox.created_at) >= now - timedelta(days=1))
+                                  .limit(1)).first()
+            if recent is not None:
+                return f"no notice: {address} was told of a too-large mail in the last 24 hours"
+            lang = (self.notifier.language_for(person, session) if person is not None
+                    else self.language_of(mail))
+            row = self.notifier.enqueue_notice(
+                session, "too-large", to=(mail.from_name, address), lang=lang, in_reply_to=mail.message_id or None,
+                extra={"original_subject": mail.subject, "size": size, "limit": limit},
+                now=now)
+            session.commit()
+        return f"notice <{row.message_id}> queued for {address}"
 
     # Applying -------------------------------------------------------------------------
     def language_of(self, mail: ParsedMail) -> str:

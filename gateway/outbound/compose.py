@@ -88,7 +88,7 @@ class Envelope:
     message_id: str
     in_reply_to: str | None
     references: tuple[str, ...]
-    number: str
+    number: str  # the ticket's, tagged into the Subject; "" for a notice about no ticket
     loop_id: str  # the helpdesk address, in the loop header
     auto_submitted: str = "auto-generated"
     date: datetime | None = None
@@ -164,7 +164,7 @@ def build_message(mail: RenderedMail, env: Envelope) -> EmailMessage:
     msg["To"] = [_address(n, a) for n, a in env.to]
     msg["Reply-To"] = _address(env.from_name, env.reply_to)
     subject = shorten(header_text(env.subject if env.subject is not None else mail.subject))
-    tag = f"[{env.number}]"
+    tag = f"[{env.number}]" if env.number else ""  # a notice about no ticket has no tag
     msg["Subject"] = subject if tag in subject else f"{tag} {subject}".strip()
     msg["Date"] = format_datetime(env.date) if env.date else format_datetime(datetime.now().astimezone())
     msg["Message-ID"] = f"<{env.message_id}>"
@@ -303,7 +303,7 @@ def build_bytes(mail: RenderedMail, env: Envelope) -> tuple[bytes, str]:
         msg = build_message(mail, env)
         return msg.as_bytes(), str(msg["Subject"])
     subject = shorten(header_text(env.subject if env.subject is not None else mail.subject))
-    tag = f"[{env.number}]"
+    tag = f"[{env.number}]" if env.number else ""
     subject = subject if tag in subject else f"{tag} {subject}".strip()
     out = [
         _addresses("From", [(env.from_name, env.from_addr)]),

@@ -284,6 +284,36 @@ class Notifier:
                  values["recipients"], composed.language)
         return Outbox(id=outbox_id, **values) if want_row else True
 
+    def enqueue_notice(self, session: Session, event: str, *, to: tuple[str, str], lang: str,
+                       in_reply_to: str | None = None, extra: dict | None = None,
+                       now: datetime | None = None) -> Outbox:
+        """A mail about no ticket (``too-large``: a mail the desk could not read) to
+        ``to`` = (name, address), in ``lang``, added to the outbox (not committed here).
+
+        It answers the sender's mail (In-Reply-To, ``Auto-Submitted: auto-replied``) and
+        its replies go to the plain helpdesk address: no reply token, no [number] tag,
+        no message on a ticket."""
+        now = now or utcnow()
+        name, address = to
+        lang = lang if lang in LANGUAGES else FALLBACK_LANGUAGE
+        ctx = {"recipient": Person(email=address, name=name or "", language=lang),
+               "helpdesk": {"name": self.config.gateway.name, "address": self.config.helpdesk_address},
+               **(extra or {})}
+        mail = self.renderer.render_safe(event, lang, ctx)
+        message_id = new_message_id(self.config.message_id_domain)
+        envelope = Envelope(
+            from_name=self.config.gateway.name, from_addr=self.config.helpdesk_address, to=((name, address),),
+            reply_to=self.config.helpdesk_address, message_id=message_id, in_reply_to=in_reply_to,
+            references=(in_reply_to,) if in_reply_to else (), number="", loop_id=self.config.helpdesk_address,
+            auto_submitted="auto-replied", date=now)
+        raw, subject = build_bytes(mail, envelope)
+        values = dict(ticket_id=None, event=event, recipients=address, language=lang, subject=subject,
+                      message_id=message_id, raw=raw, state="pending", attempts=0, next_attempt_at=now,
+                      last_answer=None, created_at=now, sent_at=None)
+        outbox_id = _INSERT_OUTBOX.execute(session.connection(), values)
+        log.info("%s mail <%s> queued for %s in %s", event, message_id, address, lang)
+        return Outbox(id=outbox_id, **values)
+
     def event_for(self, status: str) -> str | None:
         """The template event mailed when a ticket arrives in ``status`` (manual §1.5)."""
         return lifecycle.NOTIFIED.get(status)
@@ -345,6 +375,8 @@ def sample_extra(event: str, ticket: Ticket, person: Person, lang: str) -> dict:
     if event == "approval-recorded":
         return {"decision": "approved", "approver": person.name or person.email,
                 "answer": SAMPLE_TEXT.get(lang, SAMPLE_TEXT["en"])[3]}
+    if event == "too-large":
+        return {"original_subject": ticket.title, "size": 40_055_193, "limit": 25 * 2**20}
     if event == "closed-new-ticket":
         closed = Ticket(number="INC-000007", process=ticket.process, status=lifecycle.CLOSED, title=ticket.title,
                         reporting_person_id=0, affected_person_id=0)

@@ -26,6 +26,7 @@ from babel import Locale
 from babel.dates import format_date, format_datetime
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
+from babel.units import format_unit
 from babel.support import Translations
 
 log = logging.getLogger("gateway.outbound")
@@ -44,7 +45,10 @@ EVENTS = (
     "approval-recorded",  # the customer's approval or refusal was recorded
     "reopen-needs-comment",  # a reply to a Solved ticket without text cannot reopen it
     "closed-new-ticket",  # a reply to a Closed ticket opened a new one
+    "too-large",  # a mail read from a mailbox was above the size limit: no ticket (gateway.ingest.imap)
 )
+# Events about no ticket (Notifier.enqueue_notice): no [number] tag, no reply token.
+TICKETLESS = ("too-large",)
 LANGUAGES = ("fr", "nl", "en", "de")
 FALLBACK_LANGUAGE = "en"
 
@@ -166,6 +170,15 @@ class Renderer:
                 value = value.astimezone(_tz(tz))
             return format_date(value, format=fmt, locale=locale)
 
+        def fmt_size(value: int) -> str:
+            """A size in bytes as mail programs show it: ``38,2 Mo``, ``9 kB``."""
+            if value >= 2**20:
+                return format_unit(round(value / 2**20, 1), "digital-megabyte", length="short", locale=locale,
+                                   format="#,##0.#")
+            return format_unit(max(1, round(value / 1024)), "digital-kilobyte", length="short", locale=locale,
+                               format="#,##0")
+
+        env.filters["filesize"] = fmt_size
         env.filters["datetime"] = fmt_datetime
         env.filters["date"] = fmt_date
         env.globals["language"] = lang
