@@ -471,6 +471,12 @@ def test_the_sender_of_a_too_large_mail_is_told_once_and_machines_never(tmp_path
     assert [(n.recipients, n.language) for n in notices()] == [("user0@example.org", "nl"),
                                                                 ("user4@example.org", "de")]
     assert tickets(app) == []
+    # They go out like any mail of the outbox (here the file transport of the test config).
+    from gateway.outbound.outbox import deliver_pending
+
+    sent = deliver_pending(app.engine, app.config, app.transport())
+    assert [r.outcome for _id, r in sent] == ["sent", "sent"]
+    assert [n.state for n in notices()] == ["sent", "sent"]
     app.engine.dispose()
 
 
