@@ -13,7 +13,7 @@ from gateway.errors import CommandError
 from store.schema import SchemaError
 
 # Command groups, each a module of gateway.commands with register(subparsers).
-COMMAND_MODULES = ("core", "inbound", "tickets", "outbox", "persons", "templates", "imap", "db")
+COMMAND_MODULES = ("core", "status", "inbound", "tickets", "outbox", "persons", "templates", "imap", "db")
 
 
 def build_parser() -> argparse.ArgumentParser:
