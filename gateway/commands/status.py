@@ -12,7 +12,9 @@ stuck, and exits 1 when something needs a person:
 - with ``--quiet-hours H``: a way in (SMTP, each mailbox) has brought no mail for H hours;
 - with ``--max-quarantined N``: more than N mails were quarantined in the last 24 hours.
 
-Every query reads an index or the newest rows first, so it stays cheap on a large store.
+The counts read the state indexes; "last mail in" reads the newest rows first and stops
+at that way in's newest, so it costs little while mail flows (a way in that never brought
+any is read to the end of the table: the cost of saying "never").
 """
 
 from __future__ import annotations
