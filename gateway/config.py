@@ -105,6 +105,11 @@ class OutboundSection:
     # new conversation when the subject changes) keeps one thread; false: the template's
     # subject per event, tagged.
     stable_subject: bool = True
+    # VERP: each mail's envelope sender is helpdesk+b<outbox id>.<token>@domain, so a
+    # bounce names the mail it returns even when it quotes none of it.  Needs a relay that
+    # lets the gateway send from plus-addresses of the helpdesk address (Postfix, Exim
+    # do; Microsoft 365's SMTP AUTH may refuse a sender other than the mailbox).
+    verp: bool = False
     smtp: OutboundSmtpSection = field(default_factory=OutboundSmtpSection)
 
 

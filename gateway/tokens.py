@@ -55,6 +55,31 @@ def verify_reply_address(secret: str, address: str) -> str | None:
     return found[0] if found else None
 
 
+# VERP ([outbound] verp): each notification's envelope sender names its outbox row,
+# ``helpdesk+b42.<token>@example.com``, so a bounce finds the notification it returns
+# by the address it was sent to, even when it quotes nothing of it.
+_BOUNCE = re.compile(r"^(?P<local>[^+@]+)\+b(?P<id>[1-9]\d{0,11})\.(?P<token>[0-9a-f]+)@(?P<domain>.+)$",
+                     re.IGNORECASE)
+
+
+def bounce_address(secret: str, helpdesk: str, outbox_id: int) -> str:
+    """The envelope sender of outbox mail ``outbox_id``."""
+    local, _, domain = helpdesk.rpartition("@")
+    return f"{local}+b{outbox_id}.{token_for(secret, f'bounce:{outbox_id}')}@{domain}"
+
+
+def verified_bounce(secret: str, address: str) -> int | None:
+    """The outbox id of a bounce address (``bounce_address``); None if it is not one or
+    does not verify."""
+    m = _BOUNCE.match(address.strip())
+    if not m:
+        return None
+    outbox_id = int(m.group("id"))
+    if hmac.compare_digest(token_for(secret, f"bounce:{outbox_id}"), m.group("token").lower()):
+        return outbox_id
+    return None
+
+
 # The signed reply address, hidden at the end of our HTML (as osTicket and FreeScout do):
 # a client that drops In-Reply-To and References, a customer who changes the subject and
 # writes to the plain address still quote it, and the reply finds its ticket by it.

@@ -32,6 +32,8 @@ class Report:
     hard: bool = False
     recipients: tuple[str, ...] = ()
     original_message_ids: tuple[str, ...] = ()
+    # Outbox mails named by the bounce address the report was sent to (VERP).
+    outbox_ids: tuple[int, ...] = ()
 
 
 # Senders that are mail systems, not people.

@@ -24,6 +24,7 @@ from sqlmodel import Session, col, select
 from gateway.config import Config
 from gateway.errors import Quarantine
 from gateway.ingest.automatic import Automatic, classify
+from gateway.ingest.bounces import Report
 from gateway.ingest.decide import (APPROVE, HOLD, NEEDS_COMMENT, REFUSE, REOPEN, RESUME, Facts, FollowUp, Ignore,
                                    NewTicket, QuarantineIt, ThreadHit, clean_title, decide)
 from gateway.ingest.language import detect_language
@@ -31,7 +32,7 @@ from gateway.ingest.parse import Limits, ParsedMail, parse
 from gateway.ingest.references import find_reference
 from gateway.ingest.threading import dmarc_failed, find_ticket, permission, signed_replies
 from gateway.outbound.notify import KnownThread, Notifier
-from gateway.tokens import marked_addresses
+from gateway.tokens import marked_addresses, verified_bounce
 from store import lifecycle
 from store.addresses import key as address_key
 from store.blobs import BlobStore
@@ -268,7 +269,7 @@ class Processor:
             # the mails before this one in the batch are flushed (Processor._mark).
             rows = _SAME_MESSAGE_ID.rows(session.connection(), {"b_mid": mail.message_id})
             duplicate_of = next((n for n, f in rows if address_key(f) == address_key(mail.from_addr)), None)
-        automatic = classify(mail, self.own, self.config.message_id_domain)
+        automatic = self._with_bounce_address(inbound, mail, classify(mail, self.own, self.config.message_id_domain))
         thread = None if automatic else self.find_thread(session, inbound, mail)
         if sender is UNKNOWN:
             sender = self.sender_of(session, mail)
@@ -283,6 +284,22 @@ class Processor:
             unknown_senders=self.config.gateway.unknown_senders,
             flood=self.flood(session, sender) if known and not automatic else None,
         )
+
+    def _with_bounce_address(self, inbound, mail: ParsedMail, automatic: Automatic | None) -> Automatic | None:
+        """A mail to the bounce address of one of our mails ([outbound] verp) is a report
+        about that mail: the report gets its outbox id, and a mail nothing else recognises
+        as a report becomes one (soft: only a real delivery report fails the mail)."""
+        addresses = [*(inbound.rcpt_to or "").split(","), *mail.to, *mail.cc]
+        ids = tuple(dict.fromkeys(i for i in (verified_bounce(self.config.gateway.secret, a) for a in addresses if a)
+                                  if i is not None))
+        if not ids:
+            return automatic
+        if automatic is not None and automatic.report is not None and automatic.kind == "bounce":
+            return replace(automatic, report=replace(automatic.report, outbox_ids=ids))
+        if automatic is None:
+            detail = f"mail to the bounce address of outbox mail #{ids[0]}"
+            return Automatic("bounce", detail, Report("bounce", detail, False, (), (), ids))
+        return automatic
 
     def flood(self, session: Session, sender: Person) -> str | None:
         """Why a new ticket from ``sender`` is held: they reported
@@ -317,9 +334,13 @@ class Processor:
         count a hard bounce on its recipients; after outbound.undeliverable_after hard
         bounces the address is marked undeliverable.  Returns (ticket number, detail)."""
         report = automatic.report
-        if report is None or report.kind != "bounce" or not report.original_message_ids:
+        if report is None or report.kind != "bounce" or not (report.original_message_ids or report.outbox_ids):
             return None, automatic.detail
-        rows = session.exec(select(Outbox).where(col(Outbox.message_id).in_(report.original_message_ids))).all()
+        rows = list(session.exec(select(Outbox).where(col(Outbox.id).in_(report.outbox_ids)).order_by(Outbox.id))) \
+            if report.outbox_ids else []
+        if report.original_message_ids:
+            rows += [r for r in session.exec(select(Outbox).where(col(Outbox.message_id).in_(report.original_message_ids)))
+                     if r.id not in report.outbox_ids]
         if not rows:
             return None, automatic.detail + "; no outbox mail of ours among the returned Message-IDs"
         ticket_number = None

@@ -36,6 +36,7 @@ from sqlmodel import Session, col, func, select
 
 from gateway.config import Config
 from gateway.outbound.transports import SendResult, Transport
+from gateway.tokens import bounce_address
 from store.addresses import key as address_key
 from store.db import session_for
 from store.models import DeliveryAttempt, Outbox, Person, utcnow
@@ -233,7 +234,9 @@ def deliver_pending(
             if delivery.skipped:
                 log.info("outbox %s <%s>: not sent to undeliverable %s", outbox_id, delivery.message_id,
                          ", ".join(delivery.skipped))
-            result = transport.send(config.helpdesk_address, list(delivery.recipients), delivery.raw,
+            sender = (bounce_address(config.gateway.secret, config.helpdesk_address, outbox_id)
+                      if config.outbound.verp else config.helpdesk_address)
+            result = transport.send(sender, list(delivery.recipients), delivery.raw,
                                     f"{outbox_id:06d}-{delivery.message_id}")
             try:
                 state = record(engine, policy, delivery, result, now)
