@@ -383,10 +383,13 @@ class Processor:
         except Exception as exc:  # noqa: BLE001 - a header we cannot read is not answered
             return f"no notice: header unreadable ({type(exc).__name__})"
         automatic = classify(mail, self.own, self.config.message_id_domain)
-        why_not = (f"no notice: {automatic.kind} ({automatic.detail})" if automatic else None) or (
-            f"no notice: {unanswerable_sender(mail)}" if unanswerable_sender(mail) else None)
-        if why_not or not mail.from_addr or "@" not in mail.from_addr:
-            return why_not or "no notice: no sender address"
+        if automatic is not None:
+            return f"no notice: {automatic.kind} ({automatic.detail})"
+        unanswerable = unanswerable_sender(mail)
+        if unanswerable:
+            return f"no notice: {unanswerable}"
+        if "@" not in mail.from_addr:
+            return "no notice: no sender address"
         address = address_key(mail.from_addr)
         now = now or utcnow()
         with session_for(self.engine) as session:
