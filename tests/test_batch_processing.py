@@ -8,6 +8,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from sqlalchemy import text
 from sqlmodel import select
 
@@ -145,3 +147,62 @@ def test_a_batch_that_meets_another_writers_new_sender_is_done_again_alone(gw, c
             [("processed", 0)] * 3
         assert len(session.exec(select(Ticket)).all()) == 3
     assert ("processing them one by one" in caplog.text) == postgres
+
+
+def test_two_batches_that_deadlock_on_postgresql_both_land(postgres_url, tmp_path, caplog):
+    """Two PostgreSQL workers' batches answer the same two tickets in opposite orders: each
+    holds one ticket's row and waits for the other's.  PostgreSQL breaks the deadlock by
+    failing one transaction; that batch is done again mail by mail.  Every reply lands
+    once, none is counted as failed.  (The hook only holds each batch after its first
+    mail, so that the two take their locks in the order that deadlocks.)"""
+    from conftest import write_config
+    from gateway.config import load_config
+
+    gw = App(load_config(write_config(tmp_path, f'[database]\nurl = "{postgres_url}"\n'), env={}))
+    other = App(gw.config)
+    originals = []
+    for k in (1, 2):
+        raw = (f"From: Lea <lea@example.com>\r\nTo: helpdesk@localhost\r\nSubject: printer {k}\r\n"
+               f"Message-ID: <orig-{k}@example.com>\r\n\r\nPrinter {k} is broken.\r\n").encode()
+        originals.append(gw.processor.process(store_raw(gw.engine, gw.blobs, raw, source="test").id).ticket)
+
+    def reply(n: int, to: int) -> int:
+        raw = (f"From: Lea <lea@example.com>\r\nTo: helpdesk@localhost\r\nSubject: Re: printer {to}\r\n"
+               f"Message-ID: <reply-{n}@example.com>\r\nIn-Reply-To: <orig-{to}@example.com>\r\n\r\n"
+               f"More about printer {to}, note {n}.\r\n").encode()
+        return store_raw(gw.engine, gw.blobs, raw, source="test").id
+
+    first = [reply(1, 1), reply(2, 2)]  # ticket 1, then ticket 2
+    second = [reply(3, 2), reply(4, 1)]  # ticket 2, then ticket 1
+    barrier = threading.Barrier(2)
+    held = {"reply-1@example.com", "reply-3@example.com"}
+    real_apply = Processor.apply
+
+    def apply(self, session, inbound, mail, decision, sender=None):
+        outcome = real_apply(self, session, inbound, mail, decision, sender)
+        session.flush()
+        if mail.message_id in held:  # the first time only, not when done again alone
+            held.discard(mail.message_id)
+            barrier.wait(timeout=20)  # both hold their first ticket's row now
+        return outcome
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(Processor, "apply", apply)
+        results: dict = {}
+        threads = [threading.Thread(target=lambda a=a, ids=ids: results.setdefault(id(ids), a.processor.process_batch(ids)))
+                   for a, ids in ((gw, first), (other, second))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    outcomes = [o.outcome for ids in (first, second) for o in results[id(ids)]]
+    assert outcomes == ["appended"] * 4, outcomes
+    assert caplog.text.count("processing them one by one") == 1 and "deadlock" in caplog.text.lower()
+    with session_for(gw.engine) as session:
+        rows = [session.get(InboundMessage, i) for i in first + second]
+        assert [(r.state, r.attempts, r.ticket_number) for r in rows] == [
+            ("processed", 0, originals[0]), ("processed", 0, originals[1]),
+            ("processed", 0, originals[1]), ("processed", 0, originals[0])]
+        assert len(session.exec(select(TicketMessage).where(TicketMessage.direction == "in")).all()) == 6
+    other.engine.dispose()
+    gw.engine.dispose()
