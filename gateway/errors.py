@@ -18,6 +18,9 @@ class Quarantine(GatewayError):
     """Keep the raw mail, make no ticket, and say why."""
 
     def __init__(self, reason: str):
+        # A reason quoting raw 8-bit header bytes (surrogates) could not be stored: as
+        # UTF-8 where they are, else replaced.
+        reason = reason.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
         super().__init__(reason)
         self.reason = reason
 

@@ -278,8 +278,10 @@ def sender_problem(values: list[str]) -> str | None:
                 # An unterminated comment, quote or angle bracket: where the address ends
                 # is a guess, and a guess is no identity.
                 return "unreadable sender address (unterminated comment or quote)"
-            strict |= {normalize(re.sub(r"\s+", "", decode_header_value(a.addr_spec)) if "=?" in a.addr_spec
-                                 else a.addr_spec)
+            # Raw 8-bit bytes (an SMTPUTF8 mail's josé@example.org) are repaired as in
+            # our reading; left as surrogates, the two readings never agreed on them.
+            strict |= {normalize(_fix_surrogates(re.sub(r"\s+", "", decode_header_value(a.addr_spec))
+                                                 if "=?" in a.addr_spec else a.addr_spec, None))
                        for a in header.addresses if "@" in a.addr_spec}
         except Exception:  # noqa: BLE001 - the strict parser refusing it is the answer
             return "unreadable sender address"
