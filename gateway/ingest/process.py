@@ -170,7 +170,7 @@ class Processor:
         # process, two round trips a mail on PostgreSQL, which redoes a failed batch
         # one mail at a time instead.
         self.savepoints = engine.dialect.name == "sqlite"
-        self.own = tuple(dict.fromkeys(a.lower() for a in (*config.gateway.addresses, *config.routing.routes)))
+        self.own = tuple(dict.fromkeys(address_key(a) for a in (*config.gateway.addresses, *config.routing.routes)))
 
     # Facts ----------------------------------------------------------------------------
     def route(self, inbound: InboundMessage, mail: ParsedMail) -> str:
