@@ -16,6 +16,13 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def aware(value: datetime | None) -> datetime | None:
+    """A time read back from a database column (SQLite gives it naive), as UTC; None stays None."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value
+
+
 class Counter(SQLModel, table=True):
     """Last ticket number used, per process, on SQLite.  PostgreSQL takes its numbers
     from one sequence a process (revision 0003, store.tickets.next_number); its rows

@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from gateway.app import App
 from store.db import reader
-from store.models import InboundMessage, Outbox, utcnow
+from store.models import InboundMessage, Outbox, aware, utcnow
 
 
 def register(sub, common) -> None:
@@ -60,11 +60,6 @@ class Status:
     problems: list[str] = field(default_factory=list)
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes; every time stored is UTC.
-    return value if value is None or value.tzinfo else value.replace(tzinfo=timezone.utc)
-
-
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat(timespec="seconds") if value is not None else None
 
@@ -72,7 +67,7 @@ def _iso(value: datetime | None) -> str | None:
 def _last_from(session: Session, source: str) -> datetime | None:
     """When ``source`` last brought a mail: the newest rows first, by id (no index on
     source needed: it stops at the first one)."""
-    return _aware(session.exec(select(InboundMessage.received_at).where(InboundMessage.source == source)
+    return aware(session.exec(select(InboundMessage.received_at).where(InboundMessage.source == source)
                                .order_by(col(InboundMessage.id).desc()).limit(1)).first())
 
 
@@ -89,7 +84,7 @@ def gather(app: App, *, max_wait: float = 10.0, quiet_hours: float | None = None
     with reader(app.engine) as session:
         last = {source: _last_from(session, source) for source in sources}
         waiting = _count(session, InboundMessage.state == "received")
-        oldest = _aware(session.exec(select(func.min(InboundMessage.received_at))
+        oldest = aware(session.exec(select(func.min(InboundMessage.received_at))
                                      .where(InboundMessage.state == "received")).one())
         retrying = _count(session, InboundMessage.state == "received", col(InboundMessage.attempts) > 0)
         quarantined = _count(session, InboundMessage.state == "quarantined")

@@ -355,7 +355,6 @@ class Importer:
                 log.exception("<%s> mailbox %s: UID %s: the sender's notice failed", mid, box.name, uid)
                 told = f"no notice: {type(exc).__name__}: {exc}"
             _note_on(self.engine, stub.id, told)
-            detail = f"{detail}; {told}"
         if not self._move(client, uid, box.failed_folder):
             # Another client expunged it after its record was committed: the row stays, saying so.
             note = f"expunged by another client before it was moved to {box.failed_folder!r}"

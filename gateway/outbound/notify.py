@@ -26,7 +26,7 @@ from gateway.outbound.render import FALLBACK_LANGUAGE, LANGUAGES, RenderedMail, 
 from gateway.tokens import reply_address, with_marker
 from store import lifecycle
 from store.db import Prepared
-from store.models import Company, Outbox, Person, Ticket, TicketMessage, utcnow
+from store.models import Company, Outbox, Person, Ticket, TicketMessage, aware, utcnow
 from store.tickets import latest_public_update
 
 log = logging.getLogger("gateway.outbound")
@@ -86,13 +86,6 @@ _INSERT_OUTBOX = Prepared(insert(Outbox.__table__).returning(Outbox.__table__.c.
 _INSERT_MESSAGE = Prepared(insert(TicketMessage.__table__))
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    # Database columns come back naive; they hold UTC.
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value
-
-
 @dataclass(frozen=True)
 class Notifier:
     config: Config
@@ -121,7 +114,7 @@ class Notifier:
         except RenderError as exc:  # a broken override catalog: the shipped words, and say so
             log.error("%s", exc)
             tr = self.renderer.translations(lang, use_override=False)
-        solved_at = _aware(ticket.solved_at)
+        solved_at = aware(ticket.solved_at)
         close_on = solved_at + timedelta(days=self.config.lifecycle.close_after_days) if solved_at else None
         ctx = {
             "ticket": ticket,
@@ -133,7 +126,7 @@ class Notifier:
             "waiting_label": tr.gettext(WAITING_LABELS[ticket.waiting_reason]) if ticket.waiting_reason else "",
             "reason": ticket.status_reason or "",
             "latest_update": latest_update,
-            "appointment": _aware(ticket.appointment_at),
+            "appointment": aware(ticket.appointment_at),
             "place": ticket.appointment_place or "",
             "solution": ticket.solution or "",
             "close_after_days": self.config.lifecycle.close_after_days,

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 from sqlalchemy import bindparam, insert, update
 from sqlalchemy.engine import Engine
@@ -39,7 +39,7 @@ from gateway.outbound.transports import SendResult, Transport
 from gateway.tokens import bounce_address
 from store.addresses import key as address_key
 from store.db import session_for
-from store.models import DeliveryAttempt, Outbox, Person, utcnow
+from store.models import DeliveryAttempt, Outbox, Person, aware, utcnow
 
 log = logging.getLogger("gateway.outbound")
 
@@ -69,11 +69,6 @@ class RetryPolicy:
         if now >= deadline:
             return None
         return min(now + timedelta(seconds=delay), deadline)
-
-
-def _aware(dt: datetime) -> datetime:
-    # SQLite hands back naive datetimes; every time here is UTC.
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -132,14 +127,14 @@ def _queued_at(session: Session, row: Outbox) -> datetime:
             DeliveryAttempt.outbox_id == row.id, DeliveryAttempt.outcome == REQUEUED
         )
     ).first()
-    return max(_aware(d) for d in (requeued, row.created_at) if d is not None)
+    return max(aware(d) for d in (requeued, row.created_at) if d is not None)
 
 
 def _failures_since(session: Session, row: Outbox, since: datetime) -> int:
     attempts = session.exec(
         select(DeliveryAttempt.at).where(DeliveryAttempt.outbox_id == row.id, DeliveryAttempt.outcome != REQUEUED)
     )
-    return sum(1 for at in attempts if _aware(at) >= since)
+    return sum(1 for at in attempts if aware(at) >= since)
 
 
 def record(engine: Engine, policy: RetryPolicy, delivery: Delivery, result: SendResult, now: datetime) -> str:
@@ -210,7 +205,7 @@ def deliver_pending(
     transport's connection is opened once for the batch.  A failure to reach the relay at
     all ends the batch (the rest stays due for the next run) rather than waiting out a
     timeout per mail."""
-    now = _aware(now or utcnow())
+    now = aware(now or utcnow())
     policy = RetryPolicy.from_config(config)
     results: list[tuple[int, SendResult]] = []
     # First what was sent but not recorded by an earlier run of this process.
@@ -260,7 +255,7 @@ def requeue(engine: Engine, outbox_ids: list[int] | None = None, *, failed: bool
 
     ``outbox_ids``: these mails (pending, failed, or sent: an operator may want a copy sent
     again); ``failed``: every failed mail.  The give-up clock restarts at ``now``."""
-    now = _aware(now or utcnow())
+    now = aware(now or utcnow())
     with session_for(engine) as session:
         query = select(Outbox)
         if failed:
