@@ -16,10 +16,13 @@ import smtplib
 import subprocess
 import sys
 import time
+from datetime import datetime
 from email.message import EmailMessage
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
+from babel.dates import format_date
 
 from conftest import ROOT, free_port, run_gateway, wait_for_port
 
@@ -142,7 +145,10 @@ def test_smtp_mail_becomes_ticket_with_french_confirmation(tmp_path):
     text = sent.get_body(("plain",)).get_content()
     assert "INC-000001" in text and "PO1234" in text
     assert "Nous avons bien reçu votre message" in text
-    assert "novembre 2026" in text  # the date, formatted for the French locale
+    # The date of the ticket, written for the French locale in the person's time zone
+    # (read from the ticket, never a month written into the test).
+    created = datetime.fromisoformat(ticket["created_at"]).astimezone(ZoneInfo("Europe/Brussels"))
+    assert format_date(created, "d MMMM y", locale="fr") in text
     html = sent.get_body(("html",)).get_content()
     assert "PO1234" in html and 'lang="fr"' in html
 
