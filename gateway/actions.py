@@ -1,9 +1,9 @@
 """What an agent does to tickets (the phone channel and the service desk's hands).
 
 Each operation is one transaction: the ticket change, its history row and the mail it
-sends (rendered and written to the outbox by ``Notifier.enqueue``) are committed
-together or not at all.  A refused move raises ``LifecycleError`` and changes nothing;
-a mail that cannot be rendered or queued rolls the change back.
+sends (queued in the outbox by ``store.notifications.queue``, rendered later by the
+deliverer) are committed together or not at all.  A refused move raises
+``LifecycleError`` and changes nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from sqlmodel import Session, select
 from store import lifecycle
 from store.db import PROCESS_PREFIX, session_for
 from store.lifecycle import LifecycleError, StatusData
-from store.models import Outbox, Person, Ticket, TicketMessage, utcnow
+from store.models import Person, Ticket, TicketMessage, utcnow
+from store.notifications import Queued, queue
 from store.tickets import change_status, create_ticket as store_create_ticket, get_or_create_person, get_ticket, \
     solved_due
 
@@ -40,13 +41,11 @@ class Done:
                 "recipients": list(self.recipients), "linked": self.linked, **self.extra}
 
 
-def _queued(rows: list[Outbox | None]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    events = tuple(r.event for r in rows if r is not None)
-    people: list[str] = []
-    for r in rows:
-        if r is not None:
-            people += [a for a in r.recipients.split(",") if a and a not in people]
-    return events, tuple(people)
+def _queued(copies: list[Queued]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The events queued (once each, in order) and their recipients."""
+    events = tuple(dict.fromkeys(c.event for c in copies))
+    people = tuple(dict.fromkeys(c.recipient for c in copies))
+    return events, people
 
 
 def _check_email(value: str, what: str) -> str:
@@ -79,9 +78,9 @@ def create_ticket(app, *, process: str, reporter: str, title: str, description: 
         ticket = store_create_ticket(session, process=process, title=title, description=description.strip(),
                                      reporter=reporting, affected=affected_person, reference=reference,
                                      reference_source="agent" if reference else None, by=by, now=now)
-        row = app.notifier.enqueue(session, ticket, "new", now=now)
+        copies = queue(session, app.notices, ticket, "new", now=now)
         session.commit()
-        mails, people = _queued([row])
+        mails, people = _queued(copies)
         log.info("%s created by %s (%s)", ticket.number, by, process)
         return Done(ticket.number, ticket.status, mails, people)
 
@@ -97,7 +96,7 @@ def _locked(session: Session, number: str) -> Ticket:
 
 
 def _move(app, session: Session, ticket: Ticket, target: str, data: StatusData, *, by: str,
-          now: datetime) -> Outbox | None:
+          now: datetime) -> list[Queued]:
     """Change the status and queue its mail, in ``session`` (the caller commits)."""
     change = change_status(session, ticket, target, data, by=by, now=now)
     if change.from_status == lifecycle.SOLVED and change.to_status == lifecycle.IN_PROGRESS:
@@ -106,9 +105,9 @@ def _move(app, session: Session, ticket: Ticket, target: str, data: StatusData, 
                                   body_text=data.note or "", created_at=now))
     event = lifecycle.NOTIFIED.get(change.to_status)
     if event is None:
-        return None
+        return []
     session.flush()
-    return app.notifier.enqueue(session, ticket, event, now=now)
+    return queue(session, app.notices, ticket, event, now=now)
 
 
 def set_status(app, number: str, status: str, data: StatusData, *, by: str = "agent",
@@ -118,9 +117,9 @@ def set_status(app, number: str, status: str, data: StatusData, *, by: str = "ag
     now = now or utcnow()
     with session_for(app.engine) as session:
         ticket = _locked(session, number)
-        row = _move(app, session, ticket, status, data, by=by, now=now)
+        copies = _move(app, session, ticket, status, data, by=by, now=now)
         session.commit()
-        mails, people = _queued([row])
+        mails, people = _queued(copies)
         log.info("%s -> %s by %s%s", ticket.number, ticket.status, by,
                  f" (mailed {', '.join(people)})" if people else "")
         return Done(ticket.number, ticket.status, mails, people)
@@ -171,11 +170,11 @@ def convert_to_change(app, number: str, *, by: str = "agent", note: str | None =
             reference=original.personal_reference, reference_source=original.reference_source,
             by=by, linked=original, now=now)
         history_note = note or f"converted to {change.number}"
-        change_row = app.notifier.enqueue(session, change, "new", now=now)
-        wait_row = _move(app, session, original, lifecycle.WAITING,
-                         StatusData(waiting_reason="rfc", note=history_note), by=by, now=now)
+        change_copies = queue(session, app.notices, change, "new", now=now)
+        wait_copies = _move(app, session, original, lifecycle.WAITING,
+                            StatusData(waiting_reason="rfc", note=history_note), by=by, now=now)
         session.commit()
-        mails, people = _queued([wait_row, change_row])
+        mails, people = _queued(wait_copies + change_copies)
         log.info("%s converted to %s by %s", original.number, change.number, by)
         return Done(original.number, original.status, mails, people, linked=change.number)
 

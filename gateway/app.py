@@ -10,11 +10,12 @@ from sqlalchemy.engine import Engine
 
 from gateway.config import Config
 from gateway.ingest.process import Processor
-from gateway.outbound.notify import Notifier
-from gateway.outbound.render import SHIPPED_DIR, Renderer
+from gateway.outbound.notify import Notifier, renderer_for
+from gateway.outbound.render import Renderer
 from gateway.outbound.transports import Transport, make_transport
 from store.blobs import BlobStore
 from store.db import init_db, make_engine
+from store.notifications import Settings
 
 
 @dataclass
@@ -33,16 +34,20 @@ class App:
 
     @cached_property
     def renderer(self) -> Renderer:
-        override = self.config.path(self.config.templates.override_dir) if self.config.templates.override_dir else None
-        return Renderer(SHIPPED_DIR, override)
+        return renderer_for(self.config)
 
     @cached_property
     def notifier(self) -> Notifier:
         return Notifier(self.config, self.renderer)
 
     @cached_property
+    def notices(self) -> Settings:
+        """What queueing a notification needs of the config (store.notifications)."""
+        return self.config.notice_settings()
+
+    @cached_property
     def processor(self) -> Processor:
-        return Processor(self.config, self.engine, self.blobs, self.notifier)
+        return Processor(self.config, self.engine, self.blobs)
 
     def transport(self) -> Transport:
         return make_transport(self.config)

@@ -226,6 +226,13 @@ class Config:
     def message_id_domain(self) -> str:
         return self.gateway.message_id_domain or self.helpdesk_address.rpartition("@")[2] or "localhost"
 
+    def notice_settings(self):
+        """What queueing a notification needs (store.notifications.Settings)."""
+        from store.notifications import Settings
+
+        return Settings(default_language=self.gateway.default_language, message_id_domain=self.message_id_domain,
+                        helpdesk_address=self.helpdesk_address)
+
     def mailbox(self, name: str) -> MailboxSection:
         for box in self.mailboxes:
             if box.name == name:

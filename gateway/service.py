@@ -33,6 +33,7 @@ from gateway.ingest import imap
 from gateway.ingest.smtp import Door, make_server_factory
 from gateway.ingest.process import BATCH_MAILS
 from gateway.ingest.spool import Spool
+from gateway.outbound.notify import warm_up as warm_up_templates
 from gateway.outbound.outbox import deliver_pending
 
 log = logging.getLogger("gateway.service")
@@ -134,8 +135,9 @@ def deliverer_main(config: Config, deliver, stop, parent_pid: int, log_level: st
     app = App(config)
     transport = app.transport()
     _lower_priority(config)
+    took = warm_up_templates(app.notifier)
     _settle_gc()
-    log.info("deliverer started (pid %s)", os.getpid())
+    log.info("deliverer started (pid %s; ready in %.0f ms)", os.getpid(), took * 1000)
     last = time.monotonic()
     while not stop.is_set():
         if os.getppid() != parent_pid:
@@ -153,7 +155,7 @@ def deliverer_main(config: Config, deliver, stop, parent_pid: int, log_level: st
             if time.monotonic() - last < DELIVER_EVERY and app.processor.pending_ids(limit=1):
                 stop.wait(timeout=DELIVER_WHEN_QUIET)
                 continue
-            sent = deliver_pending(app.engine, config, transport, limit=100)
+            sent = deliver_pending(app.engine, config, transport, limit=100, notifier=app.notifier)
             last = time.monotonic()
         except Exception:
             log.exception("delivery failed; retrying")
@@ -163,7 +165,7 @@ def deliverer_main(config: Config, deliver, stop, parent_pid: int, log_level: st
             deliver.wait(timeout=DELIVER_EVERY)
     # What the workers queued before they stopped goes out now, not at the next start.
     try:
-        deliver_pending(app.engine, config, transport, limit=100)
+        deliver_pending(app.engine, config, transport, limit=100, notifier=app.notifier)
     except Exception:
         log.exception("last delivery failed; the outbox keeps it for the next start")
     log.info("deliverer stopped")

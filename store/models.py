@@ -148,16 +148,38 @@ class Attachment(SQLModel, table=True):
 
 
 class Outbox(SQLModel, table=True):
-    """A mail to send, written in the transaction of the change it tells about."""
+    """A mail to send, written in the transaction of the change it tells about.
+
+    One row is one copy for one recipient (each greeted by name, in the language the
+    manual says).  What the mail says is decided when the row is written: the event, the
+    language, the Message-ID and the thread, and ``context``, the snapshot of the ticket
+    and the data the template shows (JSON, store.notifications).  The deliverer renders
+    it (gateway.outbound) before the first attempt and keeps the bytes in ``raw``, so a
+    retry sends the same bytes.  A row written before revision 0006 has ``raw`` and no
+    ``context``."""
 
     id: int | None = Field(default=None, primary_key=True)
     ticket_id: int | None = Field(default=None, foreign_key="ticket.id", index=True)
     event: str
-    recipients: str  # comma separated
+    # The one address this copy goes to, checked (store.addresses.mailbox) and kept as an
+    # addr-spec: the envelope's only RCPT TO.
+    recipient: str = Field(index=True)
+    recipient_name: str = ""
+    person_id: int | None = Field(default=None, foreign_key="person.id")
     language: str = "en"
     subject: str = ""
     message_id: str = Field(index=True)  # without <>
-    raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    in_reply_to: str | None = None
+    # The References of the mail, oldest first (a JSON list of Message-IDs without <>).
+    thread_ids: str = Field(default="[]", sa_column=Column(Text, nullable=False, default="[]"))
+    auto_submitted: str = "auto-generated"
+    # What the template shows, as queued (JSON); None for a row rendered when queued.
+    context: str | None = Field(default=None, sa_column=Column(Text))
+    # An approval request's number among the ticket's requests (1, 2, ...), which its
+    # reply address names; the same on every copy of the request.  None for other events.
+    approval_request: int | None = None
+    # The MIME message as sent (CRLF); None until the deliverer renders it.
+    raw: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
     # pending | sent | failed
     state: str = Field(default="pending", index=True)
     attempts: int = 0
@@ -165,6 +187,10 @@ class Outbox(SQLModel, table=True):
     last_answer: str | None = Field(default=None, sa_column=Column(Text))
     created_at: datetime = Field(default_factory=utcnow)
     sent_at: datetime | None = None
+    # The deliverer that holds the row (host:pid) until claimed_until: several deliverers
+    # (several instances) never send one row at once, and a dead one's rows are taken over.
+    claimed_by: str | None = None
+    claimed_until: datetime | None = None
 
 
 class DeliveryAttempt(SQLModel, table=True):

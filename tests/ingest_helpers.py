@@ -13,6 +13,7 @@ from gateway.app import App
 from gateway.config import load_config
 from gateway.ingest.inbound import store_raw
 from gateway.ingest.process import Outcome
+from gateway.outbound.outbox import render_pending
 from store.db import session_for
 from store.models import InboundMessage, Outbox, Person, Ticket
 
@@ -48,8 +49,10 @@ def customer_mail(sender: str = "marie.dupont@example.be", subject: str = "Print
 
 
 def outbox_rows(app: App) -> list[Outbox]:
+    """The outbox, its mails rendered as the deliverer renders them before sending."""
+    render_pending(app.engine, app.notifier)
     with session_for(app.engine) as session:
-        return list(session.exec(select(Outbox)))
+        return list(session.exec(select(Outbox).order_by(Outbox.id)))
 
 
 def tickets(app: App) -> list[Ticket]:

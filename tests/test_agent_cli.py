@@ -118,7 +118,10 @@ def test_an_agent_works_a_ticket_from_phone_call_to_closing(tmp_path):
 
     # The planned mail: French, the appointment at 10:00 Brussels time.
     outbox = js(tmp_path, "outbox", "list")
-    assert [r["event"] for r in outbox] == ["new", "approval", "planned", "waiting", "solved"]
+    # One copy each for the Reporting and the Affected Person, in the Affected Person's language.
+    assert [(r["event"], r["to"]) for r in outbox] == [
+        (event, [person]) for event in ("new", "approval", "planned", "waiting", "solved")
+        for person in ("boss@example.com", "marie@example.com")]
     assert all(r["language"] == "fr" for r in outbox)
     eml = sorted((tmp_path / "var" / "outbox").glob("*.eml")) if (tmp_path / "var" / "outbox").exists() else []
     assert eml == []  # agent actions queue; delivery is the worker's (or outbox flush)

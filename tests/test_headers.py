@@ -18,9 +18,10 @@ from gateway.app import App
 from gateway.config import load_config
 from gateway.ingest.inbound import store_raw
 from gateway.outbound.compose import LOOP_HEADER
-from gateway.outbound.notify import MAX_REFERENCES, thread_references
+from store.notifications import MAX_REFERENCES, thread_references
 from gateway.outbound.outbox import deliver_pending
 from gateway.tokens import verify_reply_address
+from store.notifications import queue
 from store.db import session_for
 from store.models import Outbox, Ticket
 from store.tickets import create_ticket, get_or_create_person
@@ -125,7 +126,7 @@ def test_notifications_of_a_ticket_thread_and_no_title_becomes_a_header(app, rel
     # A second notification of the same ticket (a later event), sent by a later run.
     with session_for(app.engine) as session:
         ticket = session.exec(select(Ticket).where(Ticket.number == number)).one()
-        app.notifier.enqueue(session, ticket, "new")
+        queue(session, app.notices, ticket, "new")
         session.commit()
     deliver(app)
 
@@ -193,7 +194,7 @@ def test_titles_and_names_in_any_script_are_encoded_and_folded(app, relay, title
     with session_for(app.engine) as session:
         person, _ = get_or_create_person(session, "someone@example.org", name)
         ticket = create_ticket(session, process="incident", title=title, description="x", reporter=person, now=T0)
-        app.notifier.enqueue(session, ticket, "new", now=T0)
+        queue(session, app.notices, ticket, "new", now=T0)
         session.commit()
         number = ticket.number
     deliver(app)
@@ -222,7 +223,7 @@ def test_hostile_message_ids_are_left_out_of_the_thread_headers(app, relay):
     with session_for(app.engine) as session:
         person, _ = get_or_create_person(session, "someone@example.org", "S")
         ticket = create_ticket(session, process="incident", title="t", description="x", reporter=person, now=T0)
-        app.notifier.enqueue(session, ticket, "new", in_reply_to="a b@c> <evil", now=T0)
+        queue(session, app.notices, ticket, "new", in_reply_to="a b@c> <evil", now=T0)
         session.commit()
     deliver(app)
     [(_, _, raw)] = relay.received
@@ -254,7 +255,7 @@ def test_internationalised_addresses(app, relay, utf8_relay):
             person, _ = get_or_create_person(session, email, "Ünï Person")
             ticket = create_ticket(session, process="incident", title="Écran noir", description="x",
                                    reporter=person, now=T0)
-            app.notifier.enqueue(session, ticket, "new", now=T0)
+            queue(session, app.notices, ticket, "new", now=T0)
         session.commit()
     results = deliver_pending(app.engine, app.config, app.transport(), now=T0)
     assert [r.outcome for _, r in results] == ["sent", "permanent"], (results, relay.received)
@@ -291,7 +292,7 @@ def test_a_huge_title_is_shortened_in_the_subject(app, relay):
         person, _ = get_or_create_person(session, "someone@example.org", "S")
         ticket = create_ticket(session, process="incident", title="Ошибка " * 20000, description="x",
                                reporter=person, now=T0)
-        app.notifier.enqueue(session, ticket, "new", now=T0)
+        queue(session, app.notices, ticket, "new", now=T0)
         session.commit()
     deliver(app)
     [(_, _, raw)] = relay.received

@@ -69,7 +69,7 @@ def test_no_reply_and_null_return_path_senders_get_a_ticket_but_no_answer(tmp_pa
     c = receive(app, raw("Jan <jan@example.be>", "Printer", "Broken", mid="n3@s.example",
                          extra="Return-Path: <jan@example.be>\r\n"))
     assert [a.outcome, b.outcome, c.outcome] == ["created"] * 3
-    assert [o.recipients for o in outbox_rows(app)] == ["jan@example.be"]
+    assert [o.recipient for o in outbox_rows(app)] == ["jan@example.be"]
     app.engine.dispose()
 
 

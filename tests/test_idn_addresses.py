@@ -50,7 +50,7 @@ def test_a_person_listed_in_unicode_writes_in_punycode(tmp_path, database_url):
         ticket = session.exec(select(Ticket)).one()
         assert ticket.reporting_person_id == people[0].id
     [confirmation] = outbox_rows(app)
-    assert confirmation.language == "de" and confirmation.recipients == "jan@müller.de"
+    assert confirmation.language == "de" and confirmation.recipient == "jan@müller.de"
     app.engine.dispose()
 
 

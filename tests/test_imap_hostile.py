@@ -24,6 +24,7 @@ from dovecot import USER
 from test_imap import dovecot, dovecot_ok, make_dovecot  # fixtures, shared with test_imap
 from test_imap import ENV, config_text, ids, inbound, make_app, mail, tickets, wait_until
 
+from gateway.outbound.outbox import render_pending
 from gateway.app import App
 from gateway.config import load_config
 from gateway.ingest import imap
@@ -431,6 +432,7 @@ def test_the_sender_of_a_too_large_mail_is_told_once_and_machines_never(tmp_path
                              too_large_notice=app.processor.notify_too_large)
 
     def notices() -> list:
+        render_pending(app.engine, app.notifier)
         with session_for(app.engine) as session:
             return list(session.exec(select(Outbox).order_by(Outbox.id)))
 
@@ -438,7 +440,7 @@ def test_the_sender_of_a_too_large_mail_is_told_once_and_machines_never(tmp_path
     first, = one_pass(importer)
     assert first.outcome == "too-large"
     notice, = notices()
-    assert (notice.event, notice.ticket_id, notice.recipients, notice.language, notice.state) == (
+    assert (notice.event, notice.ticket_id, notice.recipient, notice.language, notice.state) == (
         "too-large", None, "user0@example.org", "nl", "pending")
     assert f"notice <{notice.message_id}> queued for user0@example.org" in first.detail
     stub, = stubs(app, f"{tag}-0@example.org")
@@ -468,7 +470,7 @@ def test_the_sender_of_a_too_large_mail_is_told_once_and_machines_never(tmp_path
     auto_item, noreply_item, german_item = one_pass(importer)
     assert "no notice: auto-reply" in auto_item.detail, auto_item.detail
     assert "no notice: no-reply sender no-reply@example.org" in noreply_item.detail
-    assert [(n.recipients, n.language) for n in notices()] == [("user0@example.org", "nl"),
+    assert [(n.recipient, n.language) for n in notices()] == [("user0@example.org", "nl"),
                                                                 ("user4@example.org", "de")]
     assert tickets(app) == []
     # They go out like any mail of the outbox (here the file transport of the test config).

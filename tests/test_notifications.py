@@ -17,6 +17,8 @@ from sqlmodel import col, select
 from gateway import actions
 from gateway.app import App
 from gateway.config import load_config
+from store.notifications import language_for
+from gateway.outbound.outbox import render_pending
 from store.db import session_for
 from store.lifecycle import WAITING_REASONS, StatusData
 from store.models import Company, Outbox, Person
@@ -77,6 +79,9 @@ def create(app, process="incident", affected="bob.affected@example.com") -> str:
 
 
 def last_mail(app, event):
+    """The newest copy of ``event`` (the Affected Person's: the copies are queued
+    Reporting Person first), rendered as the deliverer renders it."""
+    render_pending(app.engine, app.notifier)
     with session_for(app.engine) as session:
         row = session.exec(select(Outbox).where(Outbox.event == event).order_by(col(Outbox.id).desc())).first()
     assert row is not None, f"no {event} mail in the outbox"
@@ -89,9 +94,12 @@ def last_mail(app, event):
 def check_common(app, row, msg, text, html, lang, number):
     assert row.language == lang and msg["Content-Language"] == lang
     assert f'<html lang="{lang}">' in html
-    to = [a.addr_spec for a in msg["To"].addresses]
-    assert sorted(to) == ["anna.reporter@example.com", "bob.affected@example.com"]
-    assert row.recipients.count("bob.affected@example.com") == 1
+    # One copy each for the Reporting and the Affected Person, each addressed to them alone.
+    assert [a.addr_spec for a in msg["To"].addresses] == ["bob.affected@example.com"] == [row.recipient]
+    with session_for(app.engine) as session:
+        copies = session.exec(select(Outbox.recipient).where(Outbox.event == row.event,
+                                                             Outbox.created_at == row.created_at)).all()
+    assert sorted(copies) == ["anna.reporter@example.com", "bob.affected@example.com"]
     # The event's headline, then the greeting.
     paragraphs = [p.strip() for p in text.replace("\r\n", "\n").split("\n\n") if p.strip()]
     assert paragraphs[1].startswith(GREETING[lang]) and REGARDS[lang] in text
@@ -226,11 +234,11 @@ def test_language_falls_back_to_the_company_then_the_default(gw, tmp_path):
     try:
         with session_for(german.engine) as session:
             carl = session.exec(select(Person).where(Person.email == "carl@example.com")).one()
-            assert german.notifier.language_for(carl, session) == "de"
+            assert language_for(session, carl, german.config.gateway.default_language) == "de"
             carl.language = "es"  # a language we do not write: the fallbacks apply
-            assert german.notifier.language_for(carl, session) == "de"
+            assert language_for(session, carl, german.config.gateway.default_language) == "de"
             carl.company = "Acme NV"
-            assert german.notifier.language_for(carl, session) == "nl"
+            assert language_for(session, carl, german.config.gateway.default_language) == "nl"
     finally:
         german.engine.dispose()
 

@@ -20,6 +20,7 @@ import pytest
 from sqlmodel import col, select
 
 from conftest import run_gateway
+from gateway.outbound.outbox import render_pending
 from gateway.ingest.inbound import store_raw
 from store import lifecycle
 from store.db import session_for
@@ -204,6 +205,8 @@ def open_ticket(gw, sender=MARIE, name="Marie Dupont", subject="Imprimante en pa
 
 
 def notifications(gw, number: str) -> list[Outbox]:
+    """The ticket's outbox copies, oldest first, rendered as the deliverer renders them."""
+    render_pending(gw.engine, gw.notifier)
     with session_for(gw.engine) as s:
         t = get_ticket(s, number)
         rows = list(s.exec(select(Outbox).where(Outbox.ticket_id == t.id).order_by(col(Outbox.id))))
@@ -271,7 +274,7 @@ def ask_approval(gw, number: str) -> None:
 def assert_untouched(gw, victim: str, before: int, status: str) -> None:
     assert len(messages(gw, victim, "in")) == before
     assert ticket(gw, victim).status == status
-    assert all(MALLORY not in n.recipients for n in notifications(gw, victim))
+    assert all(MALLORY != n.recipient for n in notifications(gw, victim))
 
 
 # Threading ---------------------------------------------------------------------------
@@ -388,7 +391,7 @@ def test_forged_tag_from_a_stranger_adds_nothing_to_the_victims_ticket(gw):
     assert any(victim in n and "(by tag)" in n for n in notes) and all(m.internal for m in messages(gw, out.ticket, "note"))
     # The stranger's acknowledgement goes to the stranger only, and names only their own ticket.
     (ack,) = notifications(gw, out.ticket)
-    assert ack.recipients == MALLORY and victim not in ack.raw.decode("utf-8", "replace")
+    assert ack.recipient == MALLORY and victim not in ack.raw.decode("utf-8", "replace")
 
 
 def test_forged_references_from_a_stranger_adds_nothing(gw):
@@ -514,7 +517,7 @@ def test_reply_to_solved_without_text_stays_solved_and_asks_for_a_comment_in_fre
     sent = notifications(gw, number)
     assert len(sent) == before + 1
     mail = sent[-1]
-    assert (mail.event, mail.language, mail.recipients) == ("reopen-needs-comment", "fr", MARIE)
+    assert (mail.event, mail.language, mail.recipient) == ("reopen-needs-comment", "fr", MARIE)
     body = email.message_from_bytes(mail.raw, policy=email.policy.default).get_body(("plain",)).get_content()
     assert "votre commentaire rouvrira le ticket" in body
     assert body.startswith("Un commentaire est nécessaire pour rouvrir votre ticket")  # the headline

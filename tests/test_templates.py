@@ -14,6 +14,7 @@ from sqlmodel import select
 
 from conftest import run_gateway
 from gateway import actions
+from gateway.outbound.outbox import render_pending
 from gateway.app import App
 from gateway.config import load_config
 from gateway.outbound.render import EVENTS, LANGUAGES, SHIPPED_DIR, compile_catalogs
@@ -130,7 +131,10 @@ def test_an_override_replaces_a_template_and_a_catalog_overrides_wordings(tmp_pa
     cfg = _config(tmp_path, override)
     out = run_gateway("--config", str(cfg), "templates", "preview", "new", "--lang", "fr", cwd=tmp_path).stdout.decode()
     assert "Bien reçu, INC-000123." in out and "Bien à vous," in out and "Cordialement" not in out
-    assert "Subject: [INC-000123] Merci !" in out
+    # The Subject is the one sent ([outbound] stable_subject: the ticket's, for threading);
+    # the override's subject block is the headline of the text.
+    assert "Subject: [INC-000123] L'imprimante du 3e étage est en panne" in out
+    assert "\nMerci !\n" in out
     # The shipped wordings the override does not touch are still there, in the HTML too.
     assert "Titre" in out and "<p>Bien à vous,<br>" in out
     listing = json.loads(run_gateway("--config", str(cfg), "templates", "list", "--json", cwd=tmp_path).stdout)
@@ -187,6 +191,7 @@ def test_a_broken_override_catalog_fails_the_check_but_never_stops_a_mail(tmp_pa
             session.add(marie)
             session.commit()
         actions.set_status(app, number, "Rejected", StatusData(reason="Pas chez nous."))
+        render_pending(app.engine, app.notifier)
         with session_for(app.engine) as session:
             row = session.exec(select(Outbox).where(Outbox.event == "rejected")).one()
         assert row.language == "fr" and b"Cordialement" in row.raw

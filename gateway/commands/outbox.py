@@ -40,7 +40,7 @@ def outbox_json(row: Outbox, number: str | None) -> dict:
         "id": row.id,
         "ticket": number,
         "event": row.event,
-        "to": [r for r in row.recipients.split(",") if r],
+        "to": [row.recipient],
         "language": row.language,
         "subject": row.subject,
         "message_id": row.message_id,
@@ -69,7 +69,7 @@ def cmd_list(config, args) -> int:
 
 def cmd_flush(config, args) -> int:
     app = App(config)
-    results = deliver_pending(app.engine, config, app.transport(), limit=100_000)
+    results = deliver_pending(app.engine, config, app.transport(), limit=100_000, notifier=app.notifier)
     sent = sum(1 for _, r in results if r.outcome == "sent")
     print(f"{sent} sent, {len(results) - sent} not sent")
     return 0

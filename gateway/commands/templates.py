@@ -7,11 +7,12 @@ import sys
 
 from gateway.app import App
 from gateway.errors import CommandError
-from gateway.outbound.compose import Envelope, build_message
-from gateway.outbound.notify import SAMPLE_NOW, sample_context, sample_ticket
+from gateway.outbound.notify import sample_context, sample_row
 from gateway.outbound.render import EVENTS, LANGUAGES, TICKETLESS, RenderError, check_templates, compile_catalogs, template_files
 from store.db import session_for
 from store.lifecycle import WAITING_REASONS
+from store.models import Outbox
+from store.notifications import plan
 from store.tickets import NotFound, get_ticket
 
 
@@ -64,27 +65,23 @@ def cmd_preview(config, args) -> int:
     try:
         if args.ticket and args.event in TICKETLESS:
             raise CommandError(f"{args.event} is about no ticket: preview it without --ticket")
+        # The row the outbox would hold, composed as the deliverer composes it: the
+        # preview is the mail the customer gets, but for its Date and Message-ID.
         if args.ticket:
             with session_for(app.engine) as session:
                 try:
                     ticket = get_ticket(session, args.ticket)
                 except NotFound as exc:
                     raise CommandError(str(exc)) from None
-                composed = notifier.compose(session, ticket, args.event, safe=False)
+                rows = plan(session, app.notices, ticket, args.event)
                 session.rollback()  # a preview writes nothing
-            if composed is None:
+            if not rows:
                 raise CommandError(f"{ticket.number}: nobody to mail (every recipient is undeliverable)")
-            mail, msg = composed.mail, composed.message
+            row = Outbox(**rows[0])
         else:
-            ticket, person = sample_ticket(args.event, args.waiting_reason, args.lang)
-            mail = app.renderer.render(args.event, args.lang,
-                                       sample_context(notifier, args.event, args.lang, args.waiting_reason))
-            msg = build_message(mail, Envelope(
-                from_name=config.gateway.name, from_addr=config.helpdesk_address, to=((person.name, person.email),),
-                reply_to=config.helpdesk_address, message_id=f"preview@{config.message_id_domain}",
-                in_reply_to=None, references=(), number="" if args.event in TICKETLESS else ticket.number,
-                loop_id=config.helpdesk_address,
-                auto_submitted="auto-replied" if args.event in TICKETLESS else "auto-generated", date=SAMPLE_NOW))
+            row = sample_row(config, args.event, args.lang, args.waiting_reason)
+        composed = notifier.compose(row, safe=False)
+        mail, msg = composed.mail, composed.message
     except RenderError as exc:
         raise CommandError(f"cannot render {args.event}: {exc}") from None
     if args.json:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from gateway.ingest.bounces import Report, analyse
 from gateway.ingest.parse import ParsedMail
-from gateway.outbound.compose import LOOP_HEADER
+from store.vocabulary import LOOP_HEADER
 
 # kind -> the outcome reported for the inbound mail.
 OUTCOMES = {"loop": "loop", "auto-reply": "auto-reply", "bounce": "bounce", "feedback": "feedback",

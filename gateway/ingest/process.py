@@ -31,7 +31,6 @@ from gateway.ingest.language import detect_language
 from gateway.ingest.parse import Limits, ParsedMail, parse
 from gateway.ingest.references import find_reference
 from gateway.ingest.threading import dmarc_failed, find_ticket, permission, signed_replies
-from gateway.outbound.notify import KnownThread, Notifier
 from gateway.tokens import marked_addresses, verified_bounce
 from store import lifecycle
 from store.addresses import key as address_key
@@ -39,6 +38,7 @@ from store.blobs import BlobStore
 from store.db import Prepared, reader, session_for
 from store.lifecycle import StatusData
 from store.models import Attachment, InboundMessage, Outbox, Person, StatusChange, Ticket, TicketMessage, utcnow
+from store.notifications import KnownThread, language_for, queue, queue_notice
 from store.tickets import REHEARSAL, add_person, change_status, create_ticket, get_or_create_person, get_ticket
 
 log = logging.getLogger("gateway.ingest")
@@ -158,11 +158,13 @@ class Outcome:
 
 
 class Processor:
-    def __init__(self, config: Config, engine: Engine, blobs: BlobStore, notifier: Notifier):
+    def __init__(self, config: Config, engine: Engine, blobs: BlobStore):
         self.config = config
         self.engine = engine
         self.blobs = blobs
-        self.notifier = notifier
+        # Which notification, for whom, about what is decided here and queued with the
+        # ticket's change; the deliverer renders it (store.notifications).
+        self.notices = config.notice_settings()
         self.limits = Limits(config.limits.max_parts, config.limits.max_depth, config.limits.max_header_length)
         # Every address we answer for is ours: mail from any of them is our own coming back.
         self._ahead: dict[int, tuple[ParsedMail | None, Quarantine | None]] = {}
@@ -208,24 +210,29 @@ class Processor:
         names, else the one whose reply address (``+CHG-000001.a2.<token>``) it was sent
         to or quotes in our HTML.  A mail that names no request (a new mail with the
         ticket's tag) answers the open question.  None when the request is open."""
-        requests = session.exec(select(Outbox.message_id, Outbox.created_at)
-                                .where(Outbox.ticket_id == ticket.id, Outbox.event == "approval")
-                                .order_by(col(Outbox.id))).all()
-        if not requests:
+        # Every copy of a request carries its number (one copy a recipient).
+        copies = session.exec(select(Outbox.message_id, Outbox.created_at, Outbox.approval_request)
+                              .where(Outbox.ticket_id == ticket.id, Outbox.event == "approval")
+                              .order_by(col(Outbox.id))).all()
+        if not copies:
             return None
+        asked_at: dict[int, datetime] = {}
+        for _mid, at, number in copies:
+            asked_at.setdefault(number, at)
+        latest = max(asked_at)
         answered = {mid for mid in mail.in_reply_to if mid}
-        index = next((i for i, (mid, _at) in enumerate(requests) if mid in answered), None)
-        if index is None:
+        request = next((number for mid, _at, number in copies if mid in answered), None)
+        if request is None:
             addresses = [*recipients, *marked_addresses(mail.html or "")]
-            index = next((request - 1 for number, request in signed_replies(addresses, self.config.gateway.secret,
-                                                                            self.own)
-                          if number == ticket.number and request is not None), None)
-        if index is None:
+            request = next((request for number, request in signed_replies(addresses, self.config.gateway.secret,
+                                                                          self.own)
+                            if number == ticket.number and request is not None), None)
+        if request is None:
             return None
-        if not 0 <= index < len(requests):  # signed by us, yet no such request: not this question
-            return f"answers approval request {index + 1}, which this ticket never had"
-        asked = requests[index][1]
-        if index < len(requests) - 1:
+        if request not in asked_at:  # signed by us, yet no such request: not this question
+            return f"answers approval request {request}, which this ticket never had"
+        asked = asked_at[request]
+        if request < latest:
             return f"answers the earlier approval request of {asked:%Y-%m-%d %H:%M} UTC"
         decided = session.exec(select(StatusChange.at).where(StatusChange.ticket_id == ticket.id,
                                                              StatusChange.from_status == lifecycle.APPROVAL,
@@ -344,19 +351,17 @@ class Processor:
         if not rows:
             return None, automatic.detail + "; no outbox mail of ours among the returned Message-IDs"
         ticket_number = None
+        # The copies the report names by their recipient, when it names any (copies of a
+        # mail queued before one row a recipient share its Message-ID).
         reported = {address_key(a) for a in report.recipients}
+        rows = [r for r in rows if address_key(r.recipient) in reported] or rows
         for row in rows:
             answer = f"bounce <{mail.message_id}>: {automatic.detail}"
             row.last_answer = answer[:2000]
             if report.hard and row.state != "failed":
                 row.state = "failed"
-                recipients = [address_key(a) for a in row.recipients.split(",") if a]
-                # Count only the recipients the report names, when it names any of ours.
-                hit = [a for a in recipients if a in reported] or recipients
-                for addr in hit:
-                    person = session.exec(select(Person).where(Person.email == addr)).first()
-                    if person is None:
-                        continue
+                person = session.exec(select(Person).where(Person.email == address_key(row.recipient))).first()
+                if person is not None:
                     person.hard_bounces += 1
                     if person.hard_bounces >= self.config.outbound.undeliverable_after:
                         person.undeliverable = True
@@ -396,17 +401,19 @@ class Processor:
             person = session.exec(select(Person).where(Person.email == address)).first()
             if person is not None and person.undeliverable:
                 return f"no notice: {address} is undeliverable"
-            recent = session.exec(select(Outbox.id).where(Outbox.event == "too-large", Outbox.recipients == address,
+            recent = session.exec(select(Outbox.id).where(Outbox.event == "too-large", Outbox.recipient == address,
                                                           col(Outbox.created_at) >= now - timedelta(days=1))
                                   .limit(1)).first()
             if recent is not None:
                 return f"no notice: {address} was told of a too-large mail in the last 24 hours"
-            lang = (self.notifier.language_for(person, session) if person is not None
+            lang = (language_for(session, person, self.config.gateway.default_language) if person is not None
                     else self.language_of(mail))
-            row = self.notifier.enqueue_notice(
-                session, "too-large", to=(mail.from_name, address), lang=lang, in_reply_to=mail.message_id or None,
-                extra={"original_subject": mail.subject, "size": size, "limit": limit},
-                now=now)
+            row = queue_notice(
+                session, self.notices, "too-large", to=(mail.from_name, address), language=lang,
+                in_reply_to=mail.message_id or None,
+                extra={"original_subject": mail.subject, "size": size, "limit": limit}, now=now)
+            if row is None:
+                return f"no notice: {address} is not an address to send to"
             session.commit()
         return f"notice <{row.message_id}> queued for {address}"
 
@@ -559,8 +566,8 @@ class Processor:
             # a sign-up mail sent to us must not have its contents echoed back).
             log.info("<%s> %s: no %s notification: %s", mail.message_id, ticket.number, event, unanswerable)
             return
-        self.notifier.enqueue(session, ticket, event, in_reply_to=mail.message_id or None,
-                              auto_submitted="auto-replied", want_row=False, **kwargs)
+        queue(session, self.notices, ticket, event, in_reply_to=mail.message_id or None,
+              auto_submitted="auto-replied", **kwargs)
 
     # Driving --------------------------------------------------------------------------
     def process(self, inbound_id: int) -> Outcome:
@@ -778,25 +785,16 @@ class Processor:
 
     def warm_up(self) -> float:
         """Do the first mail's one-off work before the first real mail: a worker's first
-        mail took ~190 ms instead of ~10 (compiling the templates and the SQL statements,
-        loading the languages' date formats), and on SQLite it held the write lock all
-        that time, so the door's next commit (a sender's 250) waited for it.
+        mail took ~190 ms instead of ~10 (compiling the SQL statements, among others), and
+        on SQLite it held the write lock all that time, so the door's next commit (a
+        sender's 250) waited for it.  (Templates are the deliverer's to warm up.)
 
-        Renders each event's templates in each language, then processes a built-in sample
-        mail in a transaction that is rolled back: nothing is kept, no ticket number is
-        taken (store.tickets.REHEARSAL), no blob is written.  Returns the seconds it took."""
+        Processes a built-in sample mail in a transaction that is rolled back: nothing is
+        kept, no ticket number is taken (store.tickets.REHEARSAL), no blob is written.
+        Returns the seconds it took."""
         import time
 
-        from gateway.outbound.notify import sample_context
-        from gateway.outbound.render import EVENTS, LANGUAGES
-
         start = time.monotonic()
-        for lang in LANGUAGES:
-            for event in EVENTS:
-                try:
-                    self.notifier.renderer.render_safe(event, lang, sample_context(self.notifier, event, lang))
-                except Exception:  # noqa: BLE001 - a broken override is reported when it is used
-                    pass
         raw = (b"From: Warm Up <warm-up@example.invalid>\r\nTo: " + self.config.helpdesk_address.encode() +
                b"\r\nSubject: =?utf-8?q?Imprimante_en_panne?= ##PO1##\r\nMessage-ID: <warm-up@example.invalid>\r\n"
                b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"

@@ -35,8 +35,9 @@ from email.policy import SMTP, SMTPUTF8
 from email.utils import format_datetime, make_msgid
 
 from gateway.outbound.render import RenderedMail
+from store.addresses import mailbox
+from store.vocabulary import LOOP_HEADER
 
-LOOP_HEADER = "X-Helpdesk-Loop"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029\x85]+")
 
 
@@ -150,8 +151,10 @@ def needs_smtputf8(addr: str) -> bool:
 
 
 def _address(name: str, addr: str) -> Address:
-    local, _, domain = ascii_domain(addr).rpartition("@")
-    return Address(display_name=header_text(name), username=local, domain=domain)
+    """``addr`` (a checked addr-spec, its local part quoted where it must be) as a header
+    address: the local part as it reads, which the policy quotes again as it writes it."""
+    box = mailbox(addr)
+    return Address(display_name=header_text(name), username=box.local, domain=box.ascii_domain)
 
 
 def build_message(mail: RenderedMail, env: Envelope) -> EmailMessage:

@@ -1,5 +1,13 @@
 """The outbox worker: sends what the outbox holds, records each attempt, retries on a schedule.
 
+A row is one copy for one recipient, queued with what it says (store.notifications);
+before its first attempt the row is rendered (gateway.outbound.notify) and its bytes
+kept, so every attempt sends the same message.  Rows are claimed before they are sent
+(``claimed_by``/``claimed_until``: PostgreSQL's SKIP LOCKED and a lease), so several
+deliverers — several instances on one database — never send a row at once, and a dead
+deliverer's rows are taken over; a row is marked sent in the transaction that ends its
+claim.
+
 Failures are classified once, in the transport: a 4xx, a refused or dropped connection or
 a timeout is temporary and the mail is tried again after the next delay of
 ``outbound.retry_schedule`` (the last delay repeats), until ``outbound.give_up_after``
@@ -8,7 +16,7 @@ attempt is a ``DeliveryAttempt`` row with the server's answer.
 
 At least once, at most twice
 ----------------------------
-No database transaction is open while the relay is talking: the row is read, the
+No database transaction is open while the relay is talking: the row is claimed, the
 transaction ends, the mail is sent, and the outcome is committed in a new transaction.
 If the process dies (or the commit fails) after the relay's ``250`` and before that
 commit, the row is still ``pending`` and the next run sends the mail again, byte for
@@ -27,10 +35,12 @@ at every run.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, insert, update
+from sqlalchemy import bindparam, insert, or_, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
@@ -39,7 +49,8 @@ from gateway.outbound.transports import SendResult, Transport
 from gateway.tokens import bounce_address
 from store.addresses import key as address_key
 from store.db import session_for
-from store.models import DeliveryAttempt, Outbox, Person, aware, utcnow
+from store.models import DeliveryAttempt, Outbox, Person, TicketMessage, aware, utcnow
+from store.vocabulary import FAILED, PENDING, SENT
 
 log = logging.getLogger("gateway.outbound")
 
@@ -73,15 +84,128 @@ class RetryPolicy:
 
 @dataclass(frozen=True)
 class Delivery:
-    """One due mail, read in a short transaction and sent outside any."""
+    """One due mail, claimed in a short transaction and sent outside any."""
 
     outbox_id: int
     message_id: str
     ticket_id: int | None
     event: str
-    recipients: tuple[str, ...]
-    skipped: tuple[str, ...]  # undeliverable persons, never sent to
+    recipient: str
+    undeliverable: bool  # the person was marked undeliverable since the mail was queued
     raw: bytes
+
+
+# A claimed row is this deliverer's until then; one that dies leaves its rows to another
+# once the lease ends (a restarted deliverer on the same host takes its dead
+# predecessor's at once: release_dead_claims).  Longer than a batch of CLAIM_BATCH mails
+# against a slow relay, whose rows are given back as soon as the batch ends.
+CLAIM_LEASE = timedelta(minutes=15)
+CLAIM_BATCH = 20
+
+
+def holder() -> str:
+    """This process as a claim names it: host and pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _claim(engine: Engine, now: datetime, limit: int, me: str) -> list[Outbox]:
+    """Claim the due rows, oldest first, up to ``limit``: rows another deliverer holds
+    are skipped (PostgreSQL: SKIP LOCKED, then the lease; SQLite has one writer at a time)."""
+    with session_for(engine) as session:
+        ids = list(session.exec(
+            select(Outbox.id)
+            .where(Outbox.state == PENDING, col(Outbox.next_attempt_at) <= now,
+                   or_(col(Outbox.claimed_until).is_(None), col(Outbox.claimed_until) < now))
+            .order_by(col(Outbox.next_attempt_at), col(Outbox.id))
+            .limit(limit)
+            .with_for_update(skip_locked=True)))
+        if not ids:
+            return []
+        session.execute(update(_OUTBOX).where(_OUTBOX.c.id.in_(ids))
+                        .values(claimed_by=me, claimed_until=now + CLAIM_LEASE))
+        rows = list(session.exec(select(Outbox).where(col(Outbox.id).in_(ids))
+                                 .order_by(col(Outbox.next_attempt_at), col(Outbox.id))))
+        session.commit()
+        return rows
+
+
+def _release(engine: Engine, outbox_ids: list[int], me: str) -> None:
+    """Give back claimed rows that were not tried (the relay went away mid-batch)."""
+    if not outbox_ids:
+        return
+    with engine.begin() as conn:
+        conn.execute(update(_OUTBOX).where(_OUTBOX.c.id.in_(outbox_ids), _OUTBOX.c.claimed_by == me)
+                     .values(claimed_by=None, claimed_until=None))
+
+
+def release_dead_claims(engine: Engine) -> int:
+    """Release the claims of deliverers of this host that are no longer running (killed
+    with their rows claimed), so a restarted deliverer sends them now, not when their
+    lease ends.  Returns how many rows were released.  One read of the pending rows'
+    holders (the state index) at each run."""
+    host = socket.gethostname()
+    with session_for(engine) as session:
+        holders = set(session.exec(select(Outbox.claimed_by).where(col(Outbox.claimed_by).is_not(None),
+                                                                   Outbox.state == PENDING)))
+        dead = [h for h in holders if h and h.rpartition(":")[0] == host and not _running(h.rpartition(":")[2])]
+        if not dead:
+            return 0
+        result = session.execute(update(_OUTBOX).where(_OUTBOX.c.claimed_by.in_(dead))
+                                 .values(claimed_by=None, claimed_until=None))
+        session.commit()
+        return result.rowcount or 0
+
+
+def _running(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _render(engine: Engine, notifier, rows: list[Outbox], now: datetime) -> dict[int, bytes | str]:
+    """The bytes of each row: its kept ``raw``, or rendered now and kept (in one
+    transaction for the batch, before anything is sent, so a retry sends the same bytes).
+    A row that cannot be rendered gets the error instead."""
+    out: dict[int, bytes | str] = {}
+    fresh: list[tuple[Outbox, object]] = []
+    for row in rows:
+        if row.raw is not None:
+            out[row.id] = row.raw
+            continue
+        try:
+            composed = notifier.compose(row)
+        except Exception as exc:  # noqa: BLE001 - one mail's template, never the batch
+            log.error("outbox %s %s <%s>: cannot be rendered: %s", row.id, row.event, row.message_id, exc)
+            out[row.id] = f"cannot be rendered: {type(exc).__name__}: {exc}"
+            continue
+        fresh.append((row, composed))
+    if fresh:
+        with engine.begin() as conn:
+            for row, composed in fresh:
+                # Another deliverer may have rendered it meanwhile (its lease ended): its
+                # bytes win, kept once.
+                done = conn.execute(update(_OUTBOX).where(_OUTBOX.c.id == row.id, _OUTBOX.c.raw.is_(None))
+                                    .values(raw=composed.raw, subject=composed.subject)).rowcount
+                if done:
+                    conn.execute(update(_MESSAGE).where(_MESSAGE.c.outbox_id == row.id)
+                                 .values(subject=composed.subject, body_text=composed.mail.text))
+                    out[row.id] = composed.raw
+                else:
+                    out[row.id] = conn.execute(select(_OUTBOX.c.raw).where(_OUTBOX.c.id == row.id)).scalar_one()
+    return out
+
+
+def render_pending(engine: Engine, notifier, limit: int = 1000) -> int:
+    """Render the pending rows that were not rendered yet and keep their bytes, without
+    sending anything (what the deliverer does before a first attempt); how many."""
+    with session_for(engine) as session:
+        rows = list(session.exec(select(Outbox).where(Outbox.state == PENDING, col(Outbox.raw).is_(None))
+                                 .order_by(col(Outbox.id)).limit(limit)))
+    return sum(isinstance(r, bytes) for r in _render(engine, notifier, rows, utcnow()).values())
 
 
 def _undeliverable(session: Session, recipients: list[str]) -> set[str]:
@@ -92,32 +216,6 @@ def _undeliverable(session: Session, recipients: list[str]) -> set[str]:
         select(Person.email).where(col(Person.email).in_(list(normalized)), col(Person.undeliverable).is_(True))
     )
     return {normalized[e] for e in rows if e in normalized}
-
-
-def _load_due(engine: Engine, now: datetime, limit: int) -> list[Delivery]:
-    """The pending mails due at ``now``, oldest first, with their recipients checked: one
-    read for the batch (a read a mail cost four round trips on PostgreSQL)."""
-    with session_for(engine) as session:
-        rows = list(session.exec(
-            select(Outbox)
-            .where(Outbox.state == "pending", col(Outbox.next_attempt_at) <= now)
-            .order_by(col(Outbox.next_attempt_at), col(Outbox.id))
-            .limit(limit)))
-        if not rows:
-            return []
-        recipients = {row.id: [r for r in row.recipients.split(",") if r] for row in rows}
-        # An address can become undeliverable after its mail was queued (a hard bounce of
-        # an earlier mail): checked here, at sending time, not only when queueing.
-        skipped = _undeliverable(session, sorted({r for rs in recipients.values() for r in rs}))
-        return [Delivery(
-            outbox_id=row.id,
-            message_id=row.message_id,
-            ticket_id=row.ticket_id,
-            event=row.event,
-            recipients=tuple(r for r in recipients[row.id] if r not in skipped),
-            skipped=tuple(r for r in recipients[row.id] if r in skipped),
-            raw=row.raw,
-        ) for row in rows]
 
 
 def _queued_at(session: Session, row: Outbox) -> datetime:
@@ -138,37 +236,30 @@ def _failures_since(session: Session, row: Outbox, since: datetime) -> int:
 
 
 def record(engine: Engine, policy: RetryPolicy, delivery: Delivery, result: SendResult, now: datetime) -> str:
-    """Commit the outcome of one attempt: the attempt row and the outbox row's new state;
-    return that state."""
-    if result.outcome == "sent" and not result.retry:
+    """Commit the outcome of one attempt: the attempt row and the outbox row's new state,
+    its claim ended in the same transaction; return that state."""
+    if result.outcome == "sent":
         # The common case, as two statements (the unit of work's read and flush of the row
-        # cost more than sending on PostgreSQL).  The row is pending while only this
-        # process delivers; an operator's retry of a sent mail makes it pending again.
+        # cost more than sending on PostgreSQL).
         with engine.begin() as conn:
             conn.execute(_ATTEMPT, dict(outbox_id=delivery.outbox_id, at=now, outcome="sent", answer=result.answer))
             conn.execute(_SENT, dict(b_id=delivery.outbox_id, last_answer=result.answer, sent_at=now))
-        return "sent"
+        return SENT
     with session_for(engine) as session:
         row = session.get(Outbox, delivery.outbox_id)
         assert row is not None
         session.add(DeliveryAttempt(outbox_id=row.id, at=now, outcome=result.outcome, answer=result.answer))
         row.attempts += 1
         row.last_answer = result.answer
-        if result.outcome == "sent" and result.retry:
-            # Some recipients were refused for now: the mail stays pending for them only.
-            row.recipients = ",".join(result.retry)
-            result = SendResult("temporary", result.answer)
-        if result.outcome == "sent":
-            row.state = "sent"
-            row.sent_at = now
-        elif result.outcome == "permanent":
-            row.state = "failed"
+        row.claimed_by = row.claimed_until = None
+        if result.outcome == "permanent":
+            row.state = FAILED
         else:
             session.flush()
             queued_at = _queued_at(session, row)
             when = policy.next_attempt(_failures_since(session, row, queued_at), queued_at, now)
             if when is None:
-                row.state = "failed"
+                row.state = FAILED
                 row.last_answer = f"gave up after {row.attempts} attempts: {result.answer}"
             else:
                 row.next_attempt_at = when
@@ -179,32 +270,39 @@ def record(engine: Engine, policy: RetryPolicy, delivery: Delivery, result: Send
 
 _ATTEMPT = insert(DeliveryAttempt.__table__)
 _OUTBOX = Outbox.__table__
+_MESSAGE = TicketMessage.__table__
 _SENT = (update(_OUTBOX).where(_OUTBOX.c.id == bindparam("b_id"))
-         .values(state="sent", attempts=_OUTBOX.c.attempts + 1, last_answer=bindparam("last_answer"),
-                 sent_at=bindparam("sent_at")))
+         .values(state=SENT, attempts=_OUTBOX.c.attempts + 1, last_answer=bindparam("last_answer"),
+                 sent_at=bindparam("sent_at"), claimed_by=None, claimed_until=None))
 
 
-def _skip_all(engine: Engine, delivery: Delivery, now: datetime) -> None:
+def _fail(engine: Engine, outbox_id: int, answer: str, now: datetime) -> None:
+    """Fail a row for good without sending it (its recipient is undeliverable, its
+    template cannot be rendered), with the reason as its answer."""
     with session_for(engine) as session:
-        row = session.get(Outbox, delivery.outbox_id)
+        row = session.get(Outbox, outbox_id)
         assert row is not None
-        answer = f"not sent: every recipient is undeliverable ({', '.join(delivery.skipped)})"
         session.add(DeliveryAttempt(outbox_id=row.id, at=now, outcome="permanent", answer=answer))
-        row.state = "failed"
+        row.state = FAILED
         row.last_answer = answer
+        row.claimed_by = row.claimed_until = None
         session.add(row)
         session.commit()
 
 
 def deliver_pending(
-    engine: Engine, config: Config, transport: Transport, *, now: datetime | None = None, limit: int = 100
+    engine: Engine, config: Config, transport: Transport, *, now: datetime | None = None, limit: int = 100,
+    notifier=None,
 ) -> list[tuple[int, SendResult]]:
-    """Try every pending mail that is due at ``now``; return (outbox id, result) for each tried.
+    """Try every pending mail that is due at ``now``, up to ``limit``; return (outbox id,
+    result) for each tried.
 
-    ``now`` is the clock: tests pass it to check the retry times without sleeping.  The
-    transport's connection is opened once for the batch.  A failure to reach the relay at
-    all ends the batch (the rest stays due for the next run) rather than waiting out a
-    timeout per mail."""
+    Rows are claimed CLAIM_BATCH at a time (several deliverers share the outbox), rendered
+    if they were not yet (``notifier``: gateway.outbound.notify.Notifier, made from the
+    config when not given) and sent.  ``now`` is the clock: tests pass it to check the
+    retry times without sleeping.  The transport's connection is opened once for the
+    batch.  A failure to reach the relay at all ends the run (the rest stays due for the
+    next one) rather than waiting out a timeout per mail."""
     now = aware(now or utcnow())
     policy = RetryPolicy.from_config(config)
     results: list[tuple[int, SendResult]] = []
@@ -215,38 +313,71 @@ def deliver_pending(
         log.info("outbox %s <%s>: recorded late: %s %s", outbox_id, delivery.message_id, result.outcome,
                  result.answer)
         results.append((outbox_id, result))
-    due = _load_due(engine, now, limit)
-    if not due:
-        return results
+    if notifier is None:
+        from gateway.outbound.notify import notifier_for
+
+        notifier = notifier_for(config)
+    released = release_dead_claims(engine)
+    if released:
+        log.info("took back %d notification(s) claimed by a deliverer of this host that died", released)
+    me = holder()
+    tried = 0
     with transport:
-        for delivery in due:
-            outbox_id = delivery.outbox_id
-            if not delivery.recipients:
-                _skip_all(engine, delivery, now)
-                log.info("outbox %s %s <%s>: failed, every recipient undeliverable", outbox_id, delivery.event,
-                         delivery.message_id)
-                continue
-            if delivery.skipped:
-                log.info("outbox %s <%s>: not sent to undeliverable %s", outbox_id, delivery.message_id,
-                         ", ".join(delivery.skipped))
-            sender = (bounce_address(config.gateway.secret, config.helpdesk_address, outbox_id)
-                      if config.outbound.verp else config.helpdesk_address)
-            result = transport.send(sender, list(delivery.recipients), delivery.raw,
-                                    f"{outbox_id:06d}-{delivery.message_id}")
-            try:
-                state = record(engine, policy, delivery, result, now)
-            except Exception:
-                transport.unrecorded[outbox_id] = (delivery, result, now)
-                log.exception("outbox %s <%s> ticket=%s: %s but not recorded; recorded at the next run, "
-                              "not sent again", outbox_id, delivery.message_id, delivery.ticket_id, result.outcome)
-                raise
-            log.info("outbox %s %s <%s> ticket=%s: %s (%s) %s", outbox_id, delivery.event, delivery.message_id,
-                     delivery.ticket_id, result.outcome, state, result.answer)
-            results.append((outbox_id, result))
-            if result.connection:
-                log.warning("relay unreachable; the rest of the batch waits for the next run: %s", result.answer)
+        while tried < limit:
+            rows = _claim(engine, now, min(CLAIM_BATCH, limit - tried), me)
+            if not rows:
                 break
+            tried += len(rows)
+            left = [row.id for row in rows]
+            try:
+                if _deliver_claimed(engine, config, transport, notifier, policy, rows, now, results, left):
+                    break  # the relay cannot be reached: the rest waits for the next run
+            finally:
+                _release(engine, left, me)
     return results
+
+
+def _deliver_claimed(engine: Engine, config: Config, transport: Transport, notifier, policy: RetryPolicy,
+                     rows: list[Outbox], now: datetime, results: list, left: list[int]) -> bool:
+    """Send the claimed ``rows``; ``left`` loses each row once it is recorded.  True when
+    the relay could not be reached (the run stops)."""
+    raws = _render(engine, notifier, rows, now)
+    with session_for(engine) as session:
+        # An address can become undeliverable after its mail was queued (a hard bounce of
+        # an earlier mail): checked here, at sending time, not only when queueing.
+        skipped = _undeliverable(session, sorted({row.recipient for row in rows}))
+    for row in rows:
+        raw = raws[row.id]
+        delivery = Delivery(row.id, row.message_id, row.ticket_id, row.event, row.recipient,
+                            row.recipient in skipped, raw if isinstance(raw, bytes) else b"")
+        if not isinstance(raw, bytes):
+            _fail(engine, row.id, raw, now)
+            left.remove(row.id)
+            continue
+        if delivery.undeliverable:
+            _fail(engine, row.id, f"not sent: the recipient is undeliverable ({row.recipient})", now)
+            left.remove(row.id)
+            log.info("outbox %s %s <%s>: failed, recipient %s undeliverable", row.id, row.event, row.message_id,
+                     row.recipient)
+            continue
+        sender = (bounce_address(config.gateway.secret, config.helpdesk_address, row.id)
+                  if config.outbound.verp else config.helpdesk_address)
+        result = transport.send(sender, [row.recipient], delivery.raw, f"{row.id:06d}-{row.message_id}")
+        try:
+            state = record(engine, policy, delivery, result, now)
+        except Exception:
+            transport.unrecorded[row.id] = (delivery, result, now)
+            log.exception("outbox %s <%s> ticket=%s: %s but not recorded; recorded at the next run, "
+                          "not sent again", row.id, row.message_id, row.ticket_id, result.outcome)
+            raise
+        left.remove(row.id)
+        log.info("outbox %s %s <%s> ticket=%s to %s: %s (%s) %s", row.id, row.event, row.message_id, row.ticket_id,
+                 row.recipient, result.outcome, state, result.answer)
+        results.append((row.id, result))
+        if result.connection:
+            log.warning("relay unreachable; the rest waits for the next run: %s", result.answer)
+            return True
+    return False
 
 
 def requeue(engine: Engine, outbox_ids: list[int] | None = None, *, failed: bool = False,
@@ -259,15 +390,16 @@ def requeue(engine: Engine, outbox_ids: list[int] | None = None, *, failed: bool
     with session_for(engine) as session:
         query = select(Outbox)
         if failed:
-            query = query.where(Outbox.state == "failed")
+            query = query.where(Outbox.state == FAILED)
         else:
             query = query.where(col(Outbox.id).in_(outbox_ids or []))
         rows = list(session.exec(query.order_by(col(Outbox.id))))
         for row in rows:
             session.add(DeliveryAttempt(outbox_id=row.id, at=now, outcome=REQUEUED,
                                         answer=f"sent again on request (was {row.state})"))
-            row.state = "pending"
+            row.state = PENDING
             row.next_attempt_at = now
+            row.claimed_by = row.claimed_until = None
             row.sent_at = None
             session.add(row)
         session.commit()

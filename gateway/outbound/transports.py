@@ -16,6 +16,7 @@ from pathlib import Path
 
 from gateway.config import Config, OutboundSmtpSection
 from gateway.outbound.compose import ascii_domain
+from store.addresses import InvalidAddress, mailbox, quote_local
 
 log = logging.getLogger("gateway.outbound")
 
@@ -225,10 +226,19 @@ class SmtpTransport(Transport):
         return SendResult(_classify(code), f"{stage}{_answer(code, msg)}")
 
     def _transaction(self, conn: smtplib.SMTP, sender: str, recipients: list[str], raw: bytes) -> SendResult:
-        """MAIL, RCPT per recipient, DATA: the steps of ``sendmail``, with each answer kept."""
+        """MAIL, RCPT per recipient, DATA: the steps of ``sendmail``, with each answer kept.
+
+        Each recipient is checked again and written by us (``RCPT TO:<addr-spec>``, its
+        local part quoted where it must be, its domain in IDNA form), not re-parsed by
+        smtplib: one address is one RCPT, whatever commas its local part holds."""
         sender = ascii_domain(sender)
-        # Relays get IDNA domains; the outbox keeps the addresses as the persons have them.
-        original = {ascii_domain(r): r for r in recipients}
+        original: dict[str, str] = {}
+        for r in recipients:
+            try:
+                box = mailbox(r)
+            except InvalidAddress as exc:
+                return SendResult("permanent", f"not an address to send to: {r!r}: {exc}")
+            original[f"{quote_local(box.local)}@{box.ascii_domain}"] = r
         recipients = list(original)
         options = ["SMTPUTF8"] if conn.has_extn("smtputf8") and not _ascii(sender, recipients) else []
         if conn.has_extn("size"):
@@ -239,7 +249,7 @@ class SmtpTransport(Transport):
         accepted: list[str] = []
         refused: dict[str, tuple[int, str]] = {}
         for rcpt in recipients:
-            code, msg = conn.rcpt(rcpt)
+            code, msg = _rcpt(conn, rcpt)
             if code == 421:
                 return self._refused(code, msg, f"RCPT TO {rcpt}: ")
             if code in (250, 251):
@@ -265,6 +275,14 @@ class SmtpTransport(Transport):
         if refused:
             answer = f"{answer}; refused: {refusals}"
         return SendResult("sent", answer, retry=temporary)
+
+
+def _rcpt(conn: smtplib.SMTP, address: str) -> tuple[int, bytes]:
+    """RCPT TO for ``address`` exactly as given (smtplib's rcpt parses it again).  A
+    non-ASCII address raises UnicodeEncodeError unless MAIL declared SMTPUTF8, as in
+    smtplib (its command encoding)."""
+    conn.putcmd("rcpt", f"TO:<{address}>")
+    return conn.getreply()
 
 
 def _ascii(sender: str, recipients: list[str]) -> bool:

@@ -1,0 +1,24 @@
+"""Words the gateway's rooms share, named once.
+
+The statuses, processes and waiting reasons of a ticket are the lifecycle's
+(store.lifecycle); what is here is the rest of the vocabulary that more than one room
+reads: the languages mails are written in, and the states of a notification.
+"""
+
+from __future__ import annotations
+
+# The languages of the mails (manual §1.5: the Affected Person's), in the order the
+# admins' tools list them; a person, a company or the config naming another falls back.
+LANGUAGES = ("fr", "nl", "en", "de")
+FALLBACK_LANGUAGE = "en"
+
+# A notification (store.models.Outbox) is pending until the relay took it (sent) or it
+# was given up (failed: a permanent refusal, the deadline, every recipient undeliverable).
+PENDING = "pending"
+SENT = "sent"
+FAILED = "failed"
+OUTBOX_STATES = (PENDING, SENT, FAILED)
+
+# The header every mail of the gateway carries, naming the helpdesk address: mail that
+# comes back with it is our own (a loop), never a customer's.
+LOOP_HEADER = "X-Helpdesk-Loop"
