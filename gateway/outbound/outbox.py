@@ -34,6 +34,7 @@ from sqlalchemy import bindparam, insert, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
+from gateway import metrics
 from gateway.config import Config
 from gateway.outbound.transports import SendResult, Transport
 from gateway.tokens import bounce_address
@@ -46,6 +47,9 @@ log = logging.getLogger("gateway.outbound")
 # A DeliveryAttempt with this outcome records that an operator asked for a new try; the
 # give-up deadline counts from it.
 REQUEUED = "requeued"
+# The answer of an attempt that never reached the relay (every recipient undeliverable):
+# the relay's health (gateway.health) leaves it out.
+NOT_SENT = "not sent: "
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,7 @@ class Delivery:
     recipients: tuple[str, ...]
     skipped: tuple[str, ...]  # undeliverable persons, never sent to
     raw: bytes
+    queued_at: datetime | None = None  # for the delivery-time metric
 
 
 def _undeliverable(session: Session, recipients: list[str]) -> set[str]:
@@ -117,6 +122,7 @@ def _load_due(engine: Engine, now: datetime, limit: int) -> list[Delivery]:
             recipients=tuple(r for r in recipients[row.id] if r not in skipped),
             skipped=tuple(r for r in recipients[row.id] if r in skipped),
             raw=row.raw,
+            queued_at=aware(row.created_at),
         ) for row in rows]
 
 
@@ -188,7 +194,7 @@ def _skip_all(engine: Engine, delivery: Delivery, now: datetime) -> None:
     with session_for(engine) as session:
         row = session.get(Outbox, delivery.outbox_id)
         assert row is not None
-        answer = f"not sent: every recipient is undeliverable ({', '.join(delivery.skipped)})"
+        answer = f"{NOT_SENT}every recipient is undeliverable ({', '.join(delivery.skipped)})"
         session.add(DeliveryAttempt(outbox_id=row.id, at=now, outcome="permanent", answer=answer))
         row.state = "failed"
         row.last_answer = answer
@@ -223,6 +229,7 @@ def deliver_pending(
             outbox_id = delivery.outbox_id
             if not delivery.recipients:
                 _skip_all(engine, delivery, now)
+                metrics.notification("failed")
                 log.info("outbox %s %s <%s>: failed, every recipient undeliverable", outbox_id, delivery.event,
                          delivery.message_id)
                 continue
@@ -233,6 +240,7 @@ def deliver_pending(
                       if config.outbound.verp else config.helpdesk_address)
             result = transport.send(sender, list(delivery.recipients), delivery.raw,
                                     f"{outbox_id:06d}-{delivery.message_id}")
+            answered_at = utcnow()
             try:
                 state = record(engine, policy, delivery, result, now)
             except Exception:
@@ -241,7 +249,13 @@ def deliver_pending(
                               "not sent again", outbox_id, delivery.message_id, delivery.ticket_id, result.outcome)
                 raise
             log.info("outbox %s %s <%s> ticket=%s: %s (%s) %s", outbox_id, delivery.event, delivery.message_id,
-                     delivery.ticket_id, result.outcome, state, result.answer)
+                     delivery.ticket_id, result.outcome, state, result.answer,
+                     extra={"outbox_id": outbox_id, "message_id": delivery.message_id, "outcome": state})
+            # Sent, failed for good, or kept to be retried (a 4xx, or some recipients
+            # refused for now): the relay's 250 times the wait since queueing.
+            metrics.notification("retried" if state == "pending" else state,
+                                 (answered_at - delivery.queued_at).total_seconds()
+                                 if state == "sent" and delivery.queued_at else None)
             results.append((outbox_id, result))
             if result.connection:
                 log.warning("relay unreachable; the rest of the batch waits for the next run: %s", result.answer)
