@@ -22,12 +22,12 @@ import socket
 import threading
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from gateway import __version__
-from store.models import MailboxPoll, ServiceProcess, utcnow
+from store.models import MailboxPoll, ServiceProcess, aware, utcnow
 
 log = logging.getLogger("gateway.service")
 
@@ -122,16 +122,31 @@ def mark_stopped(engine: Engine, host: str, pid: int, reason: str | None) -> Non
 
 
 def forget_old(engine: Engine, instance: str, interval: float, now: datetime | None = None) -> None:
-    """At the start of an instance: drop the rows this host's earlier instances left (they
-    are over: a process does not outlive a restart of its host's service), except those of
-    another instance on this host that still beats; and the rows of instances anywhere
-    stopped more than KEEP_STOPPED ago."""
+    """At the start of an instance: drop the rows this host's earlier instances left (a
+    process does not outlive its gateway serve: each one stops when its parent is gone),
+    except those of another instance on this host that still runs; and the rows of
+    instances anywhere stopped more than KEEP_STOPPED ago."""
     now = now or utcnow()
     stale = now - timedelta(seconds=interval * MISSED_BEATS)
     with engine.begin() as conn:
-        conn.execute(delete(_TABLE).where(_TABLE.c.host == HOST, _TABLE.c.instance != instance,
-                                          (_TABLE.c.last_seen < stale) | _TABLE.c.stopped_at.is_not(None)))
+        others = conn.execute(select(_TABLE.c.instance, _TABLE.c.last_seen, _TABLE.c.stopped_at)
+                              .where(_TABLE.c.host == HOST, _TABLE.c.instance != instance)).all()
+        over = {name for name, seen, stopped in others
+                if stopped is not None or aware(seen) < stale or not _running(name)}
+        if over:
+            conn.execute(delete(_TABLE).where(_TABLE.c.host == HOST, _TABLE.c.instance.in_(sorted(over))))
         conn.execute(delete(_TABLE).where(_TABLE.c.stopped_at < now - KEEP_STOPPED))
+
+
+def _running(instance: str) -> bool:
+    """Whether the gateway serve named ``instance`` (host:pid, on this host) still runs."""
+    try:
+        os.kill(int(instance.rpartition(":")[2]), 0)
+    except ProcessLookupError:
+        return False
+    except (ValueError, PermissionError):
+        return True  # not ours to judge (another user's process has that pid now)
+    return True
 
 
 _POLLS = MailboxPoll.__table__
