@@ -164,7 +164,7 @@ def deliverer_main(config: Config, deliver, stop, parent_pid: int, log_level: st
             # wake it after every transaction, and a look per mail cost ~1 ms of CPU a
             # mail on PostgreSQL.
             if time.monotonic() - last < DELIVER_EVERY and app.processor.pending_ids(limit=1):
-                stop.wait(timeout=DELIVER_WHEN_QUIET)
+                time.sleep(DELIVER_WHEN_QUIET)
                 continue
             sent = deliver_pending(app.engine, config, transport, limit=100)
             last = time.monotonic()
@@ -239,6 +239,44 @@ def worker_count(config: Config) -> int:
 def close_due(app: App, now: datetime | None = None) -> list[str]:
     """Close Solved tickets older than close_after_days."""
     return close_solved(app, now=now)
+
+
+class Wake:
+    """A wake-up from one process to another that a killed process cannot jam: a counting
+    semaphore (``set`` never blocks; a process killed while waiting holds nothing).
+    multiprocessing.Event could not be used: its ``set`` waits until every process
+    sleeping in ``wait`` has woken, so a worker killed in its wait (SIGKILL, the OOM
+    killer) made the door's next ``set`` (its journal's recorder thread) wait forever,
+    and every process after it."""
+
+    def __init__(self, ctx):
+        self._sem = ctx.Semaphore(0)
+
+    def set(self) -> None:
+        self._sem.release()
+
+    def clear(self) -> None:
+        while self._sem.acquire(False):
+            pass
+
+    def wait(self, timeout: float) -> bool:
+        """Until set (or ``timeout``); several wake-ups meanwhile count as one."""
+        woken = self._sem.acquire(timeout=timeout)
+        self.clear()
+        return woken
+
+
+class Flag:
+    """A flag set once (stop), read without a lock: shared memory, one byte."""
+
+    def __init__(self, ctx):
+        self._value = ctx.RawValue("b", 0)
+
+    def set(self) -> None:
+        self._value.value = 1
+
+    def is_set(self) -> bool:
+        return bool(self._value.value)
 
 
 # A child that dies is started again after this many seconds, doubled (up to
@@ -341,7 +379,14 @@ async def _serve(app: App, accept_only: bool, log_level: str) -> None:
     ctx = mp.get_context("spawn")
     instance = instance_of()
     interval = config.monitoring.heartbeat_interval
-    wake, stop = ctx.Event(), ctx.Event()
+    stop = Flag(ctx)
+    # One wake-up a worker: the door wakes each when a mail is recorded.
+    wakes = [Wake(ctx) for _ in range(0 if accept_only else worker_count(config))]
+
+    def wake_all(_stored) -> None:
+        for wake in wakes:
+            wake.set()
+
     loop = asyncio.get_running_loop()
     # Both listeners are opened before any process starts: a port in use stops the start
     # with one line naming the key (and nothing to clean up).
@@ -351,10 +396,10 @@ async def _serve(app: App, accept_only: bool, log_level: str) -> None:
         # The journal answers senders without waiting for the database (spool.py); the
         # worker need not stand aside for the door's commits any more.
         spool = Spool(app.engine, app.blobs, journal_dir=config.data_dir / "spool",
-                      on_recorded=lambda _stored: wake.set())
+                      on_recorded=wake_all)
         if spool.recovered:
             log.info("recorded %d mails a previous run had answered but not recorded", spool.recovered)
-        door = Door(config, app.engine, app.blobs, on_stored=lambda _stored: wake.set(), spool=spool)
+        door = Door(config, app.engine, app.blobs, on_stored=wake_all, spool=spool)
         try:
             server = await loop.create_server(make_server_factory(config, door), config.smtp.host, config.smtp.port)
         except OSError as exc:
@@ -375,11 +420,11 @@ async def _serve(app: App, accept_only: bool, log_level: str) -> None:
     children: list[Child] = []
     deliver = deliver_stop = None
     if not accept_only:
-        deliver, deliver_stop = ctx.Event(), ctx.Event()
+        deliver, deliver_stop = Wake(ctx), Flag(ctx)
         n = worker_count(config)
         for k in range(n):
             children.append(Child(f"worker-{k}", worker_main,
-                                  (config, wake, stop, os.getpid(), deliver, log_level, (k, n), instance)))
+                                  (config, wakes[k], stop, os.getpid(), deliver, log_level, (k, n), instance)))
         children.append(Child("deliverer", deliverer_main,
                               (config, deliver, deliver_stop, os.getpid(), log_level, instance)))
     if http_socket is not None:
@@ -421,7 +466,7 @@ async def _serve(app: App, accept_only: bool, log_level: str) -> None:
         for thread in pollers:
             await loop.run_in_executor(None, thread.join, 10)
         stop.set()
-        wake.set()
+        wake_all(None)
         workers = [c.process for c in children if c.role.startswith("worker-")]
         for worker in workers:
             await loop.run_in_executor(None, worker.join, 30)

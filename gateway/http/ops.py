@@ -77,9 +77,14 @@ def readyz(context: Ops = Depends(ops)) -> JSONResponse:
 
 @router.get("/metrics")
 def metrics(context: Ops = Depends(ops)) -> Response:
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from prometheus_client import generate_latest
 
-    return Response(generate_latest(context.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(context.registry), media_type=TEXT_FORMAT)
+
+
+# Prometheus's text format as every Prometheus 2 server names it (prometheus_client's
+# newest name, version=1.0.0, is the same text, which only Prometheus 3 knows by it).
+TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class OpsCollector:
