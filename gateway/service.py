@@ -388,6 +388,11 @@ async def _serve(app: App, accept_only: bool, log_level: str) -> None:
             wake.set()
 
     loop = asyncio.get_running_loop()
+    # From the start: a SIGTERM while starting (the port is open already) stops cleanly
+    # once started.
+    done = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, done.set)
     # Both listeners are opened before any process starts: a port in use stops the start
     # with one line naming the key (and nothing to clean up).
     server = door = None
@@ -435,9 +440,6 @@ async def _serve(app: App, accept_only: bool, log_level: str) -> None:
                                                   log_level)))
     for child in children:
         child.start(ctx)
-    done = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, done.set)
     supervisor = asyncio.create_task(_supervise(children, ctx, app.engine, done))
     # Without a worker (accept only) the pollers store and move, and processing waits.
     poll_stop = threading.Event()
