@@ -11,7 +11,11 @@ its outcome.
 
 The processes share nothing but the database, the blob store and the journal, so any of
 them can be killed at any moment: the door's 250 means the mail is on disk, a worker
-picks up whatever is left on start, and the outbox keeps what was not sent.
+picks up whatever is left on start, and the outbox keeps what was not sent.  The door
+starts again a child that died (``_supervise``), and each process beats a heartbeat in
+the database (gateway.heartbeat) for ``gateway status`` and /readyz.  The HTTP server
+(gateway.http: /healthz, /readyz, /metrics) is a process of its own too, so a scrape
+never takes the door's event loop.
 """
 
 from __future__ import annotations
