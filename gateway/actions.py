@@ -14,6 +14,7 @@ from datetime import datetime
 
 from sqlmodel import Session, select
 
+from gateway import metrics
 from store import lifecycle
 from store.db import PROCESS_PREFIX, session_for
 from store.lifecycle import LifecycleError, StatusData
@@ -80,8 +81,9 @@ def create_ticket(app, *, process: str, reporter: str, title: str, description: 
                                      reference_source="agent" if reference else None, by=by, now=now)
         copies = queue(session, app.notices, ticket, "new", now=now)
         session.commit()
+        metrics.ticket_created(process)
         mails, people = _queued(copies)
-        log.info("%s created by %s (%s)", ticket.number, by, process)
+        log.info("%s created by %s (%s)", ticket.number, by, process, extra={"ticket": ticket.number})
         return Done(ticket.number, ticket.status, mails, people)
 
 
@@ -174,6 +176,7 @@ def convert_to_change(app, number: str, *, by: str = "agent", note: str | None =
         wait_copies = _move(app, session, original, lifecycle.WAITING,
                             StatusData(waiting_reason="rfc", note=history_note), by=by, now=now)
         session.commit()
+        metrics.ticket_created("change")
         mails, people = _queued(wait_copies + change_copies)
         log.info("%s converted to %s by %s", original.number, change.number, by)
         return Done(original.number, original.status, mails, people, linked=change.number)

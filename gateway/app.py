@@ -6,9 +6,10 @@ import logging
 from dataclasses import dataclass
 from functools import cached_property
 
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
 
-from gateway.config import Config
+from gateway.config import Config, ConfigError
 from gateway.ingest.process import Processor
 from gateway.outbound.notify import Notifier, renderer_for
 from gateway.outbound.render import Renderer
@@ -24,8 +25,18 @@ class App:
 
     @cached_property
     def engine(self) -> Engine:
-        engine = make_engine(self.config.database_url)
-        init_db(engine)
+        """The database, its schema brought up to date.  A database that cannot be
+        reached or opened is a ConfigError naming ``database.url`` (one line, exit 2)."""
+        url = self.config.database_url
+        try:
+            engine = make_engine(url)
+        except (ArgumentError, OSError) as exc:
+            raise ConfigError(f"database.url: {_safe(url)} cannot be used: {exc}") from None
+        try:
+            init_db(engine)
+        except OperationalError as exc:
+            engine.dispose()
+            raise ConfigError(f"database.url: cannot open {_safe(url)}: {_reason(exc)}") from None
         return engine
 
     @cached_property
@@ -53,8 +64,15 @@ class App:
         return make_transport(self.config)
 
 
-def setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def _safe(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "the URL"
+
+
+def _reason(exc: OperationalError) -> str:
+    """The driver's words, on one line ("connection to server at "db", port 5432 failed:
+    FATAL: database "helpdesk" does not exist")."""
+    text = " ".join(str(exc.orig if exc.orig is not None else exc).split())
+    return text.removeprefix("connection failed: ")

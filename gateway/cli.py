@@ -13,6 +13,9 @@ from gateway.errors import CommandError
 from store.schema import SchemaError
 
 # Command groups, each a module of gateway.commands with register(subparsers).
+# Commands that take mail in, process it, make tickets or deliver: they add to the
+# service's metrics (gateway.metrics) as its own processes do.
+COUNTED = ("ingest", "process", "ticket", "outbox", "imap", "close-solved")
 COMMAND_MODULES = ("core", "status", "inbound", "tickets", "outbox", "persons", "templates", "imap", "db")
 
 
@@ -44,8 +47,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gateway: configuration error: {exc}", file=sys.stderr)
         return 2
     if args.command != "serve":
-        logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO) if args.log_level != "INFO"
-                            else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        from gateway import logs, metrics
+
+        # A command prints its result; its log says only what went wrong, unless asked.
+        level = str(args.log_level) if str(args.log_level).upper() != "INFO" else "WARNING"
+        logs.setup(level, config.logging, role="cli", base_dir=config.base_dir)
+        if args.command in COUNTED:
+            metrics.enable(metrics.folder(config.data_dir), "cli")
     try:
         return int(args.func(config, args) or 0)
     except KeyboardInterrupt:
@@ -53,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     except CommandError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return exc.status
+    except ConfigError as exc:
+        # Found once the command ran: the database cannot be opened, a port is in use,
+        # a password the config names is not there.
+        print(f"gateway: configuration error: {exc}", file=sys.stderr)
+        return 2
     except SchemaError as exc:
         # The database is newer than this code, or its old tables are not the baseline's:
         # no command (and no start-up) may go on.

@@ -160,6 +160,37 @@ class RoutingSection:
 
 
 @dataclass(frozen=True)
+class HttpSection:
+    # The operations endpoint (/healthz, /readyz, /metrics), served by gateway serve in a
+    # process of its own; later the API and the admin pages too.
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8025
+
+
+@dataclass(frozen=True)
+class LoggingSection:
+    # text: one line a record, for a person; json: one JSON object a line (time, level,
+    # logger, message and, where known, ticket, message_id, inbound_id, outcome).
+    format: str = "text"
+    # A file the records are appended to instead of standard error (reopened when
+    # logrotate moves it); empty: standard error.
+    file: str = ""
+
+
+@dataclass(frozen=True)
+class MonitoringSection:
+    # gateway status and /readyz: a stored mail waiting to be processed, or a notification
+    # due and not sent, for longer than this many seconds is a problem.
+    max_wait: int = 600
+    # The relay's last this-many delivery attempts all refused or timed out: a problem.
+    relay_failures: int = 3
+    # Seconds between two heartbeats of each process of gateway serve; a process not
+    # heard from for three of them is taken for dead.
+    heartbeat_interval: int = 10
+
+
+@dataclass(frozen=True)
 class MailboxSection:
     name: str = ""
     host: str = "localhost"
@@ -191,6 +222,9 @@ class Config:
     templates: TemplatesSection = field(default_factory=TemplatesSection)
     limits: LimitsSection = field(default_factory=LimitsSection)
     routing: RoutingSection = field(default_factory=RoutingSection)
+    http: HttpSection = field(default_factory=HttpSection)
+    logging: LoggingSection = field(default_factory=LoggingSection)
+    monitoring: MonitoringSection = field(default_factory=MonitoringSection)
     mailboxes: tuple[MailboxSection, ...] = ()
     # Directory relative paths are resolved against (not a key of the file).
     base_dir: str = "."
@@ -207,7 +241,10 @@ class Config:
     @property
     def database_url(self) -> str:
         if self.database.url:
-            return self.database.url
+            # libpq (psql, Heroku, many hosting panels) takes postgres:// as postgresql://;
+            # SQLAlchemy knows only the second.
+            scheme, sep, rest = self.database.url.partition("://")
+            return f"postgresql://{rest}" if sep and scheme == "postgres" else self.database.url
         return f"sqlite:///{self.data_dir / 'gateway.db'}"
 
     @property
@@ -249,7 +286,13 @@ _CHOICES = {
     ("gateway", "unknown_senders"): ("create", "reject", "quarantine"),
     ("routing", "default_process"): PROCESSES,
     ("gateway", "default_language"): LANGUAGES,
+    ("logging", "format"): ("text", "json"),
 }
+
+# GATEWAY_* variables that are not keys, yet allowed: the config file's path, and those
+# the tests and the benchmark read.  Any other GATEWAY_* name that is no key (a typo,
+# GATEWAY_SMTP_PROT) stops start-up, as an unknown key in the file does.
+NOT_KEYS = ("GATEWAY_CONFIG", "GATEWAY_CORPUS", "GATEWAY_TEST_POSTGRES_URL", "GATEWAY_BENCH_POSTGRES_URL")
 
 
 def _convert(value, tp, where: str):
@@ -362,7 +405,68 @@ def load_config(path: str | os.PathLike | None = None, env: dict[str, str] | Non
     config = _build(Config, data, "", env, "GATEWAY")
     config = dataclasses.replace(config, base_dir=str(base_dir))
     _check(config)
+    _check_environment(config, env)
     return config
+
+
+def _env_names(cls, prefix: str):
+    """Every GATEWAY_<SECTION>_<KEY> name of the keys of ``cls`` (arrays of tables, such as
+    [[mailboxes]], have none)."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name == "base_dir":
+            continue
+        tp, name = hints[f.name], f"{prefix}_{f.name.upper()}"
+        if dataclasses.is_dataclass(tp):
+            yield from _env_names(tp, name)
+        elif not (typing.get_origin(tp) is tuple and dataclasses.is_dataclass(typing.get_args(tp)[0])):
+            yield name
+
+
+def _check_environment(config: Config, env: dict[str, str]) -> None:
+    """An unknown GATEWAY_* variable is refused by name: a misspelt override would
+    otherwise be ignored without a word, and the default used instead.  Variables the
+    config names for a password (password_env) are the operator's choice of name."""
+    import difflib
+
+    known = set(_env_names(Config, "GATEWAY")) | set(NOT_KEYS)
+    known |= {config.outbound.smtp.password_env, *(box.password_env for box in config.mailboxes)}
+    for name in sorted(env):
+        if name.startswith("GATEWAY_") and name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            raise ConfigError(f"{name}: unknown environment variable, no key of the config"
+                              + (f" (did you mean {close[0]}?)" if close else ""))
+
+
+def check_secrets(config: Config, env: dict[str, str] | None = None) -> None:
+    """At the start of the service: every password the config names can be read.  A
+    mailbox whose password variable is unset would otherwise only fail at its first
+    login, in a log line, while the service looks up."""
+    env = os.environ if env is None else env
+
+    def readable(where: str, password_env: str, password_file: Path | None, what: str) -> None:
+        # As the pollers and the relay read them (gateway.ingest.imap.secret_for,
+        # SmtpTransport._password).
+        if password_env:
+            if not env.get(password_env):
+                raise ConfigError(f"{where}.password_env: the environment variable {password_env} ({what}) "
+                                  f"is not set")
+        elif password_file is not None:
+            try:
+                password_file.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ConfigError(f"{where}.password_file: {password_file} ({what}) cannot be read: "
+                                  f"{exc.strerror}") from None
+
+    for i, box in enumerate(config.mailboxes):
+        if not box.oauth2_token_command:
+            readable(f"mailboxes[{i}]", box.password_env,
+                     Path(box.password_file).expanduser() if box.password_file else None,
+                     f"password of mailbox {box.name!r}")
+    relay = config.outbound.smtp
+    if config.outbound.transport == "smtp" and relay.username:
+        readable("outbound.smtp", relay.password_env, config.path(relay.password_file) if relay.password_file else None,
+                 "the relay's password")
 
 
 def _check(config: Config) -> None:
@@ -394,5 +498,14 @@ def _check(config: Config) -> None:
         if box.folder in (box.processed_folder, box.failed_folder):
             # The folder is the queue: moving a message into it would read it forever.
             raise ConfigError(f"mailboxes[{i}]: folder {box.folder!r} cannot also be the processed or failed folder")
+    for where, port, lowest in (("smtp.port", config.smtp.port, 0), ("http.port", config.http.port, 0),
+                                ("outbound.smtp.port", config.outbound.smtp.port, 1),
+                                *((f"mailboxes[{i}].port", b.port, 1) for i, b in enumerate(config.mailboxes))):
+        # 0 for a listener: any free port (the log says which).
+        if not lowest <= port <= 65535:
+            raise ConfigError(f"{where}: {port} is not a port number ({lowest}-65535)")
+    monitoring = config.monitoring
+    if monitoring.max_wait < 1 or monitoring.relay_failures < 1 or monitoring.heartbeat_interval < 1:
+        raise ConfigError("monitoring.max_wait, relay_failures and heartbeat_interval must be at least 1")
     if not config.outbound.retry_schedule:
         raise ConfigError("outbound.retry_schedule: at least one delay is needed")

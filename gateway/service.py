@@ -11,7 +11,11 @@ its outcome.
 
 The processes share nothing but the database, the blob store and the journal, so any of
 them can be killed at any moment: the door's 250 means the mail is on disk, a worker
-picks up whatever is left on start, and the outbox keeps what was not sent.
+picks up whatever is left on start, and the outbox keeps what was not sent.  The door
+starts again a child that died (``_supervise``), and each process beats a heartbeat in
+the database (gateway.heartbeat) for ``gateway status`` and /readyz.  The HTTP server
+(gateway.http: /healthz, /readyz, /metrics) is a process of its own too, so a scrape
+never takes the door's event loop.
 """
 
 from __future__ import annotations
@@ -26,9 +30,14 @@ import threading
 import time
 from datetime import datetime
 
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from gateway import logs, metrics
 from gateway.actions import close_solved
-from gateway.app import App, setup_logging
-from gateway.config import Config
+from gateway.app import App
+from gateway.config import Config, ConfigError
+from gateway.heartbeat import HOST, Heartbeat, forget_old, instance_of, mark_stopped
 from gateway.ingest import imap
 from gateway.ingest.smtp import Door, make_server_factory
 from gateway.ingest.process import BATCH_MAILS
@@ -40,7 +49,7 @@ log = logging.getLogger("gateway.service")
 
 
 def worker_main(config: Config, wake, stop, parent_pid: int, deliver, log_level: str = "INFO",
-                slot: tuple[int, int] = (0, 1)) -> None:
+                slot: tuple[int, int] = (0, 1), instance: str | None = None) -> None:
     """Process stored mail until told to stop (or orphaned); ``deliver`` wakes the
     deliverer process when confirmations were queued.  The door answers senders from its journal (spool.py), so the worker
     need not stand aside for the door's commits: on SQLite these only wait for the lock.
@@ -48,7 +57,8 @@ def worker_main(config: Config, wake, stop, parent_pid: int, deliver, log_level:
     ``slot`` = (k, n): worker k of n takes the mails whose id is k modulo n, and helps
     with the others only when it has none of its own (a claim with SKIP LOCKED keeps two
     workers off the same mail, see Processor.process)."""
-    setup_logging(log_level)
+    role = f"worker-{slot[0]}"
+    _child_setup(config, log_level, role)
     _name_process(f"gw-worker-{slot[0]}")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -56,6 +66,9 @@ def worker_main(config: Config, wake, stop, parent_pid: int, deliver, log_level:
     _lower_priority(config)
     took = app.processor.warm_up()
     _settle_gc()
+    # Alive from here on, for gateway status and /readyz (gateway.heartbeat).
+    heartbeat = Heartbeat(app.engine, role, instance or instance_of(parent_pid),
+                          config.monitoring.heartbeat_interval).start()
     log.info("worker started (pid %s; ready in %.0f ms)", os.getpid(), took * 1000)
     # One mail is processed at a time in this process: a poller thread and this loop
     # must not both pick up the same stored mail.  The pollers live in worker 0 only.
@@ -81,6 +94,7 @@ def worker_main(config: Config, wake, stop, parent_pid: int, deliver, log_level:
         poll_stop.set()
         for thread in pollers:
             thread.join(timeout=10)
+        heartbeat.stop()
     log.info("worker stopped")
 
 
@@ -120,7 +134,8 @@ def _work(app: App, config: Config, wake, stop, parent_pid: int, process_some,
             wake.wait(timeout=1.0)
 
 
-def deliverer_main(config: Config, deliver, stop, parent_pid: int, log_level: str = "INFO") -> None:
+def deliverer_main(config: Config, deliver, stop, parent_pid: int, log_level: str = "INFO",
+                   instance: str | None = None) -> None:
     """Deliver the outbox until told to stop (or orphaned): woken by the workers when they
     queue confirmations, and every DELIVER_EVERY seconds for the retries that fall due;
     while stored mail waits to be processed, at most every DELIVER_EVERY seconds.
@@ -128,7 +143,7 @@ def deliverer_main(config: Config, deliver, stop, parent_pid: int, log_level: st
     Its own process: delivering took ~11 % of the worker's time (py-spy, small set), time
     every later mail waited for; a relay that is slow to answer now holds back nothing
     but other deliveries."""
-    setup_logging(log_level)
+    _child_setup(config, log_level, "deliverer")
     _name_process("gw-deliverer")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -137,6 +152,8 @@ def deliverer_main(config: Config, deliver, stop, parent_pid: int, log_level: st
     _lower_priority(config)
     took = warm_up_templates(app.notifier)
     _settle_gc()
+    heartbeat = Heartbeat(app.engine, "deliverer", instance or instance_of(parent_pid),
+                          config.monitoring.heartbeat_interval).start()
     log.info("deliverer started (pid %s; ready in %.0f ms)", os.getpid(), took * 1000)
     last = time.monotonic()
     while not stop.is_set():
@@ -153,7 +170,7 @@ def deliverer_main(config: Config, deliver, stop, parent_pid: int, log_level: st
             # wake it after every transaction, and a look per mail cost ~1 ms of CPU a
             # mail on PostgreSQL.
             if time.monotonic() - last < DELIVER_EVERY and app.processor.pending_ids(limit=1):
-                stop.wait(timeout=DELIVER_WHEN_QUIET)
+                time.sleep(DELIVER_WHEN_QUIET)
                 continue
             sent = deliver_pending(app.engine, config, transport, limit=100, notifier=app.notifier)
             last = time.monotonic()
@@ -168,11 +185,18 @@ def deliverer_main(config: Config, deliver, stop, parent_pid: int, log_level: st
         deliver_pending(app.engine, config, transport, limit=100, notifier=app.notifier)
     except Exception:
         log.exception("last delivery failed; the outbox keeps it for the next start")
+    heartbeat.stop()
     log.info("deliverer stopped")
 
 
 DELIVER_EVERY = 2.0  # seconds: the longest the outbox waits (for stored mail, or a retry to fall due)
 DELIVER_WHEN_QUIET = 0.1  # seconds between two looks for "no stored mail waiting" during a burst
+
+
+def _child_setup(config: Config, log_level: str, role: str) -> None:
+    """What every process of gateway serve does first: its logging, its metrics file."""
+    logs.setup(log_level, config.logging, role=role, base_dir=config.base_dir)
+    metrics.enable(metrics.folder(config.data_dir), role)
 
 
 def _lower_priority(config: Config) -> None:
@@ -223,50 +247,224 @@ def close_due(app: App, now: datetime | None = None) -> list[str]:
     return close_solved(app, now=now)
 
 
+class Wake:
+    """A wake-up from one process to another that a killed process cannot jam: a counting
+    semaphore (``set`` never blocks; a process killed while waiting holds nothing).
+    multiprocessing.Event could not be used: its ``set`` waits until every process
+    sleeping in ``wait`` has woken, so a worker killed in its wait (SIGKILL, the OOM
+    killer) made the door's next ``set`` (its journal's recorder thread) wait forever,
+    and every process after it."""
+
+    def __init__(self, ctx):
+        self._sem = ctx.Semaphore(0)
+
+    def set(self) -> None:
+        self._sem.release()
+
+    def clear(self) -> None:
+        while self._sem.acquire(False):
+            pass
+
+    def wait(self, timeout: float) -> bool:
+        """Until set (or ``timeout``); several wake-ups meanwhile count as one."""
+        woken = self._sem.acquire(timeout=timeout)
+        self.clear()
+        return woken
+
+
+class Flag:
+    """A flag set once (stop), read without a lock: shared memory, one byte."""
+
+    def __init__(self, ctx):
+        self._value = ctx.RawValue("b", 0)
+
+    def set(self) -> None:
+        self._value.value = 1
+
+    def is_set(self) -> bool:
+        return bool(self._value.value)
+
+
+# A child that dies is started again after this many seconds, doubled (up to
+# RESTART_MAX) while it keeps dying within RESTART_STABLE seconds of its start: a worker
+# that fails at once (its database gone) does not spin the CPU.
+RESTART_FIRST = 1.0
+RESTART_MAX = 60.0
+RESTART_STABLE = 60.0
+# How often the door's loop looks whether a child died (a waitpid each: nothing).
+SUPERVISE_EVERY = 0.5
+
+
+@dataclass
+class Child:
+    """A process of gateway serve started by the door, and started again when it dies."""
+
+    role: str
+    target: Callable[..., None]
+    args: tuple[Any, ...]
+    process: Any = None
+    started: float = 0.0
+    delay: float = RESTART_FIRST
+    restart_at: float | None = None
+    restarts: int = field(default=0)
+
+    def start(self, ctx) -> None:
+        self.process = ctx.Process(target=self.target, name=f"gateway-{self.role}", args=self.args, daemon=False)
+        self.process.start()
+        self.started = time.monotonic()
+        self.restart_at = None
+
+
+def _exit_reason(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"killed by {name} (signal {-code})"
+    return f"exited with status {code}"
+
+
+async def _supervise(children: list[Child], ctx, engine, stopping: asyncio.Event) -> None:
+    """Start again a child that died (a worker killed by the OOM killer, a crash): the
+    service does not go on without its workers, silently.  Its heartbeat row says at
+    once that it died and how, so /readyz and gateway status tell, until the new one
+    beats."""
+    loop = asyncio.get_running_loop()
+    while not stopping.is_set():
+        now = time.monotonic()
+        for child in children:
+            process = child.process
+            if child.restart_at is None and process is not None and not process.is_alive():
+                reason = _exit_reason(process.exitcode)
+                lived = now - child.started
+                child.delay = (min(child.delay * 2, RESTART_MAX) if lived < RESTART_STABLE and child.restarts
+                               else RESTART_FIRST)
+                child.restart_at = now + child.delay
+                log.error("%s (pid %s) %s after %.0f s; starting it again in %.0f s", child.role, process.pid,
+                          reason, lived, child.delay)
+                await loop.run_in_executor(None, mark_stopped, engine, HOST, process.pid, reason)
+            elif child.restart_at is not None and now >= child.restart_at:
+                child.restarts += 1
+                child.start(ctx)
+                log.info("%s started again (pid %s)", child.role, child.process.pid)
+        try:
+            await asyncio.wait_for(stopping.wait(), timeout=SUPERVISE_EVERY)
+        except asyncio.TimeoutError:
+            pass
+
+
+def listen_error(key: str, host: str, port: int, exc: OSError) -> ConfigError:
+    """A listener that cannot be opened, as the operator can act on it (one line, the key)."""
+    import errno
+
+    if exc.errno == errno.EADDRINUSE:
+        why = "is already in use (another gateway serve, or another program, listens there)"
+    elif exc.errno == errno.EACCES:
+        why = "is not allowed to this user (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        return ConfigError(f"{key.rsplit('.', 1)[0]}.host: {host} is not an address of this machine")
+    else:
+        why = f"cannot be opened: {exc.strerror or exc}"
+    return ConfigError(f"{key}: {host}:{port} {why}")
+
+
+def _bind_http(config: Config):
+    import socket
+
+    family = socket.AF_INET6 if ":" in config.http.host else socket.AF_INET
+    try:
+        sock = socket.create_server((config.http.host, config.http.port), family=family, reuse_port=False)
+    except OSError as exc:
+        raise listen_error("http.port", config.http.host, config.http.port, exc) from None
+    return sock
+
+
 async def _serve(app: App, accept_only: bool, log_level: str) -> None:
     config = app.config
     ctx = mp.get_context("spawn")
-    wake, stop = ctx.Event(), ctx.Event()
-    workers = []
-    deliverer = None
-    if not accept_only:
-        deliver, deliver_stop = ctx.Event(), ctx.Event()
-        n = worker_count(config)
-        for k in range(n):
-            worker = ctx.Process(target=worker_main, name=f"gateway-worker-{k}",
-                                 args=(config, wake, stop, os.getpid(), deliver, log_level, (k, n)), daemon=False)
-            worker.start()
-            workers.append(worker)
-        deliverer = ctx.Process(target=deliverer_main, name="gateway-deliverer",
-                                args=(config, deliver, deliver_stop, os.getpid(), log_level), daemon=False)
-        deliverer.start()
+    instance = instance_of()
+    interval = config.monitoring.heartbeat_interval
+    stop = Flag(ctx)
+    # One wake-up a worker: the door wakes each when a mail is recorded.
+    wakes = [Wake(ctx) for _ in range(0 if accept_only else worker_count(config))]
+
+    def wake_all(_stored) -> None:
+        for wake in wakes:
+            wake.set()
+
     loop = asyncio.get_running_loop()
+    # From the start: a SIGTERM while starting (the port is open already) stops cleanly
+    # once started.
     done = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, done.set)
+    # Both listeners are opened before any process starts: a port in use stops the start
+    # with one line naming the key (and nothing to clean up).
+    server = door = None
+    ports: dict[str, int] = {}
+    if config.smtp.enabled:
+        # The journal answers senders without waiting for the database (spool.py); the
+        # worker need not stand aside for the door's commits any more.
+        spool = Spool(app.engine, app.blobs, journal_dir=config.data_dir / "spool",
+                      on_recorded=wake_all)
+        if spool.recovered:
+            log.info("recorded %d mails a previous run had answered but not recorded", spool.recovered)
+        door = Door(config, app.engine, app.blobs, on_stored=wake_all, spool=spool)
+        try:
+            server = await loop.create_server(make_server_factory(config, door), config.smtp.host, config.smtp.port)
+        except OSError as exc:
+            spool.close()
+            raise listen_error("smtp.port", config.smtp.host, config.smtp.port, exc) from None
+        ports["smtp"] = server.sockets[0].getsockname()[1]
+    http_socket = None
+    if config.http.enabled:
+        try:
+            http_socket = _bind_http(config)
+        except ConfigError:
+            if server is not None:
+                server.close()
+                door.spool.close()
+            raise
+    await loop.run_in_executor(None, forget_old, app.engine, instance, interval)
+    heartbeat = Heartbeat(app.engine, "door", instance, interval).start()
+    children: list[Child] = []
+    deliver = deliver_stop = None
+    if not accept_only:
+        deliver, deliver_stop = Wake(ctx), Flag(ctx)
+        n = worker_count(config)
+        for k in range(n):
+            children.append(Child(f"worker-{k}", worker_main,
+                                  (config, wakes[k], stop, os.getpid(), deliver, log_level, (k, n), instance)))
+        children.append(Child("deliverer", deliverer_main,
+                              (config, deliver, deliver_stop, os.getpid(), log_level, instance)))
+    if http_socket is not None:
+        from gateway.http.server import http_main
+
+        roles = ("door", *(c.role for c in children), "http")
+        children.append(Child("http", http_main, (config, http_socket, instance, roles, ports, os.getpid(),
+                                                  log_level)))
+    for child in children:
+        child.start(ctx)
+    supervisor = asyncio.create_task(_supervise(children, ctx, app.engine, done))
     # Without a worker (accept only) the pollers store and move, and processing waits.
     poll_stop = threading.Event()
     pollers = imap.start_pollers(imap.pollers_for(config, app.engine, app.blobs,
                                                   too_large_notice=app.processor.notify_too_large),
                                  poll_stop) if accept_only else []
-    server = door = None
-    if config.smtp.enabled:
-        # The journal answers senders without waiting for the database (spool.py); the
-        # worker need not stand aside for the door's commits any more.
-        spool = Spool(app.engine, app.blobs, journal_dir=config.data_dir / "spool",
-                      on_recorded=lambda _stored: wake.set())
-        if spool.recovered:
-            log.info("recorded %d mails a previous run had answered but not recorded", spool.recovered)
-        door = Door(config, app.engine, app.blobs, on_stored=lambda _stored: wake.set(), spool=spool)
-        server = await loop.create_server(make_server_factory(config, door), config.smtp.host, config.smtp.port)
+    if server is not None:
         _settle_gc()
-        port = server.sockets[0].getsockname()[1]
-        log.info("listening for SMTP on %s:%s for %s", config.smtp.host, port, ", ".join(config.gateway.addresses))
+        log.info("listening for SMTP on %s:%s for %s", config.smtp.host, ports["smtp"],
+                 ", ".join(config.gateway.addresses))
+    if http_socket is not None:
+        host, port = http_socket.getsockname()[:2]
+        log.info("operations over HTTP on http://%s:%s/ (healthz, readyz, metrics)", host, port)
     log.info("database %s; outbound transport %s", _safe_url(config.database_url), config.outbound.transport)
     try:
         await done.wait()
     finally:
         log.info("stopping")
+        await supervisor
         if server is not None:
             server.close()
             await server.wait_closed()
@@ -276,17 +474,28 @@ async def _serve(app: App, accept_only: bool, log_level: str) -> None:
         for thread in pollers:
             await loop.run_in_executor(None, thread.join, 10)
         stop.set()
-        wake.set()
+        wake_all(None)
+        workers = [c.process for c in children if c.role.startswith("worker-")]
         for worker in workers:
             await loop.run_in_executor(None, worker.join, 30)
             if worker.is_alive():
                 worker.terminate()
+        deliverer = next((c.process for c in children if c.role == "deliverer"), None)
         if deliverer is not None:  # after the workers: it sends what they queued last
             deliver_stop.set()
             deliver.set()
             await loop.run_in_executor(None, deliverer.join, 60)
             if deliverer.is_alive():
                 deliverer.terminate()
+        http = next((c.process for c in children if c.role == "http"), None)
+        if http is not None:  # last: /healthz answers while the others finish
+            if http.is_alive():
+                http.terminate()
+            await loop.run_in_executor(None, http.join, 15)
+            if http.is_alive():
+                http.kill()
+            http_socket.close()
+        await loop.run_in_executor(None, heartbeat.stop)
         log.info("stopped")
 
 
@@ -297,7 +506,13 @@ def _safe_url(url: str) -> str:
 
 
 def serve(config: Config, accept_only: bool = False, log_level: str = "INFO") -> int:
-    setup_logging(log_level)
+    from gateway.config import check_secrets
+
+    # A mailbox or relay password that cannot be read stops the start (exit 2), not the
+    # first login an hour later.
+    check_secrets(config)
+    logs.setup(log_level, config.logging, role="door", base_dir=config.base_dir)
+    metrics.enable(metrics.folder(config.data_dir), "door")
     # aiosmtpd logs every command at INFO: ~10 lines a mail on the door's loop.  Our own
     # "received" line says what matters; its lines come back with --log-level DEBUG.
     if logging.getLogger().level > logging.DEBUG:

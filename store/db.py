@@ -14,7 +14,8 @@ from store.schema import ensure_current
 PROCESS_PREFIX = {"incident": "INC", "service-request": "SR", "change": "CHG"}
 
 
-def make_engine(url: str, *, busy_timeout_ms: int = 30000, checkpoints: bool = True) -> Engine:
+def make_engine(url: str, *, busy_timeout_ms: int = 30000, checkpoints: bool = True,
+                connect_timeout: int = 10) -> Engine:
     """An engine for ``url``.  SQLite gets WAL, foreign keys, a busy timeout and
     synchronous=FULL, so that a commit is on disk when it returns.
 
@@ -26,7 +27,10 @@ def make_engine(url: str, *, busy_timeout_ms: int = 30000, checkpoints: bool = T
     ``checkpoints=False``: this engine's commits never run SQLite's automatic WAL
     checkpoint (copying the log into the database file, with its fsyncs); the other
     connections (the worker's) still do.  The door's spool uses it so that a sender's
-    250 never waits for a checkpoint."""
+    250 never waits for a checkpoint.
+
+    ``connect_timeout``: seconds a PostgreSQL connection may take (unless the URL says):
+    libpq waits for the system's TCP timeout, minutes, for a server that drops packets."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -57,7 +61,10 @@ def make_engine(url: str, *, busy_timeout_ms: int = 30000, checkpoints: bool = T
         return engine
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
         url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-    engine = create_engine(url)
+    connect_args = {}
+    if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+        connect_args["connect_timeout"] = connect_timeout
+    engine = create_engine(url, connect_args=connect_args)
     _ping_when_idle(engine)
     return engine
 

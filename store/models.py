@@ -93,7 +93,10 @@ class StatusChange(SQLModel, table=True):
 class InboundMessage(SQLModel, table=True):
     """A raw mail as received, the record of truth; processed from here."""
 
-    __table_args__ = (UniqueConstraint("message_id", "sha256", name="uq_inbound_mid_sha"),)
+    # (state, processed_at): the quarantine's size, its oldest and its last day's count,
+    # read by gateway status and every /metrics scrape, from the index alone (revision 0007).
+    __table_args__ = (UniqueConstraint("message_id", "sha256", name="uq_inbound_mid_sha"),
+                      Index("ix_inboundmessage_state_processed_at", "state", "processed_at"))
     id: int | None = Field(default=None, primary_key=True)
     received_at: datetime = Field(default_factory=utcnow)
     source: str = ""  # smtp, ingest:<path>, imap:<name>
@@ -199,3 +202,39 @@ class DeliveryAttempt(SQLModel, table=True):
     at: datetime = Field(default_factory=utcnow)
     outcome: str  # sent | temporary | permanent
     answer: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+
+
+class ServiceProcess(SQLModel, table=True):
+    """A process of a running ``gateway serve`` (its heartbeat): the door, each worker, the
+    deliverer, the HTTP server.  Each refreshes ``last_seen`` every
+    ``[monitoring] heartbeat_interval`` seconds; ``gateway status`` and /readyz take a row
+    not refreshed for three of them for a dead process.  One row a process, on any number
+    of hosts: ``instance`` names the ``gateway serve`` it belongs to (host:pid of its
+    parent), so several instances can be listed side by side."""
+
+    __table_args__ = (UniqueConstraint("host", "pid", name="uq_serviceprocess_host_pid"),)
+    id: int | None = Field(default=None, primary_key=True)
+    host: str
+    pid: int
+    instance: str = Field(index=True)
+    # door, worker-0, worker-1, deliverer, http
+    role: str
+    version: str = ""
+    started_at: datetime = Field(default_factory=utcnow)
+    last_seen: datetime = Field(default_factory=utcnow)
+    # Set when the process stopped cleanly (or its parent saw it die): not a silent death.
+    stopped_at: datetime | None = None
+    # Why it stopped, when its parent saw it die ("killed by signal 9").
+    exit_reason: str | None = None
+
+
+class MailboxPoll(SQLModel, table=True):
+    """The last pass of a mailbox's poller that worked and the last that failed, kept
+    across restarts: a mailbox whose password expired fails at every pass while the
+    service looks up, and ``gateway status`` must say so."""
+
+    mailbox: str = Field(primary_key=True)
+    host: str = ""
+    last_success_at: datetime | None = None
+    last_failure_at: datetime | None = None
+    last_error: str | None = Field(default=None, sa_column=Column(Text))

@@ -19,6 +19,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Every `gateway serve` a test starts opens its HTTP server ([http], on by default at
+# 127.0.0.1:8025) on a free port of its own: several serve at once (tests of several
+# checkouts on one machine) would find 8025 taken and stop.  Tests of the HTTP server
+# set the port in their config and leave this out of the service's environment.
+os.environ.setdefault("GATEWAY_HTTP_PORT", "0")
+
 
 def find_corpus() -> Path | None:
     """The shared mail corpus: $GATEWAY_CORPUS, else ``shared/corpus`` in a folder above the

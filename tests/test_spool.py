@@ -3,6 +3,7 @@ answered 250 only once it is durably stored (row committed, blob on disk)."""
 
 from __future__ import annotations
 
+import os
 import signal
 import smtplib
 import subprocess
@@ -69,7 +70,7 @@ def test_every_mail_answered_250_by_the_real_door_is_durable(tmp_path):
     database once the next start has read the journal."""
     port = free_port()
     cfg = write_config(tmp_path, f"[smtp]\nport = {port}\n")
-    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "GATEWAY_HTTP_PORT": os.environ["GATEWAY_HTTP_PORT"]}
     proc = subprocess.Popen([sys.executable, "-m", "gateway", "--config", str(cfg), "serve", "--accept-only"],
                             cwd=tmp_path, env=env, stdout=(tmp_path / "serve.log").open("wb"), stderr=subprocess.STDOUT)
     answered: dict[str, bytes] = {}

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from gateway import metrics
 from gateway.app import App
 from gateway.errors import StoreFailed
 from gateway.ingest.inbound import store_raw
@@ -62,6 +63,7 @@ def cmd_ingest(config, args) -> int:
         size = len(raw)
         try:
             stored = store_raw(app.engine, app.blobs, raw, source=f"ingest:{source}")
+            metrics.received("ingest")
         except StoreFailed as exc:
             _print_outcome(Outcome(source, "", "error", None, str(exc)), args.json)
             status = 1

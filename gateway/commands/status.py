@@ -3,18 +3,23 @@
 Helpdesks lose mail silently more than any other way: a mailbox whose password expired,
 a relay that refuses, a worker that stopped.  ``gateway status`` reads the database
 (and nothing else) and says, for each way in and out, when it last moved and what is
-stuck, and exits 1 when something needs a person:
+stuck, and exits 1 when something needs a person.  With no option it catches:
 
-- a stored mail has waited longer than ``--max-wait`` minutes to be processed (no
-  worker, or a worker stuck);
-- a notification is overdue by more than ``--max-wait`` minutes (the relay refuses, or
-  no deliverer runs), or one failed for good in the last 24 hours;
-- with ``--quiet-hours H``: a way in (SMTP, each mailbox) has brought no mail for H hours;
-- with ``--max-quarantined N``: more than N mails were quarantined in the last 24 hours.
+- gateway serve not running: no process has beaten its heartbeat lately, or one of a
+  running instance's processes died or went silent (gateway.heartbeat);
+- a mailbox whose last poll failed (its password, its server; recorded by the poller);
+- the relay refused or did not answer the last ``[monitoring] relay_failures`` attempts;
+- a mail quarantined in the last 24 hours (``--max-quarantined N`` allows N);
+- a stored mail waiting longer than ``--max-wait`` minutes (``[monitoring] max_wait``)
+  to be processed, or one waiting for another attempt after a failure;
+- a notification overdue by more than ``--max-wait`` minutes, or one failed for good in
+  the last 24 hours;
+- with ``--quiet-hours H``: a way in (SMTP, each mailbox) has brought no mail for H hours.
 
-The counts read the state indexes; "last mail in" reads the newest rows first and stops
-at that way in's newest, so it costs little while mail flows (a way in that never brought
-any is read to the end of the table: the cost of saying "never").
+The figures come from gateway.health (shared with /readyz and /metrics): indexes and the
+newest rows.  "Last mail in" reads the newest rows first and stops at that way in's
+newest, so it costs little while mail flows (a way in that never brought any is read to
+the end of the table: the cost of saying "never").
 """
 
 from __future__ import annotations
@@ -23,23 +28,24 @@ import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import func
 from sqlmodel import Session, col, select
 
+from gateway import health
 from gateway.app import App
 from store.db import reader
-from store.models import InboundMessage, Outbox, aware, utcnow
+from store.models import InboundMessage, aware, utcnow
 
 
 def register(sub, common) -> None:
     p = sub.add_parser("status", parents=[common],
                        help="is mail flowing: what came in and went out last, what waits; exit 1 if stuck")
-    p.add_argument("--max-wait", type=float, default=10.0, metavar="MINUTES",
-                   help="a mail waiting or a notification overdue longer than this is a problem (default 10)")
+    p.add_argument("--max-wait", type=float, default=None, metavar="MINUTES",
+                   help="a mail waiting or a notification overdue longer than this is a problem "
+                        "(default: [monitoring] max_wait, 10 minutes)")
     p.add_argument("--quiet-hours", type=float, default=None, metavar="HOURS",
                    help="a way in (SMTP, a mailbox) with no mail for this long is a problem (default: not checked)")
-    p.add_argument("--max-quarantined", type=int, default=None, metavar="N",
-                   help="more mails quarantined in the last 24 hours than this is a problem (default: not checked)")
+    p.add_argument("--max-quarantined", type=int, default=0, metavar="N",
+                   help="more mails quarantined in the last 24 hours than this is a problem (default 0)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
 
@@ -57,6 +63,9 @@ class Status:
     outbox_overdue: int  # pending and due for longer than --max-wait
     outbox_failed: int
     outbox_failed_24h: int
+    relay_failures: int = 0  # the newest delivery attempts in a row that failed
+    processes: list[dict] = field(default_factory=list)  # gateway serve's, by instance
+    mailboxes: dict[str, dict] = field(default_factory=dict)  # the last poll of each
     problems: list[str] = field(default_factory=list)
 
 
@@ -71,49 +80,52 @@ def _last_from(session: Session, source: str) -> datetime | None:
                                .order_by(col(InboundMessage.id).desc()).limit(1)).first())
 
 
-def _count(session: Session, *where) -> int:
-    return session.exec(select(func.count()).select_from(InboundMessage).where(*where)).one()
-
-
-def gather(app: App, *, max_wait: float = 10.0, quiet_hours: float | None = None,
-           max_quarantined: int | None = None, now: datetime | None = None) -> Status:
+def gather(app: App, *, max_wait: float | None = None, quiet_hours: float | None = None,
+           max_quarantined: int | None = 0, now: datetime | None = None) -> Status:
+    """The figures and the problems; ``max_wait`` in minutes (None: the config's),
+    ``max_quarantined`` None: not checked."""
     now = now or utcnow()
-    day = now - timedelta(days=1)
+    monitoring = app.config.monitoring
+    max_wait = monitoring.max_wait / 60 if max_wait is None else max_wait
     late = now - timedelta(minutes=max_wait)
     sources = ["smtp", *(f"imap:{box.name}" for box in app.config.mailboxes)]
     with reader(app.engine) as session:
         last = {source: _last_from(session, source) for source in sources}
-        waiting = _count(session, InboundMessage.state == "received")
-        oldest = aware(session.exec(select(func.min(InboundMessage.received_at))
-                                     .where(InboundMessage.state == "received")).one())
-        retrying = _count(session, InboundMessage.state == "received", col(InboundMessage.attempts) > 0)
-        quarantined = _count(session, InboundMessage.state == "quarantined")
-        quarantined_24h = _count(session, InboundMessage.state == "quarantined",
-                                 col(InboundMessage.processed_at) >= day)
-
-        def outbox(*where) -> int:
-            return session.exec(select(func.count()).select_from(Outbox).where(*where)).one()
-
-        pending = outbox(Outbox.state == "pending")
-        overdue = outbox(Outbox.state == "pending", col(Outbox.next_attempt_at) < late)
-        failed = outbox(Outbox.state == "failed")
-        # Failed, and queued or last tried (next_attempt_at stays at the try that failed
-        # for good, outbox.record) in the last 24 hours; a bounce marks its mail failed too.
-        failed_24h = outbox(Outbox.state == "failed",
-                            (col(Outbox.next_attempt_at) >= day) | (col(Outbox.created_at) >= day))
-    status = Status(_iso(now), {s: _iso(t) for s, t in last.items()}, waiting, _iso(oldest), retrying,
-                    quarantined, quarantined_24h, pending, overdue, failed, failed_24h)
+        inbound = health.inbound_figures(session, now)
+        outbox = health.outbox_figures(session, now, late, with_failed=True)
+        relay = health.relay_figures(session, monitoring.relay_failures)
+        procs = health.processes(session, now, monitoring.heartbeat_interval)
+        polls = health.mailbox_polls(session, [box.name for box in app.config.mailboxes])
+    status = Status(_iso(now), {s: _iso(t) for s, t in last.items()}, inbound.waiting, _iso(inbound.oldest_waiting),
+                    inbound.retrying, inbound.quarantined, inbound.quarantined_last_day, outbox.pending,
+                    outbox.overdue, outbox.failed, outbox.failed_last_day, relay.failures,
+                    [{"instance": p.instance, "role": p.role, "pid": p.pid, "host": p.host, "version": p.version,
+                      "started_at": _iso(p.started_at), "last_seen": _iso(p.last_seen), "alive": p.alive,
+                      "stopped_at": _iso(p.stopped_at), "exit_reason": p.exit_reason} for p in procs],
+                    {name: {"last_success_at": _iso(p.last_success_at), "last_failure_at": _iso(p.last_failure_at),
+                            "last_error": p.last_error, "failing": p.failing} for name, p in polls.items()})
+    status.problems += health.service_problems(procs)
+    for name, poll in polls.items():
+        if poll.failing:
+            status.problems.append(f"mailbox {name}: its last poll failed at {_iso(poll.last_failure_at)} "
+                                   f"({poll.last_error}); last one that worked: {_iso(poll.last_success_at) or 'never'}"
+                                   f": gateway imap check {name}")
+    if relay.failures >= monitoring.relay_failures:
+        status.problems.append(f"the relay refused or did not answer the last {relay.failures} delivery attempts "
+                               f"(the last at {_iso(relay.last_at)}: {relay.last_answer}): check [outbound.smtp] "
+                               f"and the relay (gateway outbox list --state pending)")
+    oldest = inbound.oldest_waiting
     if oldest is not None and oldest < late:
-        status.problems.append(f"{waiting} mail(s) waiting to be processed, the oldest since {_iso(oldest)} "
+        status.problems.append(f"{inbound.waiting} mail(s) waiting to be processed, the oldest since {_iso(oldest)} "
                                f"(over {max_wait:g} min): is a worker running? (gateway serve's log)")
-    if retrying:
-        status.problems.append(f"{retrying} mail(s) failed to be processed and wait for another attempt "
+    if inbound.retrying:
+        status.problems.append(f"{inbound.retrying} mail(s) failed to be processed and wait for another attempt "
                                f"(gateway inbound list --state received)")
-    if overdue:
-        status.problems.append(f"{overdue} notification(s) overdue by over {max_wait:g} min: does the relay "
+    if outbox.overdue:
+        status.problems.append(f"{outbox.overdue} notification(s) overdue by over {max_wait:g} min: does the relay "
                                f"answer? (gateway outbox list --state pending)")
-    if failed_24h:
-        status.problems.append(f"{failed_24h} notification(s) failed for good in the last 24 hours "
+    if outbox.failed_last_day:
+        status.problems.append(f"{outbox.failed_last_day} notification(s) failed for good in the last 24 hours "
                                f"(gateway outbox list --state failed; gateway outbox retry --failed)")
     if quiet_hours is not None:
         quiet = now - timedelta(hours=quiet_hours)
@@ -121,9 +133,9 @@ def gather(app: App, *, max_wait: float = 10.0, quiet_hours: float | None = None
             if at is None or at < quiet:
                 status.problems.append(f"{source}: no mail for over {quiet_hours:g} h (last: {_iso(at) or 'never'})"
                                        + (f": gateway imap check {source[5:]}" if source.startswith("imap:") else ""))
-    if max_quarantined is not None and quarantined_24h > max_quarantined:
-        status.problems.append(f"{quarantined_24h} mails quarantined in the last 24 hours (over {max_quarantined}): "
-                               f"gateway inbound list --state quarantined")
+    if max_quarantined is not None and inbound.quarantined_last_day > max_quarantined:
+        status.problems.append(f"{inbound.quarantined_last_day} mail(s) quarantined in the last 24 hours "
+                               f"(over {max_quarantined}): gateway inbound list --state quarantined")
     return status
 
 
@@ -141,6 +153,14 @@ def cmd_status(config, args) -> int:
     print(f"{'quarantined:':<32} {status.quarantined} ({status.quarantined_24h} in the last 24 hours)")
     print(f"{'notifications pending:':<32} {status.outbox_pending} ({status.outbox_overdue} overdue)")
     print(f"{'notifications failed:':<32} {status.outbox_failed} ({status.outbox_failed_24h} in the last 24 hours)")
+    print(f"{'relay, failed attempts in a row:':<32} {status.relay_failures}")
+    for name, poll in status.mailboxes.items():
+        print(f"{'mailbox ' + name + ', last poll:':<32} "
+              + ("failed " + str(poll["last_failure_at"]) if poll["failing"] else f"ok {poll['last_success_at'] or 'never'}"))
+    for proc in status.processes:
+        print(f"{proc['role'] + ' of ' + proc['instance'] + ':':<32} "
+              + ("running" if proc["alive"] else "stopped" if proc["stopped_at"] and not proc["exit_reason"]
+                 else "NOT RUNNING") + f" (pid {proc['pid']}, last heartbeat {proc['last_seen']})")
     print()
     print("\n".join(f"PROBLEM: {p}" for p in status.problems) if status.problems else "OK")
     return 1 if status.problems else 0

@@ -55,7 +55,9 @@ from imapclient.exceptions import IMAPClientError, LoginError
 from sqlalchemy.engine import Engine
 
 from gateway.config import MailboxSection
+from gateway import metrics
 from gateway.errors import GatewayError, StoreFailed
+from gateway.heartbeat import record_poll
 from gateway.ingest.inbound import Stored, find_stored, header_message_id, record_inbound, store_raw
 from gateway.ingest.parse import decode_header_value, raw_header
 from store.blobs import BlobStore
@@ -67,6 +69,8 @@ log = logging.getLogger("gateway.imap")
 # RFC 2177: a client should re-issue IDLE at least every 29 minutes; some providers
 # drop an idle connection sooner (about 23 minutes seen), so renew well before that.
 IDLE_RENEW_SECONDS = 20 * 60
+# A poller records a pass that worked at most this often (seconds); a failure at once.
+RECORD_SUCCESS_EVERY = 60.0
 # How often a waiting poller looks at its stop flag.
 STOP_CHECK_SECONDS = 1.0
 TIMEOUT = SocketTimeout(connect=15.0, read=120.0)
@@ -301,6 +305,7 @@ class Importer:
                       box.failed_folder)
             return ItemResult(uid, mid, "store-failed", None, box.failed_folder, detail=str(exc))
         # The bytes are committed: from here on the IMAP copy may go.
+        metrics.received(self.source)
         outcome, ticket, detail = "stored", None, None
         if self.process is not None:
             result = self.process(stored.id)
@@ -454,6 +459,11 @@ class Poller:
         self.uidvalidity: int | None = None
         self.outage_since: float | None = None
         self.connected = threading.Event()  # set while a session is up (for tests and status)
+        # When a pass that worked was last recorded (gateway.heartbeat.record_poll), and
+        # whether the last one recorded failed: a pass that works is written at most
+        # every RECORD_SUCCESS_EVERY seconds, a change at once.
+        self._recorded_ok_at: float | None = None
+        self._recorded_failure = False
 
     def run(self, stop: threading.Event) -> None:
         delay = self.backoff_start
@@ -485,7 +495,22 @@ class Poller:
                 delay = min(delay * 2, self.backoff_max)
         log.info("mailbox %s: poller stopped", self.box.name)
 
+    def _record(self, error: str | None) -> None:
+        """Keep the pass's result in the database (mailboxpoll), for gateway status: a
+        mailbox failing at every pass must not look like a quiet one."""
+        if error is None and not self._recorded_failure and self._recorded_ok_at is not None \
+                and time.monotonic() - self._recorded_ok_at < RECORD_SUCCESS_EVERY:
+            return
+        try:
+            record_poll(self.importer.engine, self.box.name, error)
+        except Exception as exc:  # noqa: BLE001 - the database is down: the store fails too, and says so
+            log.debug("mailbox %s: could not record the poll: %s", self.box.name, exc)
+            return
+        self._recorded_failure = error is not None
+        self._recorded_ok_at = time.monotonic() if error is None else None
+
     def _outage(self, exc: Exception) -> None:
+        self._record(f"{type(exc).__name__}: {exc}")
         if self.outage_since is not None:
             log.debug("mailbox %s: still unreachable: %s", self.box.name, exc)
             return
@@ -507,6 +532,7 @@ class Poller:
         self.connected.set()
         while not stop.is_set():
             self.importer.drain(client, stop=stop)
+            self._record(None)
             if stop.is_set():
                 return
             if use_idle:

@@ -15,12 +15,13 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from typing import Callable
 
-from sqlalchemy import Integer, bindparam, cast, insert, update
+from sqlalchemy import Integer, String, bindparam, cast, insert, type_coerce, update
 from sqlalchemy.orm import make_transient_to_detached
 from sqlalchemy.orm.util import identity_key
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from gateway import metrics
 from gateway.config import Config
 from gateway.errors import Quarantine
 from gateway.ingest.automatic import Automatic, classify
@@ -92,7 +93,11 @@ _RECENT_FROM = Prepared(select(TicketMessage.id)
 _INBOUND = InboundMessage.__table__
 _CLAIM = Prepared(select(_INBOUND.c.id, _INBOUND.c.source, _INBOUND.c.rcpt_to, _INBOUND.c.process, _INBOUND.c.message_id,
                  _INBOUND.c.sha256, _INBOUND.c.state, _INBOUND.c.outcome, _INBOUND.c.ticket_number,
-                 _INBOUND.c.detail)
+                 _INBOUND.c.detail,
+                 # As the driver gives it (SQLite: text): a DateTime's result processing
+                 # would take the statement off Prepared's fast path; only the
+                 # processing-time metric reads it (received_seconds).
+                 type_coerce(_INBOUND.c.received_at, String))
           .where(_INBOUND.c.id == bindparam("b_id")).with_for_update(skip_locked=True))
 
 
@@ -110,6 +115,18 @@ class InboundRow:
     outcome: str | None
     ticket_number: str | None
     detail: str | None
+    received_at: object = None  # a datetime, or SQLite's text of one
+
+
+def received_seconds(received_at, now: datetime) -> float | None:
+    """Seconds from a mail's storing (its 250) to ``now``; None if unreadable."""
+    try:
+        when = received_at if isinstance(received_at, datetime) else datetime.fromisoformat(str(received_at))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=now.tzinfo)
+    return (now - when).total_seconds()
 
 
 # An earlier stored mail, not yet processed, that this one answers (Processor._one): with
@@ -173,6 +190,9 @@ class Processor:
         # one mail at a time instead.
         self.savepoints = engine.dialect.name == "sqlite"
         self.own = tuple(dict.fromkeys(address_key(a) for a in (*config.gateway.addresses, *config.routing.routes)))
+        # Mails given an outcome in the open transaction: (inbound id, outcome, ticket,
+        # received at, whether the attempt failed), counted (gateway.metrics) once it commits.
+        self._done: list[tuple[int, str, str | None, object, bool]] = []
 
     # Facts ----------------------------------------------------------------------------
     def route(self, inbound: InboundMessage, mail: ParsedMail) -> str:
@@ -603,6 +623,7 @@ class Processor:
         it fails, the whole transaction is rolled back and its attempt counted in a new
         one."""
         prepared = self._prepare(inbound_ids, max_bytes, known)
+        self._done = []
         outcomes: list[Outcome] = []
         nested = len(prepared) > 1 and self.savepoints
         reached = 0  # mails started in the transaction (for the log)
@@ -615,6 +636,7 @@ class Processor:
                     outcomes.append(self._one(session, inbound_id, mail, quarantine, nested=nested))
                 session.commit()
         except Exception as exc:
+            self._done = []  # rolled back: nothing of it happened
             if len(prepared) == 1:
                 return [self._failed(prepared[0][0], exc)]
             # Nothing of the transaction was kept: each mail again alone (a failing one
@@ -628,12 +650,25 @@ class Processor:
         if len(self._ahead) > 4 * BATCH_MAILS:  # taken by another worker meanwhile: let go
             for stale in sorted(self._ahead)[:len(self._ahead) - 4 * BATCH_MAILS]:
                 del self._ahead[stale]
-        for outcome in outcomes:
+        for (inbound_id, *_rest), outcome in zip(prepared, outcomes):
             if outcome.outcome not in ("busy", "retry"):
                 log.info("<%s> %s%s%s", outcome.message_id, outcome.outcome,
                          f" {outcome.ticket}" if outcome.ticket else "",
-                         f" ({outcome.detail})" if outcome.detail else "")
+                         f" ({outcome.detail})" if outcome.detail else "",
+                         extra={"message_id": outcome.message_id, "inbound_id": inbound_id,
+                                "outcome": outcome.outcome, "ticket": outcome.ticket})
+        self._count_done()
         return outcomes
+
+    def _count_done(self) -> None:
+        """Count the mails of the transaction just committed (gateway.metrics)."""
+        now = utcnow()
+        for _inbound_id, outcome, ticket, received_at, failed in self._done:
+            if failed:
+                metrics.processing_failed()
+            if outcome != "retry":
+                metrics.processed(outcome, ticket, received_seconds(received_at, now) if received_at else None)
+        self._done = []
 
     def _prepare(self, inbound_ids: list[int], max_bytes: int,
                  known: dict[int, tuple[str, int]] | None = None) -> list[tuple[int, ParsedMail | None,
@@ -704,6 +739,7 @@ class Processor:
                 outcome = self._mark(session, inbound, Outcome(inbound.source, inbound.message_id,
                                                                "quarantined", None, exc.reason), "quarantined")
                 savepoint.commit()
+                self._done.append((inbound.id, "quarantined", None, inbound.received_at, False))
                 return outcome
             parent = self._parent_waiting(session, inbound.id, mail)
             if parent is not None:
@@ -723,11 +759,13 @@ class Processor:
             state = "quarantined" if outcome.outcome == "quarantined" else "processed"
             outcome = self._mark(session, inbound, outcome, state)
             savepoint.commit()
+            self._done.append((inbound.id, outcome.outcome, outcome.ticket, inbound.received_at, False))
             return outcome
         except Exception as exc:
             if not nested:
                 raise
             savepoint.rollback()
+            self._done = [d for d in self._done if d[0] != inbound_id]
             return self._count_failure(session, inbound_id, exc)
 
     @staticmethod
@@ -771,14 +809,20 @@ class Processor:
         inbound.detail = detail
         session.add(inbound)
         session.flush()
+        # A failed attempt is counted as such; the one that quarantines the mail as its
+        # outcome too.
+        self._done.append((inbound_id, "quarantined" if inbound.state == "quarantined" else "retry",
+                           None, inbound.received_at, True))
         return Outcome(inbound.source, inbound.message_id, "quarantined" if inbound.state == "quarantined" else "retry",
                        None, detail)
 
     def _failed(self, inbound_id: int, exc: Exception) -> Outcome:
         """The transaction itself failed (its commit): count the attempt in a new one."""
+        self._done = []
         with session_for(self.engine) as session:
             outcome = self._count_failure(session, inbound_id, exc)
             session.commit()
+        self._count_done()
         if outcome.outcome == "quarantined":
             log.info("<%s> quarantined (%s)", outcome.message_id, outcome.detail)
         return outcome
@@ -811,6 +855,7 @@ class Processor:
                          sha256="warm-up", size=len(raw), state="received", attempts=0)).scalar_one()
                 self._one(session, inbound_id, mail, None)
                 session.rollback()
+                self._done = []  # a rehearsal: nothing to count
         except Exception:  # noqa: BLE001 - only a head start; the real mails say what is wrong
             log.debug("warm-up failed", exc_info=True)
         finally:

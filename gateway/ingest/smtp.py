@@ -15,6 +15,7 @@ from typing import Callable
 
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, _DataState
 
+from gateway import metrics
 from gateway.config import Config
 from gateway.errors import StoreFailed
 from gateway.ingest.inbound import Stored, header_message_id
@@ -60,8 +61,10 @@ class Door:
         client that never declared it.  aiosmtpd (1.4, ``smtp_MAIL``) leaves the
         transaction to a MAIL hook: it sets ``mail_from`` and ``mail_options`` itself."""
         if not _utf8_allowed(address, mail_options):
+            metrics.refused("bad-address")
             return "553 5.6.7 Non-ASCII address without SMTPUTF8 on MAIL FROM"
         if not _valid_utf8(address):
+            metrics.refused("bad-address")
             return "553 5.6.7 The address is not valid UTF-8"
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
@@ -70,12 +73,16 @@ class Door:
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options):
         # SMTPUTF8 is a parameter of MAIL: it covers the whole transaction (RFC 6531, 3.4).
         if not _utf8_allowed(address, envelope.mail_options):
+            metrics.refused("bad-address")
             return "553 5.6.7 Non-ASCII address without SMTPUTF8 on MAIL FROM"
         if not _valid_utf8(address):
+            metrics.refused("bad-address")
             return "553 5.6.7 The address is not valid UTF-8"
         if not self.accepts(address):
+            metrics.refused("unknown-recipient")
             return "550 5.1.1 No such mailbox here"
         if len(envelope.rcpt_tos) >= self.config.smtp.max_recipients:
+            metrics.refused("too-many-recipients")
             return "452 4.5.3 Too many recipients"
         envelope.rcpt_tos.append(address)
         return "250 OK"
@@ -96,6 +103,7 @@ class Door:
             problem = await asyncio.get_running_loop().run_in_executor(None, over_limits, raw, self.limits)
         if problem:
             log.warning("refused a mail from %s: %s", envelope.mail_from, problem)
+            metrics.refused("loop" if problem.startswith(MAIL_LOOP) else "structure")
             return refusal(problem)
         try:
             # 250 only once the batch holding this mail is committed and its blob fsynced.
@@ -104,6 +112,7 @@ class Door:
                                   rcpt_to=tuple(envelope.rcpt_tos)))
         except StoreFailed as exc:
             log.error("could not store a mail from %s: %s", envelope.mail_from, exc)
+            metrics.refused("store-failed")
             return "451 4.3.0 Could not store the message; please try again later"
         return self._stored(envelope, stored, len(raw))
 
@@ -116,10 +125,12 @@ class Door:
         except Exception as exc:  # noqa: BLE001 - the sender is told to retry
             writer.abort()
             log.error("could not read back a mail from %s: %s", envelope.mail_from, exc)
+            metrics.refused("store-failed")
             return "451 4.3.0 Could not store the message; please try again later"
         if problem:
             writer.abort()
             log.warning("refused a mail from %s: %s", envelope.mail_from, problem)
+            metrics.refused("loop" if problem.startswith(MAIL_LOOP) else "structure")
             return refusal(problem)
         try:
             stored = await asyncio.wrap_future(
@@ -127,6 +138,7 @@ class Door:
                                           rcpt_to=tuple(envelope.rcpt_tos)))
         except StoreFailed as exc:
             log.error("could not store a mail from %s: %s", envelope.mail_from, exc)
+            metrics.refused("store-failed")
             return "451 4.3.0 Could not store the message; please try again later"
         return self._stored(envelope, stored, writer.size)
 
@@ -134,7 +146,9 @@ class Door:
         """The answer for a stored mail; with a journal its row comes a moment later (the
         spool's recorder wakes the worker then)."""
         log.info("received <%s> from %s to %s, %d bytes%s", stored.message_id, envelope.mail_from,
-                 ",".join(envelope.rcpt_tos), size, " (duplicate)" if stored.duplicate else "")
+                 ",".join(envelope.rcpt_tos), size, " (duplicate)" if stored.duplicate else "",
+                 extra={"message_id": stored.message_id, "inbound_id": stored.id})
+        metrics.received("smtp")
         if stored.id is None:
             return f"250 2.0.0 Stored as {stored.sha256[:16]}"
         if self.on_stored is not None:
@@ -352,8 +366,10 @@ class SpoolingSMTP(SMTP):
             if writer is not None:
                 writer.abort()
             if state == _DataState.TOO_LONG:
+                metrics.refused("line-too-long")
                 await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
             elif state == _DataState.TOO_MUCH:
+                metrics.refused("too-large")
                 await self.push("552 Error: Too much mail data")
             self._set_post_data_state()
             return
@@ -403,6 +419,7 @@ def make_server_factory(config: Config, door: Door) -> Callable[[], SMTP]:
             if connections.total >= limit_total or connections.by_ip.get(ip, 0) >= limit_ip:
                 log.warning("refused a connection from %s: %d open, %d from it", ip, connections.total,
                             connections.by_ip.get(ip, 0))
+                metrics.refused("too-many-connections")
                 transport.write(b"421 4.7.0 Too many connections, please try again later\r\n")
                 transport.close()
                 return

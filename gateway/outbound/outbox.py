@@ -44,6 +44,7 @@ from sqlalchemy import bindparam, insert, or_, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
+from gateway import metrics
 from gateway.config import Config
 from gateway.outbound.transports import SendResult, Transport
 from gateway.tokens import bounce_address
@@ -57,6 +58,9 @@ log = logging.getLogger("gateway.outbound")
 # A DeliveryAttempt with this outcome records that an operator asked for a new try; the
 # give-up deadline counts from it.
 REQUEUED = "requeued"
+# The answer of an attempt that never reached the relay (every recipient undeliverable):
+# the relay's health (gateway.health) leaves it out.
+NOT_SENT = "not sent: "
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,7 @@ class Delivery:
     recipient: str
     undeliverable: bool  # the person was marked undeliverable since the mail was queued
     raw: bytes
+    queued_at: datetime | None = None  # for the delivery-time metric
 
 
 # A claimed row is this deliverer's until then; one that dies leaves its rows to another
@@ -349,13 +354,15 @@ def _deliver_claimed(engine: Engine, config: Config, transport: Transport, notif
     for row in rows:
         raw = raws[row.id]
         delivery = Delivery(row.id, row.message_id, row.ticket_id, row.event, row.recipient,
-                            row.recipient in skipped, raw if isinstance(raw, bytes) else b"")
+                            row.recipient in skipped, raw if isinstance(raw, bytes) else b"", aware(row.created_at))
         if not isinstance(raw, bytes):
-            _fail(engine, row.id, raw, now)
+            _fail(engine, row.id, f"{NOT_SENT}{raw}", now)
+            metrics.notification("failed")
             left.remove(row.id)
             continue
         if delivery.undeliverable:
-            _fail(engine, row.id, f"not sent: the recipient is undeliverable ({row.recipient})", now)
+            _fail(engine, row.id, f"{NOT_SENT}the recipient is undeliverable ({row.recipient})", now)
+            metrics.notification("failed")
             left.remove(row.id)
             log.info("outbox %s %s <%s>: failed, recipient %s undeliverable", row.id, row.event, row.message_id,
                      row.recipient)
@@ -363,6 +370,7 @@ def _deliver_claimed(engine: Engine, config: Config, transport: Transport, notif
         sender = (bounce_address(config.gateway.secret, config.helpdesk_address, row.id)
                   if config.outbound.verp else config.helpdesk_address)
         result = transport.send(sender, [row.recipient], delivery.raw, f"{row.id:06d}-{row.message_id}")
+        answered_at = utcnow()
         try:
             state = record(engine, policy, delivery, result, now)
         except Exception:
@@ -372,7 +380,13 @@ def _deliver_claimed(engine: Engine, config: Config, transport: Transport, notif
             raise
         left.remove(row.id)
         log.info("outbox %s %s <%s> ticket=%s to %s: %s (%s) %s", row.id, row.event, row.message_id, row.ticket_id,
-                 row.recipient, result.outcome, state, result.answer)
+                 row.recipient, result.outcome, state, result.answer,
+                 extra={"outbox_id": row.id, "message_id": row.message_id, "outcome": state})
+        # Sent, failed for good, or kept to be retried (a 4xx): the relay's 250 times the
+        # wait since queueing.
+        metrics.notification("retried" if state == PENDING else state,
+                             (answered_at - delivery.queued_at).total_seconds()
+                             if state == SENT and delivery.queued_at else None)
         results.append((row.id, result))
         if result.connection:
             log.warning("relay unreachable; the rest waits for the next run: %s", result.answer)

@@ -1,0 +1,29 @@
+"""The HTTP face of the gateway: an ASGI application (FastAPI) built by ``create_app``,
+one router per area, as the URL's first word names it:
+
+- ``ops``: /healthz, /readyz, /metrics, for the operators' monitoring (gateway.http.ops);
+- later: /api/v1 (the API), /admin (the console), the customers' pages.
+
+``gateway serve`` runs it with uvicorn in a process of its own (gateway.http.server), so
+a slow page or a scrape never holds up the SMTP door's event loop.  A route stays a few
+lines: it reads what it needs through its area's dependencies, calls the code that
+knows the rule (gateway.health for ops), and shapes the answer.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from gateway import __version__
+from gateway.http.ops import Ops
+from gateway.http.ops import router as ops_router
+
+
+def create_app(ops: Ops) -> FastAPI:
+    """The application; ``ops`` is what the operations routes read (the database, this
+    instance's processes and doors, the metrics folder)."""
+    app = FastAPI(title="Helpdesk mail gateway", version=__version__, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    app.state.ops = ops
+    app.include_router(ops_router)
+    return app
