@@ -29,11 +29,14 @@ from datetime import datetime
 from gateway.actions import close_solved
 from gateway.app import App, setup_logging
 from gateway.config import Config
-from gateway.ingest import imap
+from gateway.errors import CommandError
+from gateway.ingest import imap, lmtp
+from gateway.ingest.lmtp import LmtpDoor
 from gateway.ingest.smtp import Door, make_server_factory
 from gateway.ingest.process import BATCH_MAILS
 from gateway.ingest.spool import Spool
 from gateway.outbound.outbox import deliver_pending
+from gateway.outbound.render import missing_shipped
 
 log = logging.getLogger("gateway.service")
 
@@ -247,14 +250,16 @@ async def _serve(app: App, accept_only: bool, log_level: str) -> None:
     pollers = imap.start_pollers(imap.pollers_for(config, app.engine, app.blobs,
                                                   too_large_notice=app.processor.notify_too_large),
                                  poll_stop) if accept_only else []
-    server = door = None
-    if config.smtp.enabled:
+    server = door = lmtp_server = spool = None
+    if config.smtp.enabled or config.lmtp.enabled:
         # The journal answers senders without waiting for the database (spool.py); the
-        # worker need not stand aside for the door's commits any more.
+        # worker need not stand aside for the door's commits any more.  One journal for
+        # both doors.
         spool = Spool(app.engine, app.blobs, journal_dir=config.data_dir / "spool",
                       on_recorded=lambda _stored: wake.set())
         if spool.recovered:
             log.info("recorded %d mails a previous run had answered but not recorded", spool.recovered)
+    if config.smtp.enabled:
         door = Door(config, app.engine, app.blobs, on_stored=lambda _stored: wake.set(), spool=spool)
         server = await loop.create_server(make_server_factory(config, door), config.smtp.host, config.smtp.port)
         _settle_gc()
@@ -262,14 +267,19 @@ async def _serve(app: App, accept_only: bool, log_level: str) -> None:
         log.info("listening for SMTP on %s:%s for %s", config.smtp.host, port, ", ".join(config.gateway.addresses))
     log.info("database %s; outbound transport %s", _safe_url(config.database_url), config.outbound.transport)
     try:
+        if config.lmtp.enabled:  # in this try: a socket that cannot be had stops the workers too
+            lmtp_server = await _listen_lmtp(config, LmtpDoor(config, app.engine, app.blobs, spool=spool,
+                                                              on_stored=lambda _stored: wake.set()))
         await done.wait()
     finally:
         log.info("stopping")
         if server is not None:
             server.close()
             await server.wait_closed()
-        if door is not None:  # let the last batch commit before the worker stops
-            await loop.run_in_executor(None, door.spool.close)
+        if lmtp_server is not None:
+            await lmtp.close(lmtp_server, config)
+        if spool is not None:  # let the last batch commit before the worker stops
+            await loop.run_in_executor(None, spool.close)
         poll_stop.set()
         for thread in pollers:
             await loop.run_in_executor(None, thread.join, 10)
@@ -288,6 +298,15 @@ async def _serve(app: App, accept_only: bool, log_level: str) -> None:
         log.info("stopped")
 
 
+async def _listen_lmtp(config: Config, door: LmtpDoor):
+    """The LMTP listener; a port or socket it cannot have is one line naming it (exit 2)."""
+    try:
+        return await lmtp.listen(config, door)
+    except OSError as exc:
+        where = config.lmtp.socket or f"{config.lmtp.host}:{config.lmtp.port}"
+        raise CommandError(f"[lmtp] cannot listen on {where}: {exc.strerror or exc}", status=2) from None
+
+
 def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -295,12 +314,20 @@ def _safe_url(url: str) -> str:
 
 
 def serve(config: Config, accept_only: bool = False, log_level: str = "INFO") -> int:
+    app = App(config)
+    # A package built without its data (a wheel missing templates/mail) would quarantine
+    # every mail, "template not found", while the service looked healthy: refuse to
+    # start instead, naming what is missing (exit status 2, as a configuration error).
+    missing = missing_shipped(app.renderer.shipped_dir)
+    if missing:
+        raise CommandError(f"cannot start: the shipped mail templates in {app.renderer.shipped_dir} lack "
+                           f"{', '.join(missing)} (an installation without its data files? reinstall the gateway)",
+                           status=2)
     setup_logging(log_level)
     # aiosmtpd logs every command at INFO: ~10 lines a mail on the door's loop.  Our own
     # "received" line says what matters; its lines come back with --log-level DEBUG.
     if logging.getLogger().level > logging.DEBUG:
         logging.getLogger("mail.log").setLevel(logging.WARNING)
-    app = App(config)
     app.engine  # create the database before the first connection
     asyncio.run(_serve(app, accept_only, log_level))
     return 0

@@ -33,6 +33,9 @@ CHECK_INLINE = 64 * 1024
 class Door:
     """aiosmtpd handler."""
 
+    # The inbound rows' source: the door the mail came through (the LMTP door's is "lmtp").
+    source = "smtp"
+
     def __init__(self, config: Config, engine, blobs: BlobStore, on_stored: Callable[[Stored], None] | None = None,
                  spool: Spool | None = None):
         self.config = config
@@ -100,7 +103,7 @@ class Door:
         try:
             # 250 only once the batch holding this mail is committed and its blob fsynced.
             stored = await asyncio.wrap_future(
-                self.spool.submit(raw, source="smtp", mail_from=envelope.mail_from or "",
+                self.spool.submit(raw, source=self.source, mail_from=envelope.mail_from or "",
                                   rcpt_to=tuple(envelope.rcpt_tos)))
         except StoreFailed as exc:
             log.error("could not store a mail from %s: %s", envelope.mail_from, exc)
@@ -123,7 +126,7 @@ class Door:
             return refusal(problem)
         try:
             stored = await asyncio.wrap_future(
-                self.spool.submit_written(writer, message_id, source="smtp", mail_from=envelope.mail_from or "",
+                self.spool.submit_written(writer, message_id, source=self.source, mail_from=envelope.mail_from or "",
                                           rcpt_to=tuple(envelope.rcpt_tos)))
         except StoreFailed as exc:
             log.error("could not store a mail from %s: %s", envelope.mail_from, exc)
@@ -386,12 +389,14 @@ class _Connections:
 COMMAND_CALL_LIMIT = {"NOOP": 100, "RSET": 1000, "VRFY": 10, "EXPN": 10, "HELP": 10, "*": 1_000_000}
 
 
-def make_server_factory(config: Config, door: Door) -> Callable[[], SMTP]:
+def make_server_factory(config: Config, door: Door, protocol: type[SpoolingSMTP] = SpoolingSMTP) -> Callable[[], SMTP]:
+    """Sessions of ``protocol`` (SMTP; gateway.ingest.lmtp's LMTP) for ``door``, with the
+    [smtp] limits and a cap on connections shared by this factory's sessions."""
     connections = _Connections()
     limit_total = config.smtp.max_connections
     limit_ip = config.smtp.max_connections_per_ip
 
-    class GatewaySMTP(SpoolingSMTP):
+    class GatewaySMTP(protocol):
         """aiosmtpd's SMTP with caps on concurrent connections, which it lacks, and a
         large mail's DATA kept on disk (SpoolingSMTP)."""
 
