@@ -224,7 +224,7 @@ def close_due(app: App, now: datetime | None = None) -> list[str]:
     return close_solved(app, now=now)
 
 
-async def _serve(app: App, accept_only: bool, log_level: str) -> None:
+async def _serve(app: App, accept_only: bool, log_level: str, lmtp_socket=None) -> None:
     config = app.config
     ctx = mp.get_context("spawn")
     wake, stop = ctx.Event(), ctx.Event()
@@ -266,10 +266,10 @@ async def _serve(app: App, accept_only: bool, log_level: str) -> None:
         port = server.sockets[0].getsockname()[1]
         log.info("listening for SMTP on %s:%s for %s", config.smtp.host, port, ", ".join(config.gateway.addresses))
     log.info("database %s; outbound transport %s", _safe_url(config.database_url), config.outbound.transport)
+    if lmtp_socket is not None:
+        lmtp_server = await lmtp.listen(config, LmtpDoor(config, app.engine, app.blobs, spool=spool,
+                                                         on_stored=lambda _stored: wake.set()), lmtp_socket)
     try:
-        if config.lmtp.enabled:  # in this try: a socket that cannot be had stops the workers too
-            lmtp_server = await _listen_lmtp(config, LmtpDoor(config, app.engine, app.blobs, spool=spool,
-                                                              on_stored=lambda _stored: wake.set()))
         await done.wait()
     finally:
         log.info("stopping")
@@ -298,12 +298,13 @@ async def _serve(app: App, accept_only: bool, log_level: str) -> None:
         log.info("stopped")
 
 
-async def _listen_lmtp(config: Config, door: LmtpDoor):
-    """The LMTP listener; a port or socket it cannot have is one line naming it (exit 2)."""
+def _bind_lmtp(config: Config):
+    """The LMTP door's socket, bound before anything starts; one that cannot be had is
+    one line naming it (exit status 2)."""
     try:
-        return await lmtp.listen(config, door)
+        return lmtp.bind(config)
     except OSError as exc:
-        where = config.lmtp.socket or f"{config.lmtp.host}:{config.lmtp.port}"
+        where = config.path(config.lmtp.socket) if config.lmtp.socket else f"{config.lmtp.host}:{config.lmtp.port}"
         raise CommandError(f"[lmtp] cannot listen on {where}: {exc.strerror or exc}", status=2) from None
 
 
@@ -328,6 +329,7 @@ def serve(config: Config, accept_only: bool = False, log_level: str = "INFO") ->
     # "received" line says what matters; its lines come back with --log-level DEBUG.
     if logging.getLogger().level > logging.DEBUG:
         logging.getLogger("mail.log").setLevel(logging.WARNING)
+    lmtp_socket = _bind_lmtp(config) if config.lmtp.enabled else None
     app.engine  # create the database before the first connection
-    asyncio.run(_serve(app, accept_only, log_level))
+    asyncio.run(_serve(app, accept_only, log_level, lmtp_socket))
     return 0

@@ -80,20 +80,39 @@ class SpoolingLMTP(LMTP, SpoolingSMTP):
         await super().push(status)
 
 
-async def listen(config: Config, door: LmtpDoor) -> asyncio.AbstractServer:
-    """Start the LMTP listener of ``[lmtp]``: on its UNIX socket when one is set, else on
-    host and port.  ``close`` (below) stops it and removes the socket."""
+def bind(config: Config) -> socket.socket:
+    """The listening socket of ``[lmtp]``: its UNIX socket when one is set, else host and
+    port.  Bound before the service starts anything else, so a socket it cannot have
+    stops it at once (OSError)."""
+    if config.lmtp.socket:
+        return bind_socket(config.path(config.lmtp.socket), config.lmtp.mode)
+    infos = socket.getaddrinfo(config.lmtp.host, config.lmtp.port, type=socket.SOCK_STREAM,
+                               flags=socket.AI_PASSIVE)
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's create_server
+        sock.bind(address)
+        sock.listen(100)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def listen(config: Config, door: LmtpDoor, sock: socket.socket) -> asyncio.AbstractServer:
+    """Serve LMTP for ``door`` on ``sock`` (``bind``).  ``close`` (below) stops it and
+    removes a UNIX socket."""
     loop = asyncio.get_running_loop()
     factory = make_server_factory(config, door, protocol=SpoolingLMTP)
-    if not config.lmtp.socket:
-        server = await loop.create_server(factory, config.lmtp.host, config.lmtp.port)
-        host, port = server.sockets[0].getsockname()[:2]
+    if sock.family == socket.AF_UNIX:
+        server = await loop.create_unix_server(factory, sock=sock)
+        log.info("listening for LMTP on %s (mode %s)", sock.getsockname(), format(config.lmtp.mode, "04o"))
+    else:
+        server = await loop.create_server(factory, sock=sock)
+        host, port = sock.getsockname()[:2]
         log.info("listening for LMTP on %s:%s", host, port)
-        return server
-    path = config.path(config.lmtp.socket)
-    sock = bind_socket(path, config.lmtp.mode)
-    server = await loop.create_unix_server(factory, sock=sock)
-    log.info("listening for LMTP on %s (mode %s)", path, oct(config.lmtp.mode)[2:].zfill(4))
     return server
 
 
