@@ -81,9 +81,10 @@ class SpoolingLMTP(LMTP, SpoolingSMTP):
 
 
 def bind(config: Config) -> socket.socket:
-    """The listening socket of ``[lmtp]``: its UNIX socket when one is set, else host and
-    port.  Bound before the service starts anything else, so a socket it cannot have
-    stops it at once (OSError)."""
+    """The socket of ``[lmtp]``: its UNIX socket when one is set, else host and port.
+    Bound before the service starts anything else, so a socket it cannot have stops it
+    at once (OSError); it listens once ``listen`` serves it, so an MTA is refused (and
+    retries) until the door can answer."""
     if config.lmtp.socket:
         return bind_socket(config.path(config.lmtp.socket), config.lmtp.mode)
     infos = socket.getaddrinfo(config.lmtp.host, config.lmtp.port, type=socket.SOCK_STREAM,
@@ -93,7 +94,6 @@ def bind(config: Config) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's create_server
         sock.bind(address)
-        sock.listen(100)
         sock.setblocking(False)
     except BaseException:
         sock.close()
@@ -117,10 +117,10 @@ async def listen(config: Config, door: LmtpDoor, sock: socket.socket) -> asyncio
 
 
 def bind_socket(path: Path, mode: int) -> socket.socket:
-    """A listening UNIX socket at ``path`` with permissions ``mode``.
+    """A UNIX socket bound at ``path`` with permissions ``mode``, not listening yet.
 
-    The permissions are set between bind and listen, so nobody connects while the
-    socket has those of the umask.  A socket file left by a gateway that died is
+    The permissions are set before it listens, so nobody connects while the socket has
+    those of the umask.  A socket file left by a gateway that died is
     replaced; one that a running process still answers on is not (two gateways on one
     socket would each get part of the mail): that is an error naming it."""
     if path.is_socket():
@@ -139,7 +139,6 @@ def bind_socket(path: Path, mode: int) -> socket.socket:
     try:
         sock.bind(str(path))
         os.chmod(path, mode)
-        sock.listen(100)
         sock.setblocking(False)
     except BaseException:
         sock.close()
