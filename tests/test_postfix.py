@@ -16,6 +16,9 @@ import email.policy
 import hashlib
 import json
 import os
+import shutil
+import smtplib
+import socket
 import time
 from email.message import EmailMessage
 from pathlib import Path
@@ -31,6 +34,7 @@ from test_verp import dsn
 from gateway.tokens import bounce_address
 
 HELPDESK = "helpdesk@example.com"
+REQUESTS = "requests@example.com"
 SECRET = "postfix-test-secret"
 CUSTOMER = "jeanne.dupont@example.be"
 
@@ -71,7 +75,10 @@ class Gateway:
         self.service: Service | None = None
 
     def start(self) -> None:
-        self.service = Service(self.folder, self.lmtp_port, env=self.env)
+        socket_path = self.env.get("GATEWAY_LMTP_SOCKET")
+        self.service = Service(self.folder, self.smtp_port if socket_path else self.lmtp_port, env=self.env)
+        if socket_path:  # the LMTP door serves right after the SMTP one
+            wait_until(lambda: _answers(Path(socket_path)), timeout=30)
 
     def stop(self) -> None:
         if self.service is not None:
@@ -90,6 +97,15 @@ class Gateway:
         return sorted((self.folder / "var" / "outbox").glob("*.eml"))
 
 
+def _answers(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+        return True
+
+
 def new_mail(subject: str, attachment: bytes | None = None) -> EmailMessage:
     msg = EmailMessage()
     msg["From"] = f"Jeanne Dupont <{CUSTOMER}>"
@@ -101,6 +117,19 @@ def new_mail(subject: str, attachment: bytes | None = None) -> EmailMessage:
     if attachment is not None:
         msg.add_attachment(attachment, maintype="application", subtype="octet-stream", filename="trace.bin")
     return msg
+
+
+def mail_of_size(size: int) -> bytes:
+    """A mail of about ``size`` bytes as Postfix counts it once queued (with its Received:
+    line, under 300 bytes): a base64 attachment of random bytes fills it."""
+    def build(payload: int) -> bytes:
+        msg = new_mail("Export de la base", attachment=os.urandom(payload))
+        return msg.as_bytes(policy=email.policy.SMTP)
+    target = size - 300
+    overhead = len(build(57 * 1000)) - 1000 * 78  # base64: 57 bytes a 76-character line and its CRLF
+    raw = build((target - overhead) // 78 * 57)
+    assert target - 100 < len(raw) <= target
+    return raw
 
 
 def outcome_of(gateway: Gateway, message_id: str, timeout: float = 90.0) -> dict:
@@ -163,6 +192,21 @@ def test_postfix_hands_the_helpdesks_mail_over_as_the_readme_says(tmp_path, post
         assert (attached["filename"], attached["size"]) == ("trace.bin", len(payload))
         assert attached["sha256"] == hashlib.sha256(payload).hexdigest()
 
+        numbers = ["INC-000001", "INC-000002"]
+        if door == "lmtp":
+            # The limits aligned: Postfix counts a mail as the gateway will (its Received:
+            # line included), so one just under the limit arrives, and one just over it is
+            # refused while the sender is still connected, not bounced later.
+            at_limit = mail_of_size(26214400 - 2000)
+            postfix.send(CUSTOMER, [HELPDESK], at_limit)
+            row = outcome_of(gateway, email.message_from_bytes(at_limit)["Message-ID"], timeout=240)
+            assert (row["outcome"], row["ticket"]) == ("created", "INC-000003")
+            assert len(at_limit) < row["size"] <= 26214400  # as sent, and Postfix's Received: line
+            numbers.append("INC-000003")
+            with pytest.raises(smtplib.SMTPResponseException) as refused:  # at MAIL (SIZE=) or after DATA
+                postfix.send(CUSTOMER, [HELPDESK], mail_of_size(26214400 + 2000))
+            assert refused.value.smtp_code == 552
+
         # The gateway stopped: Postfix keeps the mail, deferred ...
         gateway.stop()
         later = new_mail("Écran noir")
@@ -179,7 +223,8 @@ def test_postfix_hands_the_helpdesks_mail_over_as_the_readme_says(tmp_path, post
         postfix.flush()
         postfix.wait_until_empty(timeout=90)
         row = outcome_of(gateway, later["Message-ID"])
-        assert (row["source"], row["outcome"], row["ticket"]) == (door, "created", "INC-000003")
+        assert (row["source"], row["outcome"], row["ticket"]) == (door, "created", f"INC-{len(numbers) + 1:06d}")
+        numbers.append(row["ticket"])
         sent_lines = [line for line in postfix.log_text().splitlines()
                       if line.split(": ")[1:2] == [queued["queue_id"]] and "status=sent" in line]
         assert len(sent_lines) == 1, sent_lines
@@ -189,5 +234,42 @@ def test_postfix_hands_the_helpdesks_mail_over_as_the_readme_says(tmp_path, post
         print(postfix.log_text()[-6000:])  # shown when the test fails
         gateway.stop()
     tickets = gateway.cli("ticket", "list")
-    assert sorted(t["number"] for t in tickets) == ["INC-000001", "INC-000002", "INC-000003"]
-    assert len(gateway.inbound()) == 5  # the five mails, each stored once
+    assert sorted(t["number"] for t in tickets) == numbers
+    assert len(gateway.inbound()) == len(numbers) + 2  # each mail stored once (with the reply and the bounce)
+
+
+@pytest.mark.slow
+def test_postfix_over_the_lmtp_socket_one_reply_per_recipient(tmp_path, postfix):  # noqa: F811
+    """The README's other LMTP way in: a UNIX socket with socket_mode 0660, Postfix's
+    lmtp client (not chrooted here) in the socket's group.  A mail to two of the
+    helpdesk's addresses goes over in one LMTP transaction: one reply for each, one
+    stored mail, and Postfix counts both recipients delivered."""
+    folder = postfix.root / "gateway-run"  # where the postfix user can reach it
+    folder.mkdir()
+    shutil.chown(folder, group="postfix")
+    os.chmod(folder, 0o2750)  # set-group-ID: the socket's group is postfix's
+    sock = folder / "lmtp.sock"
+    gateway = Gateway(tmp_path / "gateway")
+    gateway.env.update(GATEWAY_LMTP_SOCKET=str(sock), GATEWAY_LMTP_SOCKET_MODE="0660")
+    postfix.configure(readme_block(MAIN_CF).replace("/etc/postfix/", f"{postfix.config_dir}/"),
+                      files={"transport": f"{HELPDESK} lmtp:unix:{sock}\n{REQUESTS} lmtp:unix:{sock}\n"},
+                      maps=("transport",))
+    postfix.start()
+    gateway.start()
+    try:
+        assert oct(sock.stat().st_mode & 0o777) == "0o660" and sock.stat().st_gid == folder.stat().st_gid
+        both = new_mail("Imprimante et badge")
+        both.replace_header("To", f"{HELPDESK}, {REQUESTS}")
+        postfix.send(CUSTOMER, [HELPDESK, REQUESTS], both.as_bytes(policy=email.policy.SMTP))
+        row = outcome_of(gateway, both["Message-ID"])
+        assert (row["source"], row["outcome"]) == ("lmtp", "created")
+        assert sorted(row["rcpt_to"]) == [HELPDESK, REQUESTS]
+        postfix.wait_until_empty()
+        sent = [line for line in postfix.log_text().splitlines() if "status=sent" in line]
+        assert len(sent) == 2 and len({line.split(": ")[1] for line in sent}) == 1, sent  # one queued mail
+        assert {line.split("to=<")[1].split(">")[0] for line in sent} == {HELPDESK, REQUESTS}
+        assert all(f"[{sock}]" in line.split("relay=")[1].split(",")[0] for line in sent), sent
+    finally:
+        print(postfix.log_text()[-6000:])  # shown when the test fails
+        gateway.stop()
+    assert not sock.exists()
