@@ -116,6 +116,10 @@ def test_one_reply_per_recipient_and_the_smtp_doors_refusals(tmp_path):
     assert len(rows) == 2 and {r["source"] for r in rows} == {"lmtp"}
     assert all(sorted(r["rcpt_to"]) == [HELPDESK, REQUESTS] and r["outcome"] == "created" for r in rows)
     assert len([p for p in (tmp_path / "var" / "blobs").rglob("*") if p.is_file()]) == 2
+    # gateway status tells when the LMTP door last brought mail.
+    status = json.loads(run_gateway("--config", str(tmp_path / "config.toml"), "status", "--json", cwd=tmp_path,
+                                    check=False).stdout)
+    assert status["last_received"]["lmtp"][:19] == max(r["received_at"] for r in rows)[:19]
 
 
 def test_a_unix_socket_with_its_mode_replaced_when_stale_refused_when_in_use(tmp_path):
