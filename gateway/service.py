@@ -266,10 +266,10 @@ async def _serve(app: App, accept_only: bool, log_level: str, lmtp_socket=None) 
         port = server.sockets[0].getsockname()[1]
         log.info("listening for SMTP on %s:%s for %s", config.smtp.host, port, ", ".join(config.gateway.addresses))
     log.info("database %s; outbound transport %s", _safe_url(config.database_url), config.outbound.transport)
-    if lmtp_socket is not None:
-        lmtp_server = await lmtp.listen(config, LmtpDoor(config, app.engine, app.blobs, spool=spool,
-                                                         on_stored=lambda _stored: wake.set()), lmtp_socket)
     try:
+        if lmtp_socket is not None:  # bound before the workers started (serve, _bind_lmtp)
+            lmtp_server = await lmtp.listen(config, LmtpDoor(config, app.engine, app.blobs, spool=spool,
+                                                             on_stored=lambda _stored: wake.set()), lmtp_socket)
         await done.wait()
     finally:
         log.info("stopping")

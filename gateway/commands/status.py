@@ -80,7 +80,8 @@ def gather(app: App, *, max_wait: float = 10.0, quiet_hours: float | None = None
     now = now or utcnow()
     day = now - timedelta(days=1)
     late = now - timedelta(minutes=max_wait)
-    sources = ["smtp", *(["lmtp"] if app.config.lmtp.enabled else []), *(f"imap:{box.name}" for box in app.config.mailboxes)]
+    sources = ["smtp", *(["lmtp"] if app.config.lmtp.enabled else []),
+               *(f"imap:{box.name}" for box in app.config.mailboxes)]
     with reader(app.engine) as session:
         last = {source: _last_from(session, source) for source in sources}
         waiting = _count(session, InboundMessage.state == "received")

@@ -120,9 +120,9 @@ def bind_socket(path: Path, mode: int) -> socket.socket:
     """A UNIX socket bound at ``path`` with permissions ``mode``, not listening yet.
 
     The permissions are set before it listens, so nobody connects while the socket has
-    those of the umask.  A socket file left by a gateway that died is
-    replaced; one that a running process still answers on is not (two gateways on one
-    socket would each get part of the mail): that is an error naming it."""
+    those of the umask.  A socket file left by a gateway that died is replaced; one
+    that a running process still answers on is not (two gateways on one socket would
+    each get part of the mail): that is an error naming it."""
     if path.is_socket():
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:

@@ -397,8 +397,8 @@ def make_server_factory(config: Config, door: Door, protocol: type[SpoolingSMTP]
     limit_ip = config.smtp.max_connections_per_ip
 
     class GatewaySMTP(protocol):
-        """aiosmtpd's SMTP with caps on concurrent connections, which it lacks, and a
-        large mail's DATA kept on disk (SpoolingSMTP)."""
+        """aiosmtpd's SMTP (or LMTP) with caps on concurrent connections, which it lacks,
+        and a large mail's DATA kept on disk (SpoolingSMTP)."""
 
         _counted_ip: str | None = None
 

@@ -33,7 +33,6 @@ from babel.support import Translations
 log = logging.getLogger("gateway.outbound")
 
 
-
 def shipped_dir() -> Path:
     """The shipped ``templates/mail/``: inside the installed gateway package (a wheel puts
     it there, see setup.py), else at the root of the checkout this code runs from (an
