@@ -70,6 +70,23 @@ class SmtpSection:
 
 
 @dataclass(frozen=True)
+class LmtpSection:
+    # The LMTP listener (RFC 2033), for an MTA in front (Postfix's lmtp transport); off by
+    # default.  Its mails get the [smtp] limits (size, recipients, timeout, connections).
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 2424
+    # Path of a UNIX socket to listen on instead of host and port; empty: TCP.
+    socket: str = ""
+    # Permissions of the socket (octal): who may connect.
+    socket_mode: str = "0660"
+
+    @property
+    def mode(self) -> int:
+        return int(self.socket_mode, 8)
+
+
+@dataclass(frozen=True)
 class OutboundSmtpSection:
     host: str = "localhost"
     port: int = 25
@@ -216,6 +233,7 @@ class Config:
     gateway: GatewaySection = field(default_factory=GatewaySection)
     database: DatabaseSection = field(default_factory=DatabaseSection)
     smtp: SmtpSection = field(default_factory=SmtpSection)
+    lmtp: LmtpSection = field(default_factory=LmtpSection)
     outbound: OutboundSection = field(default_factory=OutboundSection)
     lifecycle: LifecycleSection = field(default_factory=LifecycleSection)
     service: ServiceSection = field(default_factory=ServiceSection)
@@ -507,5 +525,13 @@ def _check(config: Config) -> None:
     monitoring = config.monitoring
     if monitoring.max_wait < 1 or monitoring.relay_failures < 1 or monitoring.heartbeat_interval < 1:
         raise ConfigError("monitoring.max_wait, relay_failures and heartbeat_interval must be at least 1")
+    try:
+        mode = config.lmtp.mode
+    except ValueError:
+        mode = -1
+    if not 0 <= mode <= 0o777:
+        raise ConfigError(f"lmtp.socket_mode: {config.lmtp.socket_mode!r} is not a file mode in octal, such as \"0660\"")
+    if not config.lmtp.socket and not 0 <= config.lmtp.port <= 65535:
+        raise ConfigError(f"lmtp.port: {config.lmtp.port} is not a port number (0-65535)")
     if not config.outbound.retry_schedule:
         raise ConfigError("outbound.retry_schedule: at least one delay is needed")

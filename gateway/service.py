@@ -38,12 +38,15 @@ from gateway.actions import close_solved
 from gateway.app import App
 from gateway.config import Config, ConfigError
 from gateway.heartbeat import HOST, Heartbeat, forget_old, instance_of, mark_stopped
-from gateway.ingest import imap
+from gateway.errors import CommandError
+from gateway.ingest import imap, lmtp
+from gateway.ingest.lmtp import LmtpDoor
 from gateway.ingest.smtp import Door, make_server_factory
 from gateway.ingest.process import BATCH_MAILS
 from gateway.ingest.spool import Spool
 from gateway.outbound.notify import warm_up as warm_up_templates
 from gateway.outbound.outbox import deliver_pending
+from gateway.outbound.render import missing_shipped
 
 log = logging.getLogger("gateway.service")
 
@@ -380,7 +383,7 @@ def _bind_http(config: Config):
     return sock
 
 
-async def _serve(app: App, accept_only: bool, log_level: str) -> None:
+async def _serve(app: App, accept_only: bool, log_level: str, lmtp_socket=None) -> None:
     config = app.config
     ctx = mp.get_context("spawn")
     instance = instance_of()
@@ -401,15 +404,17 @@ async def _serve(app: App, accept_only: bool, log_level: str) -> None:
         loop.add_signal_handler(sig, done.set)
     # Both listeners are opened before any process starts: a port in use stops the start
     # with one line naming the key (and nothing to clean up).
-    server = door = None
+    server = door = spool = None
     ports: dict[str, int] = {}
-    if config.smtp.enabled:
+    if config.smtp.enabled or lmtp_socket is not None:
         # The journal answers senders without waiting for the database (spool.py); the
-        # worker need not stand aside for the door's commits any more.
+        # worker need not stand aside for the door's commits any more.  One journal for
+        # both doors.
         spool = Spool(app.engine, app.blobs, journal_dir=config.data_dir / "spool",
                       on_recorded=wake_all)
         if spool.recovered:
             log.info("recorded %d mails a previous run had answered but not recorded", spool.recovered)
+    if config.smtp.enabled:
         door = Door(config, app.engine, app.blobs, on_stored=wake_all, spool=spool)
         try:
             server = await loop.create_server(make_server_factory(config, door), config.smtp.host, config.smtp.port)
@@ -417,6 +422,8 @@ async def _serve(app: App, accept_only: bool, log_level: str) -> None:
             spool.close()
             raise listen_error("smtp.port", config.smtp.host, config.smtp.port, exc) from None
         ports["smtp"] = server.sockets[0].getsockname()[1]
+    if lmtp_socket is not None and not config.lmtp.socket:
+        ports["lmtp"] = lmtp_socket.getsockname()[1]
     http_socket = None
     if config.http.enabled:
         try:
@@ -424,7 +431,8 @@ async def _serve(app: App, accept_only: bool, log_level: str) -> None:
         except ConfigError:
             if server is not None:
                 server.close()
-                door.spool.close()
+            if spool is not None:
+                spool.close()
             raise
     await loop.run_in_executor(None, forget_old, app.engine, instance, interval)
     heartbeat = Heartbeat(app.engine, "door", instance, interval).start()
@@ -460,7 +468,11 @@ async def _serve(app: App, accept_only: bool, log_level: str) -> None:
         host, port = http_socket.getsockname()[:2]
         log.info("operations over HTTP on http://%s:%s/ (healthz, readyz, metrics)", host, port)
     log.info("database %s; outbound transport %s", _safe_url(config.database_url), config.outbound.transport)
+    lmtp_server = None
     try:
+        if lmtp_socket is not None:  # bound before anything started (serve, _bind_lmtp)
+            lmtp_server = await lmtp.listen(config, LmtpDoor(config, app.engine, app.blobs, spool=spool,
+                                                             on_stored=wake_all), lmtp_socket)
         await done.wait()
     finally:
         log.info("stopping")
@@ -468,8 +480,10 @@ async def _serve(app: App, accept_only: bool, log_level: str) -> None:
         if server is not None:
             server.close()
             await server.wait_closed()
-        if door is not None:  # let the last batch commit before the worker stops
-            await loop.run_in_executor(None, door.spool.close)
+        if lmtp_server is not None:
+            await lmtp.close(lmtp_server, config)
+        if spool is not None:  # let the last batch commit before the worker stops
+            await loop.run_in_executor(None, spool.close)
         poll_stop.set()
         for thread in pollers:
             await loop.run_in_executor(None, thread.join, 10)
@@ -499,6 +513,16 @@ async def _serve(app: App, accept_only: bool, log_level: str) -> None:
         log.info("stopped")
 
 
+def _bind_lmtp(config: Config):
+    """The LMTP door's socket, bound before anything starts; one that cannot be had is
+    one line naming it (exit status 2)."""
+    try:
+        return lmtp.bind(config)
+    except OSError as exc:
+        where = config.path(config.lmtp.socket) if config.lmtp.socket else f"{config.lmtp.host}:{config.lmtp.port}"
+        raise CommandError(f"[lmtp] cannot listen on {where}: {exc.strerror or exc}", status=2) from None
+
+
 def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -507,7 +531,16 @@ def _safe_url(url: str) -> str:
 
 def serve(config: Config, accept_only: bool = False, log_level: str = "INFO") -> int:
     from gateway.config import check_secrets
+    from gateway.outbound.notify import renderer_for
 
+    # A package built without its data (a wheel missing templates/mail) would fail every
+    # notification while the service looked healthy: refuse to start instead, naming
+    # what is missing (exit status 2, as a configuration error).
+    shipped = renderer_for(config).shipped_dir
+    missing = missing_shipped(shipped)
+    if missing:
+        raise CommandError(f"cannot start: the shipped mail templates in {shipped} lack {', '.join(missing)} "
+                           f"(an installation without its data files? reinstall the gateway)", status=2)
     # A mailbox or relay password that cannot be read stops the start (exit 2), not the
     # first login an hour later.
     check_secrets(config)
@@ -517,7 +550,8 @@ def serve(config: Config, accept_only: bool = False, log_level: str = "INFO") ->
     # "received" line says what matters; its lines come back with --log-level DEBUG.
     if logging.getLogger().level > logging.DEBUG:
         logging.getLogger("mail.log").setLevel(logging.WARNING)
+    lmtp_socket = _bind_lmtp(config) if config.lmtp.enabled else None
     app = App(config)
     app.engine  # create the database before the first connection
-    asyncio.run(_serve(app, accept_only, log_level))
+    asyncio.run(_serve(app, accept_only, log_level, lmtp_socket))
     return 0

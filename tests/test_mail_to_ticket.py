@@ -38,10 +38,11 @@ def service_config(folder: Path, port: int, database_url: str | None = None, ext
 class Service:
     """`gateway serve` in a subprocess."""
 
-    def __init__(self, folder: Path, port: int, *args: str):
-        env = dict(os.environ)
+    def __init__(self, folder: Path, port: int, *args: str, env: dict[str, str] | None = None):
+        extra, env = env or {}, dict(os.environ)
         env["PYTHONPATH"] = str(ROOT)
         env.pop("GATEWAY_CONFIG", None)
+        env.update(extra)
         self.port = port
         self.log = open(folder / "service.log", "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "gateway", "--config", str(folder / "config.toml"),

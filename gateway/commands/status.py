@@ -88,7 +88,8 @@ def gather(app: App, *, max_wait: float | None = None, quiet_hours: float | None
     monitoring = app.config.monitoring
     max_wait = monitoring.max_wait / 60 if max_wait is None else max_wait
     late = now - timedelta(minutes=max_wait)
-    sources = ["smtp", *(f"imap:{box.name}" for box in app.config.mailboxes)]
+    sources = ["smtp", *(["lmtp"] if app.config.lmtp.enabled else []),
+               *(f"imap:{box.name}" for box in app.config.mailboxes)]
     with reader(app.engine) as session:
         last = {source: _last_from(session, source) for source in sources}
         inbound = health.inbound_figures(session, now)

@@ -34,6 +34,9 @@ CHECK_INLINE = 64 * 1024
 class Door:
     """aiosmtpd handler."""
 
+    # The inbound rows' source: the door the mail came through (the LMTP door's is "lmtp").
+    source = "smtp"
+
     def __init__(self, config: Config, engine, blobs: BlobStore, on_stored: Callable[[Stored], None] | None = None,
                  spool: Spool | None = None):
         self.config = config
@@ -108,7 +111,7 @@ class Door:
         try:
             # 250 only once the batch holding this mail is committed and its blob fsynced.
             stored = await asyncio.wrap_future(
-                self.spool.submit(raw, source="smtp", mail_from=envelope.mail_from or "",
+                self.spool.submit(raw, source=self.source, mail_from=envelope.mail_from or "",
                                   rcpt_to=tuple(envelope.rcpt_tos)))
         except StoreFailed as exc:
             log.error("could not store a mail from %s: %s", envelope.mail_from, exc)
@@ -134,7 +137,7 @@ class Door:
             return refusal(problem)
         try:
             stored = await asyncio.wrap_future(
-                self.spool.submit_written(writer, message_id, source="smtp", mail_from=envelope.mail_from or "",
+                self.spool.submit_written(writer, message_id, source=self.source, mail_from=envelope.mail_from or "",
                                           rcpt_to=tuple(envelope.rcpt_tos)))
         except StoreFailed as exc:
             log.error("could not store a mail from %s: %s", envelope.mail_from, exc)
@@ -148,7 +151,7 @@ class Door:
         log.info("received <%s> from %s to %s, %d bytes%s", stored.message_id, envelope.mail_from,
                  ",".join(envelope.rcpt_tos), size, " (duplicate)" if stored.duplicate else "",
                  extra={"message_id": stored.message_id, "inbound_id": stored.id})
-        metrics.received("smtp")
+        metrics.received(self.source)
         if stored.id is None:
             return f"250 2.0.0 Stored as {stored.sha256[:16]}"
         if self.on_stored is not None:
@@ -402,14 +405,16 @@ class _Connections:
 COMMAND_CALL_LIMIT = {"NOOP": 100, "RSET": 1000, "VRFY": 10, "EXPN": 10, "HELP": 10, "*": 1_000_000}
 
 
-def make_server_factory(config: Config, door: Door) -> Callable[[], SMTP]:
+def make_server_factory(config: Config, door: Door, protocol: type[SpoolingSMTP] = SpoolingSMTP) -> Callable[[], SMTP]:
+    """Sessions of ``protocol`` (SMTP; gateway.ingest.lmtp's LMTP) for ``door``, with the
+    [smtp] limits and a cap on connections shared by this factory's sessions."""
     connections = _Connections()
     limit_total = config.smtp.max_connections
     limit_ip = config.smtp.max_connections_per_ip
 
-    class GatewaySMTP(SpoolingSMTP):
-        """aiosmtpd's SMTP with caps on concurrent connections, which it lacks, and a
-        large mail's DATA kept on disk (SpoolingSMTP)."""
+    class GatewaySMTP(protocol):
+        """aiosmtpd's SMTP (or LMTP) with caps on concurrent connections, which it lacks,
+        and a large mail's DATA kept on disk (SpoolingSMTP)."""
 
         _counted_ip: str | None = None
 

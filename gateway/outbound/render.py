@@ -13,6 +13,7 @@ The set of events is closed and listed once, in ``EVENTS``.
 from __future__ import annotations
 
 import functools
+import importlib.resources
 import io
 import logging
 import threading
@@ -31,7 +32,18 @@ from babel.support import Translations
 
 log = logging.getLogger("gateway.outbound")
 
-SHIPPED_DIR = Path(__file__).resolve().parent.parent.parent / "templates" / "mail"
+
+def shipped_dir() -> Path:
+    """The shipped ``templates/mail/``: inside the installed gateway package (a wheel puts
+    it there, see setup.py), else at the root of the checkout this code runs from (an
+    editable install, or the checkout on PYTHONPATH)."""
+    installed = importlib.resources.files("gateway") / "templates" / "mail"
+    if installed.is_dir():
+        return Path(str(installed))
+    return Path(__file__).resolve().parent.parent.parent / "templates" / "mail"
+
+
+SHIPPED_DIR = shipped_dir()
 
 # Every mail the gateway can send, by template name.
 EVENTS = (
@@ -51,6 +63,22 @@ EVENTS = (
 TICKETLESS = ("too-large",)
 LANGUAGES = ("fr", "nl", "en", "de")
 FALLBACK_LANGUAGE = "en"
+# What the events' templates extend or include.
+LAYOUTS = ("base.txt.j2", "base.html.j2", "waiting-reason.j2")
+
+
+def shipped_files() -> tuple[str, ...]:
+    """Every file of the shipped templates/mail/ a mail can need, relative to it: each
+    event's text and HTML, the layouts, and each language's catalog."""
+    return (*(f"{event}.{kind}.j2" for event in EVENTS for kind in ("txt", "html")), *LAYOUTS,
+            *(f"locale/{lang}/LC_MESSAGES/mail.po" for lang in LANGUAGES))
+
+
+def missing_shipped(folder: Path) -> list[str]:
+    """The shipped files (``shipped_files``) that ``folder`` lacks.  Without them every
+    mail would be quarantined ("template not found") or told in English only: the
+    service refuses to start instead (gateway serve)."""
+    return [name for name in shipped_files() if not (Path(folder) / name).is_file()]
 
 
 @dataclass(frozen=True)
