@@ -149,6 +149,11 @@ class LimitsSection:
     # seconds, a mail that would open another is quarantined for an agent (0: no limit).
     new_tickets_per_sender: int = 0
     new_tickets_window: int = 3600
+    # A sender whose mail says again what one of theirs said in the last loop_window
+    # seconds (a robot answering every mail alike), or names in its text the Message-ID
+    # of a mail we sent them in that time: the mail is kept on that ticket, no new
+    # ticket, no answer (0: off).
+    loop_window: int = 3600
 
 
 @dataclass(frozen=True)
@@ -362,6 +367,8 @@ def _check(config: Config) -> None:
     if config.limits.new_tickets_per_sender < 0 or config.limits.new_tickets_window <= 0:
         raise ConfigError("limits.new_tickets_per_sender must be 0 (no limit) or more, "
                           "and limits.new_tickets_window more than 0 seconds")
+    if config.limits.loop_window < 0:
+        raise ConfigError("limits.loop_window must be 0 (off) or more seconds")
     if not 0 <= config.service.worker_nice <= 19:
         raise ConfigError(f"service.worker_nice: {config.service.worker_nice} is not between 0 and 19")
     if not config.gateway.addresses:

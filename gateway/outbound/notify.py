@@ -186,10 +186,14 @@ class Notifier:
                 .order_by(col(Ticket.id).desc())
             ).first() if ticket.id is not None else None
             latest = latest_public_update(session, ticket)
+            # The ticket's public mails only: a mail held or kept internal (a forged one,
+            # a read receipt, a loop's repeat) is nobody's to be told of, not even by its
+            # Message-ID in References.
             thread = list(
                 session.exec(
                     select(TicketMessage.message_id)
-                    .where(TicketMessage.ticket_id == ticket.id, col(TicketMessage.message_id).is_not(None))
+                    .where(TicketMessage.ticket_id == ticket.id, col(TicketMessage.message_id).is_not(None),
+                           TicketMessage.internal == False, TicketMessage.direction != "note")  # noqa: E712
                     .order_by(col(TicketMessage.created_at), col(TicketMessage.id))
                 )
             )
