@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from functools import cached_property
 
 from sqlalchemy.engine import Engine
@@ -17,23 +16,38 @@ from store.blobs import BlobStore
 from store.db import init_db, make_engine
 
 
-@dataclass
 class App:
-    config: Config
+    """The parts of a gateway.  ``config`` is the configuration as loaded, with the
+    signing secret resolved (gateway.secret: configured, or kept, or made now) the first
+    time it is asked for, before anything signs or verifies an address; the processes
+    that ``gateway serve`` starts are given that config, so every one uses the same."""
+
+    def __init__(self, config: Config):
+        self.loaded = config
+
+    def __repr__(self) -> str:
+        return f"App({self.loaded!r})"
+
+    @cached_property
+    def config(self) -> Config:
+        from gateway.secret import resolve
+
+        return resolve(self.loaded, lambda: self.engine)
 
     @cached_property
     def engine(self) -> Engine:
-        engine = make_engine(self.config.database_url)
+        engine = make_engine(self.loaded.database_url)
         init_db(engine)
         return engine
 
     @cached_property
     def blobs(self) -> BlobStore:
-        return BlobStore(self.config.blob_dir)
+        return BlobStore(self.loaded.blob_dir)
 
     @cached_property
     def renderer(self) -> Renderer:
-        override = self.config.path(self.config.templates.override_dir) if self.config.templates.override_dir else None
+        loaded = self.loaded
+        override = loaded.path(loaded.templates.override_dir) if loaded.templates.override_dir else None
         return Renderer(SHIPPED_DIR, override)
 
     @cached_property

@@ -53,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     except CommandError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return exc.status
+    except ConfigError as exc:
+        # Found at start-up after the file was read (the secret kept in the data folder).
+        print(f"gateway: configuration error: {exc}", file=sys.stderr)
+        return 2
     except SchemaError as exc:
         # The database is newer than this code, or its old tables are not the baseline's:
         # no command (and no start-up) may go on.

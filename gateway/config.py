@@ -18,6 +18,7 @@ import os
 import tomllib
 import typing
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 
@@ -37,8 +38,16 @@ class GatewaySection:
     default_language: str = "en"
     # Domain of the Message-IDs the gateway writes; empty: the first address's domain.
     message_id_domain: str = ""
-    # Secret for the signed reply addresses; set it from the environment in production.
-    secret: str = "change-me"
+    # Secret that signs the reply, bounce and approval addresses: at least 32 bytes,
+    # from the environment (GATEWAY_GATEWAY_SECRET).  Empty: the gateway makes a random
+    # one at its first start and keeps it (<data_dir>/secret, or the database on
+    # PostgreSQL, shared by every instance), see gateway.secret.
+    secret: str = ""
+    # Rotation: the secret used before, still accepted (never used to sign) on the
+    # addresses of mails sent before the change, until previous_secret_until (an ISO
+    # 8601 date or date-time, UTC unless it says otherwise).
+    previous_secret: str = ""
+    previous_secret_until: str = ""
     # authserv-id of our own MTA's Authentication-Results (RFC 8601); empty: not read.
     # A reply whose DMARC result from that MTA is "fail" changes nothing on its ticket.
     authserv_id: str = ""
@@ -46,6 +55,13 @@ class GatewaySection:
     catch_all: bool = False
     # What to do with a mail from an unknown sender: create, reject or quarantine.
     unknown_senders: str = "create"
+
+    def verifying_secrets(self, now: datetime | None = None) -> tuple[str, ...]:
+        """The secrets a signed address may verify with, ``now``: the secret, and the
+        previous one until previous_secret_until has passed."""
+        if self.previous_secret and (now or datetime.now(timezone.utc)) < secret_until(self.previous_secret_until):
+            return (self.secret, self.previous_secret)
+        return (self.secret,)
 
 
 @dataclass(frozen=True)
@@ -363,7 +379,46 @@ def load_config(path: str | os.PathLike | None = None, env: dict[str, str] | Non
     return config
 
 
+# Secrets that a document of ours has shown (the old default of config.toml and README):
+# known to anyone who read them, so they sign nothing.
+DOCUMENTED_SECRETS = frozenset({"change-me"})
+MIN_SECRET_BYTES = 32
+
+
+def secret_until(value: str) -> datetime:
+    """previous_secret_until as a time: an ISO 8601 date (its midnight) or date-time,
+    UTC unless it names its offset.  ValueError when it is neither."""
+    when = datetime.fromisoformat(value.strip())
+    return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)
+
+
+def check_secret(value: str, key: str) -> None:
+    """ConfigError, naming ``key``, for a secret that must not sign anything."""
+    if value.strip().lower() in DOCUMENTED_SECRETS:
+        raise ConfigError(f"{key}: {value!r} is the example of the documentation, known to anyone: set a long random "
+                          f"value (or leave gateway.secret empty to have one made)")
+    if len(value.encode()) < MIN_SECRET_BYTES:
+        raise ConfigError(f"{key}: {len(value.encode())} bytes, at least {MIN_SECRET_BYTES} are needed: set a long "
+                          f"random value (or leave gateway.secret empty to have one made)")
+
+
 def _check(config: Config) -> None:
+    gateway = config.gateway
+    if gateway.secret:
+        check_secret(gateway.secret, "gateway.secret")
+    if gateway.previous_secret:
+        check_secret(gateway.previous_secret, "gateway.previous_secret")
+        if not gateway.previous_secret_until:
+            raise ConfigError("gateway.previous_secret_until: needed with gateway.previous_secret (the date after "
+                              "which the previous secret is no longer accepted)")
+        if gateway.previous_secret == gateway.secret:
+            raise ConfigError("gateway.previous_secret: the same as gateway.secret")
+    if gateway.previous_secret_until:
+        try:
+            secret_until(gateway.previous_secret_until)
+        except ValueError:
+            raise ConfigError(f"gateway.previous_secret_until: {gateway.previous_secret_until!r} is not an ISO 8601 "
+                              f"date or date-time (e.g. 2027-01-31 or 2027-01-31T12:00:00+01:00)") from None
     if config.limits.new_tickets_per_sender < 0 or config.limits.new_tickets_window <= 0:
         raise ConfigError("limits.new_tickets_per_sender must be 0 (no limit) or more, "
                           "and limits.new_tickets_window more than 0 seconds")

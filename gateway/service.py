@@ -153,7 +153,7 @@ def deliverer_main(config: Config, deliver, stop, parent_pid: int, log_level: st
             if time.monotonic() - last < DELIVER_EVERY and app.processor.pending_ids(limit=1):
                 stop.wait(timeout=DELIVER_WHEN_QUIET)
                 continue
-            sent = deliver_pending(app.engine, config, transport, limit=100)
+            sent = deliver_pending(app.engine, app.config, transport, limit=100)
             last = time.monotonic()
         except Exception:
             log.exception("delivery failed; retrying")
@@ -163,7 +163,7 @@ def deliverer_main(config: Config, deliver, stop, parent_pid: int, log_level: st
             deliver.wait(timeout=DELIVER_EVERY)
     # What the workers queued before they stopped goes out now, not at the next start.
     try:
-        deliver_pending(app.engine, config, transport, limit=100)
+        deliver_pending(app.engine, app.config, transport, limit=100)
     except Exception:
         log.exception("last delivery failed; the outbox keeps it for the next start")
     log.info("deliverer stopped")
@@ -302,5 +302,8 @@ def serve(config: Config, accept_only: bool = False, log_level: str = "INFO") ->
         logging.getLogger("mail.log").setLevel(logging.WARNING)
     app = App(config)
     app.engine  # create the database before the first connection
+    # The signing secret, once, here: the workers and the deliverer get this config
+    # (_serve), so every process signs and verifies with the same one.
+    app.config
     asyncio.run(_serve(app, accept_only, log_level))
     return 0

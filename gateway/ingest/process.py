@@ -192,7 +192,7 @@ class Processor:
     def find_thread(self, session: Session, inbound: InboundMessage, mail: ParsedMail) -> ThreadHit | None:
         """The ticket the mail answers (``gateway.ingest.threading``) and what its sender may do."""
         recipients = [a for a in inbound.rcpt_to.split(",") if a] + list(mail.to) + list(mail.cc)
-        found = find_ticket(session, mail, recipients, self.config.gateway.secret, self.own)
+        found = find_ticket(session, mail, recipients, self.config.gateway.verifying_secrets(), self.own)
         if found is None:
             return None
         ticket, via = found
@@ -221,8 +221,8 @@ class Processor:
         index = next((i for i, (mid, _at) in enumerate(requests) if mid in answered), None)
         if index is None:
             addresses = [*recipients, *marked_addresses(mail.html or "")]
-            index = next((request - 1 for number, request in signed_replies(addresses, self.config.gateway.secret,
-                                                                            self.own)
+            secrets = self.config.gateway.verifying_secrets()
+            index = next((request - 1 for number, request in signed_replies(addresses, secrets, self.own)
                           if number == ticket.number and request is not None), None)
         if index is None:
             return None
@@ -300,8 +300,8 @@ class Processor:
         about that mail: the report gets its outbox id, and a mail nothing else recognises
         as a report becomes one (soft: only a real delivery report fails the mail)."""
         addresses = [*(inbound.rcpt_to or "").split(","), *mail.to, *mail.cc]
-        ids = tuple(dict.fromkeys(i for i in (verified_bounce(self.config.gateway.secret, a) for a in addresses if a)
-                                  if i is not None))
+        secrets = self.config.gateway.verifying_secrets()
+        ids = tuple(dict.fromkeys(i for i in (verified_bounce(secrets, a) for a in addresses if a) if i is not None))
         if not ids:
             return automatic
         if automatic is not None and automatic.report is not None and automatic.kind == "bounce":

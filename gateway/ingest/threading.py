@@ -32,7 +32,7 @@ from sqlmodel import Session, select
 
 from gateway.ingest.parse import ParsedMail
 from gateway.ingest.references import ticket_tags
-from gateway.tokens import marked_addresses, verified_reply
+from gateway.tokens import Secrets, marked_addresses, verified_reply
 from store.addresses import all_addresses, key as address_key, strip_tag
 from store.models import Person, Ticket, TicketMessage
 
@@ -70,7 +70,7 @@ def is_own(address: str, own: tuple[str, ...]) -> bool:
     return plain in {strip_tag(a) for a in own}
 
 
-def find_ticket(session: Session, mail: ParsedMail, recipients: list[str], secret: str,
+def find_ticket(session: Session, mail: ParsedMail, recipients: list[str], secret: Secrets,
                 own: tuple[str, ...]) -> tuple[Ticket, str] | None:
     """The ticket the mail answers and the key that found it (message-id | token | tag)."""
     ids = [m for m in mail.in_reply_to if m] + [m for m in reversed(mail.references) if m][:MAX_REFERENCES]
@@ -97,7 +97,7 @@ def find_ticket(session: Session, mail: ParsedMail, recipients: list[str], secre
     return None
 
 
-def signed_replies(addresses: list[str], secret: str, own: tuple[str, ...]) -> Iterator[tuple[str, int | None]]:
+def signed_replies(addresses: list[str], secret: Secrets, own: tuple[str, ...]) -> Iterator[tuple[str, int | None]]:
     """(ticket number, approval request or None) of each of ``addresses`` that is a
     signed reply address of ours and verifies, in order."""
     for addr in addresses:
@@ -109,7 +109,7 @@ def signed_replies(addresses: list[str], secret: str, own: tuple[str, ...]) -> I
             yield found
 
 
-def _ticket_by_token(session: Session, addresses: list[str], secret: str, own: tuple[str, ...]) -> Ticket | None:
+def _ticket_by_token(session: Session, addresses: list[str], secret: Secrets, own: tuple[str, ...]) -> Ticket | None:
     """The ticket of the first signed reply address among ``addresses`` that verifies."""
     for number, _request in signed_replies(addresses, secret, own):
         ticket = _ticket_by_number(session, number)
