@@ -17,6 +17,7 @@ mail arrives with the Authentication-Results header it would have put on top.
 from __future__ import annotations
 
 import email
+import email.header
 import email.policy
 import email.utils
 import smtplib

@@ -9,6 +9,7 @@ comes from the clock.
 from __future__ import annotations
 
 import email
+import email.header
 import email.policy
 import email.utils
 import quopri
