@@ -49,7 +49,8 @@ class GatewaySection:
     previous_secret: str = ""
     previous_secret_until: str = ""
     # authserv-id of our own MTA's Authentication-Results (RFC 8601); empty: not read.
-    # A reply whose DMARC result from that MTA is "fail" changes nothing on its ticket.
+    # A reply whose DMARC result from that MTA is "fail" changes nothing on its ticket;
+    # only a mail whose topmost result from it is "pass" may enrol its To and Cc.
     authserv_id: str = ""
     # Catch-all: accept any local part at the helpdesk domains (else 550 on unknown ones).
     catch_all: bool = False
