@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
 from functools import cached_property
 
 from sqlalchemy.engine import Engine, make_url
@@ -19,15 +17,29 @@ from store.db import init_db, make_engine
 from store.notifications import Settings
 
 
-@dataclass
 class App:
-    config: Config
+    """The parts of a gateway.  ``config`` is the configuration as loaded, with the
+    signing secret resolved (gateway.secret: configured, or kept, or made now) the first
+    time it is asked for, before anything signs or verifies an address; the processes
+    that ``gateway serve`` starts are given that config, so every one uses the same."""
+
+    def __init__(self, config: Config):
+        self.loaded = config
+
+    def __repr__(self) -> str:
+        return f"App({self.loaded!r})"
+
+    @cached_property
+    def config(self) -> Config:
+        from gateway.secret import resolve
+
+        return resolve(self.loaded, lambda: self.engine)
 
     @cached_property
     def engine(self) -> Engine:
         """The database, its schema brought up to date.  A database that cannot be
         reached or opened is a ConfigError naming ``database.url`` (one line, exit 2)."""
-        url = self.config.database_url
+        url = self.loaded.database_url
         try:
             engine = make_engine(url)
         except (ArgumentError, OSError) as exc:
@@ -41,11 +53,11 @@ class App:
 
     @cached_property
     def blobs(self) -> BlobStore:
-        return BlobStore(self.config.blob_dir)
+        return BlobStore(self.loaded.blob_dir)
 
     @cached_property
     def renderer(self) -> Renderer:
-        return renderer_for(self.config)
+        return renderer_for(self.loaded)
 
     @cached_property
     def notifier(self) -> Notifier:

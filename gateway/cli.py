@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.status
     except ConfigError as exc:
         # Found once the command ran: the database cannot be opened, a port is in use,
-        # a password the config names is not there.
+        # a password the config names is not there, the secret kept in the data folder.
         print(f"gateway: configuration error: {exc}", file=sys.stderr)
         return 2
     except SchemaError as exc:

@@ -18,6 +18,7 @@ import os
 import tomllib
 import typing
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 
@@ -37,15 +38,31 @@ class GatewaySection:
     default_language: str = "en"
     # Domain of the Message-IDs the gateway writes; empty: the first address's domain.
     message_id_domain: str = ""
-    # Secret for the signed reply addresses; set it from the environment in production.
-    secret: str = "change-me"
+    # Secret that signs the reply, bounce and approval addresses: at least 32 bytes,
+    # from the environment (GATEWAY_GATEWAY_SECRET).  Empty: the gateway makes a random
+    # one at its first start and keeps it (<data_dir>/secret, or the database on
+    # PostgreSQL, shared by every instance), see gateway.secret.
+    secret: str = ""
+    # Rotation: the secret used before, still accepted (never used to sign) on the
+    # addresses of mails sent before the change, until previous_secret_until (an ISO
+    # 8601 date or date-time, UTC unless it says otherwise).
+    previous_secret: str = ""
+    previous_secret_until: str = ""
     # authserv-id of our own MTA's Authentication-Results (RFC 8601); empty: not read.
-    # A reply whose DMARC result from that MTA is "fail" changes nothing on its ticket.
+    # A reply whose DMARC result from that MTA is "fail" changes nothing on its ticket;
+    # only a mail whose topmost result from it is "pass" may enrol its To and Cc.
     authserv_id: str = ""
     # Catch-all: accept any local part at the helpdesk domains (else 550 on unknown ones).
     catch_all: bool = False
     # What to do with a mail from an unknown sender: create, reject or quarantine.
     unknown_senders: str = "create"
+
+    def verifying_secrets(self, now: datetime | None = None) -> tuple[str, ...]:
+        """The secrets a signed address may verify with, ``now``: the secret, and the
+        previous one until previous_secret_until has passed."""
+        if self.previous_secret and (now or datetime.now(timezone.utc)) < secret_until(self.previous_secret_until):
+            return (self.secret, self.previous_secret)
+        return (self.secret,)
 
 
 @dataclass(frozen=True)
@@ -166,6 +183,11 @@ class LimitsSection:
     # seconds, a mail that would open another is quarantined for an agent (0: no limit).
     new_tickets_per_sender: int = 0
     new_tickets_window: int = 3600
+    # A sender whose mail says again what one of theirs said in the last loop_window
+    # seconds (a robot answering every mail alike), or names in its text the Message-ID
+    # of a mail we sent them in that time: the mail is kept on that ticket, no new
+    # ticket, no answer (0: off).
+    loop_window: int = 3600
 
 
 @dataclass(frozen=True)
@@ -487,10 +509,51 @@ def check_secrets(config: Config, env: dict[str, str] | None = None) -> None:
                  "the relay's password")
 
 
+# Secrets that a document of ours has shown (the old default of config.toml and README):
+# known to anyone who read them, so they sign nothing.
+DOCUMENTED_SECRETS = frozenset({"change-me"})
+MIN_SECRET_BYTES = 32
+
+
+def secret_until(value: str) -> datetime:
+    """previous_secret_until as a time: an ISO 8601 date (its midnight) or date-time,
+    UTC unless it names its offset.  ValueError when it is neither."""
+    when = datetime.fromisoformat(value.strip())
+    return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)
+
+
+def check_secret(value: str, key: str) -> None:
+    """ConfigError, naming ``key``, for a secret that must not sign anything."""
+    if value.strip().lower() in DOCUMENTED_SECRETS:
+        raise ConfigError(f"{key}: {value!r} is the example of the documentation, known to anyone: set a long random "
+                          f"value (or leave gateway.secret empty to have one made)")
+    if len(value.encode()) < MIN_SECRET_BYTES:
+        raise ConfigError(f"{key}: {len(value.encode())} bytes, at least {MIN_SECRET_BYTES} are needed: set a long "
+                          f"random value (or leave gateway.secret empty to have one made)")
+
+
 def _check(config: Config) -> None:
+    gateway = config.gateway
+    if gateway.secret:
+        check_secret(gateway.secret, "gateway.secret")
+    if gateway.previous_secret:
+        check_secret(gateway.previous_secret, "gateway.previous_secret")
+        if not gateway.previous_secret_until:
+            raise ConfigError("gateway.previous_secret_until: needed with gateway.previous_secret (the date after "
+                              "which the previous secret is no longer accepted)")
+        if gateway.previous_secret == gateway.secret:
+            raise ConfigError("gateway.previous_secret: the same as gateway.secret")
+    if gateway.previous_secret_until:
+        try:
+            secret_until(gateway.previous_secret_until)
+        except ValueError:
+            raise ConfigError(f"gateway.previous_secret_until: {gateway.previous_secret_until!r} is not an ISO 8601 "
+                              f"date or date-time (e.g. 2027-01-31 or 2027-01-31T12:00:00+01:00)") from None
     if config.limits.new_tickets_per_sender < 0 or config.limits.new_tickets_window <= 0:
         raise ConfigError("limits.new_tickets_per_sender must be 0 (no limit) or more, "
                           "and limits.new_tickets_window more than 0 seconds")
+    if config.limits.loop_window < 0:
+        raise ConfigError("limits.loop_window must be 0 (off) or more seconds")
     if not 0 <= config.service.worker_nice <= 19:
         raise ConfigError(f"service.worker_nice: {config.service.worker_nice} is not between 0 and 19")
     if not config.gateway.addresses:

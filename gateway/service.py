@@ -175,7 +175,7 @@ def deliverer_main(config: Config, deliver, stop, parent_pid: int, log_level: st
             if time.monotonic() - last < DELIVER_EVERY and app.processor.pending_ids(limit=1):
                 time.sleep(DELIVER_WHEN_QUIET)
                 continue
-            sent = deliver_pending(app.engine, config, transport, limit=100, notifier=app.notifier)
+            sent = deliver_pending(app.engine, app.config, transport, limit=100, notifier=app.notifier)
             last = time.monotonic()
         except Exception:
             log.exception("delivery failed; retrying")
@@ -185,7 +185,7 @@ def deliverer_main(config: Config, deliver, stop, parent_pid: int, log_level: st
             deliver.wait(timeout=DELIVER_EVERY)
     # What the workers queued before they stopped goes out now, not at the next start.
     try:
-        deliver_pending(app.engine, config, transport, limit=100, notifier=app.notifier)
+        deliver_pending(app.engine, app.config, transport, limit=100, notifier=app.notifier)
     except Exception:
         log.exception("last delivery failed; the outbox keeps it for the next start")
     heartbeat.stop()
@@ -553,5 +553,8 @@ def serve(config: Config, accept_only: bool = False, log_level: str = "INFO") ->
     lmtp_socket = _bind_lmtp(config) if config.lmtp.enabled else None
     app = App(config)
     app.engine  # create the database before the first connection
+    # The signing secret, once, here: the workers and the deliverer get this config
+    # (_serve), so every process signs and verifies with the same one.
+    app.config
     asyncio.run(_serve(app, accept_only, log_level, lmtp_socket))
     return 0

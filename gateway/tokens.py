@@ -10,6 +10,11 @@ An approval request carries the request's place among the ticket's requests in i
 address (``helpdesk+CHG-000001.a2.<token>@…``, the token signing ``CHG-000001.a2``): an
 answer, even one whose mail program dropped In-Reply-To, says which request it decides,
 and only the open one can be decided (gateway.ingest.process, ``_stale_request``).
+
+The secret is never the documentation's example (gateway.config), and made at random
+when none is set (gateway.secret).  Verifying takes the secrets still accepted
+(``GatewaySection.verifying_secrets``: the secret, and during a rotation the previous
+one); signing always uses the first.
 """
 
 from __future__ import annotations
@@ -18,6 +23,18 @@ import hashlib
 import hmac
 import re
 
+# A secret, or the secrets a token may verify with (the one that signs first).
+Secrets = str | tuple[str, ...]
+
+
+def _each(secrets: Secrets) -> tuple[str, ...]:
+    found = (secrets,) if isinstance(secrets, str) else tuple(secrets)
+    if not all(found) or not found:
+        # An empty key would sign with a value anyone can compute: never silently.
+        raise ValueError("no secret to sign or verify with")
+    return found
+
+
 _TOKEN_LEN = 20
 _TAGGED = re.compile(r"^(?P<local>[^+@]+)\+(?P<number>(?:INC|SR|CHG)-\d{6})(?:\.a(?P<request>[1-9]\d{0,3}))?"
                      r"\.(?P<token>[0-9a-f]+)@(?P<domain>.+)$", re.IGNORECASE)
@@ -25,7 +42,7 @@ _TAGGED = re.compile(r"^(?P<local>[^+@]+)\+(?P<number>(?:INC|SR|CHG)-\d{6})(?:\.
 
 def token_for(secret: str, number: str, request: int | None = None) -> str:
     signed = number.upper() if request is None else f"{number.upper()}.a{request}"
-    return hmac.new(secret.encode(), signed.encode(), hashlib.sha256).hexdigest()[:_TOKEN_LEN]
+    return hmac.new(_each(secret)[0].encode(), signed.encode(), hashlib.sha256).hexdigest()[:_TOKEN_LEN]
 
 
 def reply_address(secret: str, helpdesk: str, number: str, request: int | None = None) -> str:
@@ -36,20 +53,21 @@ def reply_address(secret: str, helpdesk: str, number: str, request: int | None =
     return f"{local}+{tag}.{token_for(secret, number, request)}@{domain}"
 
 
-def verified_reply(secret: str, address: str) -> tuple[str, int | None] | None:
+def verified_reply(secret: Secrets, address: str) -> tuple[str, int | None] | None:
     """(ticket number, approval request or None) of a signed reply address; None if it
-    is not one or does not verify."""
+    is not one or does not verify with any of the secrets."""
     m = _TAGGED.match(address.strip())
     if not m:
         return None
     number = m.group("number").upper()
     request = int(m.group("request")) if m.group("request") else None
-    if hmac.compare_digest(token_for(secret, number, request), m.group("token").lower()):
+    token = m.group("token").lower()
+    if any(hmac.compare_digest(token_for(key, number, request), token) for key in _each(secret)):
         return number, request
     return None
 
 
-def verify_reply_address(secret: str, address: str) -> str | None:
+def verify_reply_address(secret: Secrets, address: str) -> str | None:
     """The ticket number of a signed reply address, or None if it is not one or does not verify."""
     found = verified_reply(secret, address)
     return found[0] if found else None
@@ -68,14 +86,15 @@ def bounce_address(secret: str, helpdesk: str, outbox_id: int) -> str:
     return f"{local}+b{outbox_id}.{token_for(secret, f'bounce:{outbox_id}')}@{domain}"
 
 
-def verified_bounce(secret: str, address: str) -> int | None:
+def verified_bounce(secret: Secrets, address: str) -> int | None:
     """The outbox id of a bounce address (``bounce_address``); None if it is not one or
-    does not verify."""
+    does not verify with any of the secrets."""
     m = _BOUNCE.match(address.strip())
     if not m:
         return None
     outbox_id = int(m.group("id"))
-    if hmac.compare_digest(token_for(secret, f"bounce:{outbox_id}"), m.group("token").lower()):
+    token = m.group("token").lower()
+    if any(hmac.compare_digest(token_for(key, f"bounce:{outbox_id}"), token) for key in _each(secret)):
         return outbox_id
     return None
 

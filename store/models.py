@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint
+from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint, false
 from sqlmodel import Field, SQLModel
 
 
@@ -126,6 +126,10 @@ class TicketMessage(SQLModel, table=True):
     ticket_id: int = Field(foreign_key="ticket.id", index=True)
     direction: str  # in | out | note
     internal: bool = False
+    # Our MTA's Authentication-Results (authserv_id) said dmarc=pass for this mail's From
+    # (revision 0005): only then may its To and Cc become people of the thread
+    # (gateway.ingest.threading.permission).
+    authenticated: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
     from_addr: str = ""
     to_addrs: str = ""  # comma separated
     cc_addrs: str = ""
@@ -238,3 +242,13 @@ class MailboxPoll(SQLModel, table=True):
     last_success_at: datetime | None = None
     last_failure_at: datetime | None = None
     last_error: str | None = Field(default=None, sa_column=Column(Text))
+
+
+class Secret(SQLModel, table=True):
+    """A secret the gateway made itself (revision 0005): ``reply``, which signs the reply
+    and bounce addresses when [gateway] secret is not set, made once by whichever
+    instance starts first and read by every other (gateway.secret)."""
+
+    name: str = Field(primary_key=True)
+    value: str
+    created_at: datetime = Field(default_factory=utcnow)

@@ -4,9 +4,12 @@ comments, conversion to a Change and closing, with --json for scripts."""
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 from email import message_from_bytes
 from email.policy import default as default_policy
+from zoneinfo import ZoneInfo
 
+from babel.dates import format_datetime
 from sqlmodel import select
 
 from conftest import run_gateway
@@ -88,7 +91,12 @@ def test_an_agent_works_a_ticket_from_phone_call_to_closing(tmp_path):
     assert status("classification")["mails"] == []
     assert status("Approval", "--approval-text", "Licence Office 365 (EUR 12/mois).")["mails"] == ["approval"]
     assert status("in-progress")["status"] == "In progress"
-    planned = status("Planned", "--at", "2026-12-01T10:00", "--tz", "Europe/Brussels", "--place", "Bureau 12")
+    # An appointment a few days ahead of today (the commands read the real clock): a date
+    # written into the test would one day be in the past.
+    brussels = ZoneInfo("Europe/Brussels")
+    appointment = (datetime.now(brussels) + timedelta(days=3)).replace(hour=10, minute=0, second=0, microsecond=0)
+    planned = status("Planned", "--at", appointment.strftime("%Y-%m-%dT%H:%M"), "--tz", "Europe/Brussels",
+                     "--place", "Bureau 12")
     assert planned["mails"] == ["planned"]
     assert status("Waiting", "--waiting-reason", "customer-feedback", "--note", "Quel prénom ?")["mails"] == ["waiting"]
     comment = js(tmp_path, "ticket", "comment", number, "--text", "Compte créé, en attente du mot de passe.")
@@ -129,7 +137,10 @@ def test_an_agent_works_a_ticket_from_phone_call_to_closing(tmp_path):
     mails = [message_from_bytes(p.read_bytes(), policy=default_policy)
              for p in sorted((tmp_path / "var" / "outbox").glob("*.eml"))]
     planned_mail = next(m for m in mails if "Rendez-vous" in m.get_body(("plain",)).get_content())
-    assert "mardi 1 décembre 2026, 10:00:00" in planned_mail.get_body(("plain",)).get_content()
+    # ("mardi 1 décembre 2026, 10:00:00 heure normale d’Europe centrale"), read from the clock.
+    when = format_datetime(appointment, "full", tzinfo=brussels, locale="fr")
+    assert ", 10:00:00 " in when
+    assert when in planned_mail.get_body(("plain",)).get_content()
 
     # Reopen with a comment, solve again, and close now (close_after_days = 0).
     assert status("In progress", "--note", "Paul ne peut toujours pas se connecter.")["status"] == "In progress"

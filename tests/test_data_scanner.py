@@ -1,6 +1,8 @@
 """The door reads DATA in chunks (DataScanner) with the meaning aiosmtpd gives it line by
 line: the same end (only <CR><LF>.<CR><LF>, CVE-2024-27305), the same dot-unstuffing, the
-same answer for a line too long or too much data, wherever the chunks happen to be cut."""
+same answer for a line too long or too much data, wherever the chunks happen to be cut.
+One difference, on purpose: a bare <LF> ends a line for the length limits (as Postfix
+reads it), so a mail written with LF line endings is not one line too long."""
 
 from __future__ import annotations
 
@@ -17,7 +19,9 @@ LINE, STREAM = 1001, 1001  # aiosmtpd's line_length_limit, and its stream reader
 
 def _aiosmtpd(data: bytes, pieces: list[int], size_limit: int | None) -> tuple[_DataState, bytes | None, int]:
     """aiosmtpd 1.4's DATA loop, copied, on a real StreamReader with aiosmtpd's limit fed in
-    the given pieces: (state, content or None, bytes read)."""
+    the given pieces: (state, content or None, bytes read).  Its one change: it reads up
+    to each <LF> rather than each <CR><LF>, so a bare <LF> ends a line for the length
+    limits; a line after a bare <LF> is neither unstuffed nor the end of the data."""
 
     async def run():
         reader = asyncio.StreamReader(limit=STREAM)
@@ -35,9 +39,10 @@ def _aiosmtpd(data: bytes, pieces: list[int], size_limit: int | None) -> tuple[_
         lines, fragments, num_bytes, state = [], [], 0, _DataState.NOMINAL
         read = 0
         ended = False
+        crlf_before = True  # the line starts after a <CR><LF> (or starts DATA)
         while True:
             try:
-                line = await reader.readuntil(b"\r\n")
+                line = await reader.readuntil(b"\n")
             except asyncio.LimitOverrunError as e:
                 if state == _DataState.NOMINAL:
                     state = _DataState.TOO_LONG
@@ -46,7 +51,7 @@ def _aiosmtpd(data: bytes, pieces: list[int], size_limit: int | None) -> tuple[_
             except asyncio.IncompleteReadError:
                 break
             read += len(line)
-            if not fragments and line == b".\r\n":
+            if not fragments and crlf_before and line == b".\r\n":
                 ended = True
                 break
             num_bytes += len(line)
@@ -54,14 +59,15 @@ def _aiosmtpd(data: bytes, pieces: list[int], size_limit: int | None) -> tuple[_
                 state = _DataState.TOO_MUCH
                 lines.clear()
             fragments.append(line)
-            if line.endswith(b"\r\n"):
+            if line.endswith(b"\n"):
+                whole = b"".join(fragments)
                 if state == _DataState.NOMINAL:
-                    line = b"".join(fragments)
-                    if len(line) > LINE:
+                    if len(whole) > LINE:
                         state = _DataState.TOO_LONG
                         lines.clear()
                     else:
-                        lines.append(line[1:] if line.startswith(b".") else line)
+                        lines.append(whole[1:] if crlf_before and whole.startswith(b".") else whole)
+                crlf_before = whole.endswith(b"\r\n")
                 fragments.clear()
         await feeder
         if not ended:
@@ -100,8 +106,12 @@ def _random_data(rng: random.Random) -> bytes:
             out.append(rng.choice(TRICKY))
         elif kind < 0.9:
             out.append(b"a" * rng.randrange(0, 120) + b"\r\n")
-        else:
+        elif kind < 0.95:
             out.append(b"b" * rng.choice([997, 998, 999, 1000, 1001, 1002, 1003, 1500, 2500]) + b"\r\n")
+        else:
+            # Text written with LF line endings: short lines, long ones, dots after them.
+            out.append(b"\n".join(b"c" * rng.choice([0, 40, 999, 1000, 1001, 1500]) + rng.choice([b"", b"."])
+                                   for _ in range(rng.randrange(1, 40))) + rng.choice([b"\n", b"\r\n"]))
     out.append(b"\r\n.\r\n" if rng.random() < 0.9 else b"")
     out.append(b"NOOP\r\n")
     return b"".join(out)

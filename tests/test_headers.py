@@ -64,7 +64,7 @@ url = "{database_url}"
 addresses = ["helpdesk@desk.example.com"]
 name = "Service informatique — Ünïcode Desk 服务台"
 message_id_domain = "mail.desk.example.com"
-secret = "header-secret"
+secret = "header-secret-of-at-least-32-bytes"
 
 [outbound]
 transport = "smtp"
@@ -155,7 +155,7 @@ def test_notifications_of_a_ticket_thread_and_no_title_becomes_a_header(app, rel
         assert addr == "helpdesk@desk.example.com"
         assert display_name(raw, "From") == "Service informatique — Ünïcode Desk 服务台"
         reply_to = msg["Reply-To"].addresses[0].addr_spec
-        assert verify_reply_address("header-secret", reply_to) == number
+        assert verify_reply_address("header-secret-of-at-least-32-bytes", reply_to) == number
         assert display_name(raw, "To") == "Zoë Ĳzerman"
         assert msg["To"].addresses[0].addr_spec == "zoe@example.org"
         # Automatic mail says so (RFC 3834), the loop header names the helpdesk.

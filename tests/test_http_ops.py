@@ -88,7 +88,7 @@ def service(tmp_path, relay):
     (tmp_path / "config.toml").write_text(f"""
 [gateway]
 addresses = ["helpdesk@desk.example.com"]
-secret = "test-secret"
+secret = "test-secret-of-at-least-32-bytes-0123456789"
 
 [smtp]
 port = {smtp_port}

@@ -385,10 +385,12 @@ def test_backfill_of_500_mails_shows_progress_and_summary(tmp_path, dovecot):
 def test_backfill_since_takes_only_newer_mail(tmp_path, dovecot):
     tag = uuid.uuid4().hex[:8]
     write_config(tmp_path, config_text(dovecot))
-    old = datetime(2020, 5, 1, 12, tzinfo=timezone.utc)
-    dovecot.append("INBOX", [mail(0, tag), mail(1, tag)], msg_time=old)
-    dovecot.append("INBOX", [mail(2, tag)], msg_time=datetime.now(timezone.utc) - timedelta(days=1))
-    proc = run_gateway("--config", str(tmp_path / "config.toml"), "imap", "backfill", "desk", "--since", "2024-01-01",
+    # Every date from the clock: a month ago is the limit, a year before it the old mail.
+    now = datetime.now(timezone.utc)
+    since = (now - timedelta(days=30)).date().isoformat()
+    dovecot.append("INBOX", [mail(0, tag), mail(1, tag)], msg_time=now - timedelta(days=400))
+    dovecot.append("INBOX", [mail(2, tag)], msg_time=now - timedelta(days=1))
+    proc = run_gateway("--config", str(tmp_path / "config.toml"), "imap", "backfill", "desk", "--since", since,
                        "--json", cwd=tmp_path, env=ENV)
     summary = json.loads(proc.stdout)
     assert summary["messages"] == 1 and summary["outcomes"] == {"created": 1}

@@ -71,8 +71,10 @@ def test_numbers_are_per_process(tmp_path, database_url):
     outcomes = []
     for n, to in enumerate(["helpdesk@localhost", "requests@localhost", "requests@localhost", "changes@localhost",
                             "helpdesk@localhost"]):
+        # Five requests, each its own (the same text again from the same sender would be
+        # a repeat, kept on the first ticket: test_trust.py).
         raw = MAIL.replace(b"To: helpdesk@localhost", b"To: " + to.encode()).replace(
-            b"printer-77@", f"m{n}@".encode())
+            b"printer-77@", f"m{n}@".encode()).replace(b"tweede verdieping", f"verdieping {n}".encode())
         _, out = ingest(tmp_path, cfg, "-", input=raw)
         outcomes.append(out[0]["ticket"])
     assert outcomes == ["INC-000001", "SR-000001", "SR-000002", "CHG-000001", "INC-000002"]

@@ -122,7 +122,7 @@ def relay_config(folder: Path, port: int, database_url: str = "", extra: str = "
 [gateway]
 addresses = ["helpdesk@desk.example.com"]
 name = "Service desk"
-secret = "test-secret"
+secret = "test-secret-of-at-least-32-bytes"
 
 [outbound]
 transport = "smtp"

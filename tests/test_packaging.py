@@ -228,7 +228,7 @@ def test_the_readmes_systemd_unit_is_valid_and_runs_the_installation(installed, 
     port = free_port()
     config = Path(environment["GATEWAY_CONFIG"])
     config.write_text(f'[gateway]\ndata_dir = "{lib}"\n[smtp]\nport = {port}\n')
-    (etc / "secrets.env").write_text("GATEWAY_GATEWAY_SECRET=a-long-random-value\n")
+    (etc / "secrets.env").write_text("GATEWAY_GATEWAY_SECRET=a-long-random-value-of-at-least-32-bytes\n")
     for line in (etc / "secrets.env").read_text().splitlines():
         environment.update([line.split("=", 1)])
     with open(tmp_path / "unit.log", "wb") as log:

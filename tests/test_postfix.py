@@ -35,7 +35,7 @@ from gateway.tokens import bounce_address
 
 HELPDESK = "helpdesk@example.com"
 REQUESTS = "requests@example.com"
-SECRET = "postfix-test-secret"
+SECRET = "postfix-test-secret-of-32-bytes-or-more"
 CUSTOMER = "jeanne.dupont@example.be"
 
 GATEWAY_TOML = "# config.toml: the LMTP door, for Postfix on this machine"

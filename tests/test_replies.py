@@ -424,7 +424,15 @@ def test_addresses_compare_as_mail_does(gw):
 
 
 def test_colleague_in_cc_and_company_access_may_write_others_of_the_company_may_not(gw):
-    number = open_ticket(gw, cc="Paul Martin <paul.martin@client.be>")
+    """Paul was in Cc of Marie's first mail, which our MTA authenticated (DMARC pass): he
+    is one of the thread.  (Unauthenticated, a Cc enrols nobody: see
+    test_cc_of_an_unauthenticated_mail_enrols_nobody.)"""
+    gw.processor.config = replace(gw.config, gateway=replace(gw.config.gateway, authserv_id="mx.localhost"))
+    passed = b"Authentication-Results: mx.localhost; spf=pass smtp.mailfrom=client.be; dmarc=pass header.from=client.be\n"
+    outcome = deliver(gw, passed + first_mail(MARIE, "Marie Dupont", "Imprimante en panne au 2e étage", "Bonjour.",
+                                              mid="first-1@client.be", cc="Paul Martin <paul.martin@client.be>"))
+    number = outcome.ticket
+    assert outcome.outcome == "created"
     with session_for(gw.engine) as s:
         marie = s.exec(select(Person).where(Person.email == MARIE)).one()
         marie.company = "Client SA"

@@ -162,3 +162,84 @@ def test_a_command_dribbled_a_byte_at_a_time_does_not_hold_the_connection(tmp_pa
             closed = True
             break
         assert closed and 0.5 <= time.monotonic() - began < 3
+
+
+# Issue 15, item 6: line endings, control characters, the answer's words ----------------
+def _data(client: Client, mail_from: bytes, body: bytes) -> bytes:
+    """One transaction whose DATA is ``body`` exactly as given, then <CR><LF>.<CR><LF>."""
+    assert client.send(b"MAIL FROM:<" + mail_from + b">") == b"250 OK\r\n"
+    assert client.send(b"RCPT TO:<helpdesk@localhost>") == b"250 OK\r\n"
+    assert client.send(b"DATA").startswith(b"354")
+    client.sock.sendall(body + b"\r\n.\r\n")
+    return client.reply()
+
+
+def test_a_mail_written_with_bare_lf_line_endings_is_stored_whole(tmp_path):
+    """A client that writes LF line endings (a script, a Unix mailer piping a file): a
+    mail of 5 kB in lines of 70 characters is stored as it came, not refused as one line
+    too long (it was: a permanent 500, and the mail was lost)."""
+    lines = [b"From: Script <cron@server.example.com>", b"To: helpdesk@localhost",
+             b"Subject: Nightly backup report", b"Message-ID: <bare-lf-1@server.example.com>", b""]
+    lines += [b"Backup of /srv/share%03d finished without error, 1234 files copied." % i for i in range(80)]
+    body = b"\n".join(lines)  # the <CR><LF> of the end of DATA ends its last line
+    assert len(body) > 5000 and b"\r" not in body
+    with dialogue(tmp_path) as (app, client):
+        client.send(b"EHLO client.example")
+        reply = _data(client, b"cron@server.example.com", body)
+        assert reply.startswith(b"250 2.0.0 Stored as #"), reply
+        assert client.send(b"NOOP") == b"250 OK\r\n"  # the session goes on
+        (row,) = inbound_rows(app)
+        assert app.blobs.get(row.sha256) == body + b"\r\n"  # as it came: the LF line endings kept
+        assert row.message_id == "bare-lf-1@server.example.com"
+        outcome = app.processor.process(row.id)
+        assert outcome.outcome == "created", outcome
+
+
+def test_bare_lf_dot_lines_still_never_end_data(tmp_path):
+    """Bare LF as a line end for the length only: <LF>.<LF> and <LF>.<CR><LF> are text
+    (SMTP smuggling), and a dot after a bare LF is not unstuffed; one mail is stored,
+    the smuggled command inside it."""
+    body = (b"From: Eve <eve@evil.example>\nTo: helpdesk@localhost\nSubject: smuggle\n"
+            b"Message-ID: <smuggle-1@evil.example>\n\nfirst\n.\nMAIL FROM:<x@evil.example>\n.\r\n"
+            b"RCPT TO:<helpdesk@localhost>\n..\nlast")
+    with dialogue(tmp_path) as (app, client):
+        client.send(b"EHLO client.example")
+        assert _data(client, b"eve@evil.example", body).startswith(b"250 2.0.0 Stored as #")
+        (row,) = inbound_rows(app)
+        assert app.blobs.get(row.sha256) == body + b"\r\n"
+
+
+def test_a_line_too_long_without_any_line_end_is_still_refused(tmp_path):
+    with dialogue(tmp_path) as (app, client):
+        client.send(b"EHLO client.example")
+        reply = _data(client, b"alice@example.com", b"Subject: x\n\n" + b"y" * 3000)
+        assert reply.startswith(b"500 Line too long"), reply
+        assert inbound_rows(app) == []
+
+
+def test_a_nul_or_a_line_break_in_an_address_is_refused_with_501(tmp_path):
+    with dialogue(tmp_path, "[gateway]\ncatch_all = true\n") as (app, client):
+        client.send(b"EHLO client.example")
+        for sender in (b"a\x00b@example.com", b"a\x01b@example.com", b"a\x7fb@example.com"):
+            reply = client.send(b"MAIL FROM:<" + sender + b">")
+            assert reply.startswith(b"501 5.1.7 ") and b"sender" in reply, reply
+        assert client.send(b"MAIL FROM:<alice@example.com>") == b"250 OK\r\n"
+        reply = client.send(b"RCPT TO:<help\x00desk@localhost>")
+        assert reply.startswith(b"501 5.1.3 ") and b"recipient" in reply, reply
+        # The transaction goes on with a good recipient, and nothing with a NUL is kept.
+        assert client.send(b"RCPT TO:<helpdesk@localhost>") == b"250 OK\r\n"
+        assert client.send(b"DATA").startswith(b"354")
+        assert client.send(MAIL + b".").startswith(b"250 2.0.0 Stored as #")
+        (row,) = inbound_rows(app)
+        assert (row.mail_from, row.rcpt_to) == ("alice@example.com", "helpdesk@localhost")
+
+
+def test_the_refusal_of_a_non_ascii_recipient_names_the_recipient_not_mail_from(tmp_path):
+    with dialogue(tmp_path, "[gateway]\ncatch_all = true\n") as (_app, client):
+        client.send(b"EHLO client.example")
+        assert client.send(b"MAIL FROM:<alice@example.com>") == b"250 OK\r\n"
+        reply = client.send(b"RCPT TO:<s\xc3\xa9cretariat@localhost>")
+        assert reply.startswith(b"553 5.6.7 ") and b"recipient" in reply, reply
+        # (MAIL FROM was plain ASCII: an answer naming it would send the sender's
+        # postmaster after the wrong address.)
+        assert b"MAIL FROM" not in reply and b"sender" not in reply, reply

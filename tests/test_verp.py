@@ -19,7 +19,7 @@ from store.db import session_for
 from store.models import Person
 from sqlmodel import select
 
-SECRET = "test-secret"
+SECRET = "test-secret-of-at-least-32-bytes"
 HELPDESK = "helpdesk@desk.example.com"
 
 

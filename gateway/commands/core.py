@@ -81,7 +81,7 @@ def cmd_ingest(config, args) -> int:
             outcome = Outcome(source, outcome.message_id, outcome.outcome, outcome.ticket, outcome.detail)
         _print_outcome(outcome, args.json)
     if not args.no_deliver:
-        deliver_pending(app.engine, config, app.transport())
+        deliver_pending(app.engine, app.config, app.transport())
     return status
 
 
@@ -89,5 +89,5 @@ def cmd_process(config, args) -> int:
     app = App(config)
     for outcome in app.processor.process_pending(limit=10_000):
         _print_outcome(outcome, args.json)
-    deliver_pending(app.engine, config, app.transport())
+    deliver_pending(app.engine, app.config, app.transport())
     return 0

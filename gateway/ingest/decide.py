@@ -10,7 +10,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from gateway.ingest.automatic import Automatic
+from gateway.ingest.automatic import Automatic, out_of_office_text
 from gateway.ingest.parse import ParsedMail
 from gateway.ingest.quotes import new_text
 from gateway.ingest.references import TAG, Reference, title_from_subject
@@ -38,6 +38,16 @@ class ThreadHit:
 
 
 @dataclass(frozen=True)
+class Repeat:
+    """The sender said the same thing a moment ago (gateway.ingest.process, ``repeat``):
+    a robot answering our answers, which would otherwise get a ticket and a confirmation
+    each time.  ``number``: the ticket of what it repeats; ``why``, as the agents read it."""
+
+    number: str
+    why: str
+
+
+@dataclass(frozen=True)
 class Facts:
     process: str
     duplicate_of: str | None  # ticket that already holds this Message-ID
@@ -50,6 +60,9 @@ class Facts:
     # The sender opened [limits] new_tickets_per_sender tickets in the window already:
     # why another one is held (None: under the limit, or no limit).
     flood: str | None = None
+    # The same text from the same sender within [limits] loop_window, or a mail naming
+    # the Message-ID of one of our mails to them (None: neither, or not looked for).
+    repeat: Repeat | None = None
 
 
 @dataclass(frozen=True)
@@ -94,9 +107,11 @@ class FollowUp:
 
 @dataclass(frozen=True)
 class Ignore:
-    outcome: str  # duplicate | auto-reply | bounce | rejected | loop | ignored
+    outcome: str  # duplicate | auto-reply | bounce | rejected | loop | ignored | receipt
     detail: str
     ticket: str | None = None
+    # Kept on ``ticket`` as an internal message, for the agents: no answer, no change.
+    note: bool = False
 
 
 @dataclass(frozen=True)
@@ -171,6 +186,10 @@ def decide_reply(mail: ParsedMail, thread: ThreadHit) -> FollowUp:
     if thread.dmarc_failed:
         # A forged From could otherwise reopen, approve or refuse in someone's name.
         return follow(HOLD, "DMARC failed: kept for the agents, no action taken")
+    if out_of_office_text(text):
+        # An out-of-office message under a plain "Re:" (no header says it is automatic):
+        # the agents see it, but it answers no question, reopens and decides nothing.
+        return follow(APPEND, "out-of-office text: added as a comment, changes nothing")
 
     if thread.status == lifecycle.SOLVED:
         if not text:
@@ -197,6 +216,11 @@ def decide_reply(mail: ParsedMail, thread: ThreadHit) -> FollowUp:
 
 def decide(mail: ParsedMail, facts: Facts) -> Decision:
     decision = _decide(mail, facts)
+    if facts.repeat is not None and isinstance(decision, NewTicket):
+        # A machine answering our answers with the same text, with no header that says
+        # so: one ticket and one confirmation for the first, the repeats kept on that
+        # ticket for the agents, unanswered; with no answer from us the loop ends.
+        return Ignore("loop", facts.repeat.why, facts.repeat.number, note=True)
     if facts.flood and isinstance(decision, NewTicket):
         # A script or a loop we do not recognise opening ticket after ticket: the mails
         # are kept, quarantined with the reason, for an agent; replies still thread.
@@ -208,6 +232,11 @@ def _decide(mail: ParsedMail, facts: Facts) -> Decision:
     if facts.duplicate_of:
         return Ignore("duplicate", f"Message-ID already on {facts.duplicate_of}", facts.duplicate_of)
     if facts.automatic is not None:
+        thread = facts.thread
+        if facts.automatic.noted and thread is not None and thread.sender_allowed:
+            # A read receipt of one of our mails: the agents may like to know, nothing more.
+            return Ignore(facts.automatic.outcome, f"{facts.automatic.detail}; noted on {thread.number}",
+                          thread.number, note=True)
         return Ignore(facts.automatic.outcome, facts.automatic.detail)
     if not mail.from_addr:
         return QuarantineIt("no sender address (From) to answer or to file the ticket under")

@@ -122,14 +122,21 @@ def _cp1252_for_invalid(err: UnicodeDecodeError):
 codecs.register_error("gateway-cp1252", _cp1252_for_invalid)
 
 
-def decode_bytes(data: bytes, charset: str | None, notes: list[str] | None = None, hint: str | None = None) -> str:
-    """Decode with the declared charset, then UTF-8, then ``hint`` (the charset the rest of
-    the mail declares, for undeclared 8-bit headers), then Windows-1252; note any loss.
+Hint = str | tuple[str, ...] | None  # a charset, or several, to read undeclared 8-bit text with
+
+
+def decode_bytes(data: bytes, charset: str | None, notes: list[str] | None = None, hint: Hint = None) -> str:
+    """Decode with the declared charset, then UTF-8, then ``hint`` (the charsets the rest
+    of the mail declares, for undeclared 8-bit headers), then Windows-1252; note any loss.
 
     Two wrong labels are common enough to be handled: UTF-8 labelled ISO-8859-1 or ASCII
     (a valid UTF-8 text is taken as UTF-8: Latin-1 text is almost never valid UTF-8),
     and Windows-1252 labelled ISO-8859-1 (decoded as Windows-1252, its superset).  Text
     mixing UTF-8 with stray single-byte characters keeps both readable.
+
+    Of the hints, a Latin one (which decodes any bytes at all) is tried after the others:
+    a raw GB2312 or Shift_JIS subject in a mail that declares ISO-8859-1 for one part and
+    GB2312 for another is read in GB2312, not as Latin-1 mojibake.
     """
     declared = (charset or "").strip().strip('"').lower()
     candidates = []
@@ -138,9 +145,9 @@ def decode_bytes(data: bytes, charset: str | None, notes: list[str] | None = Non
     if declared:
         candidates.append(_ALIASES.get(declared, declared))
     candidates.append("utf-8")
-    if hint:
-        hint = hint.strip().strip('"').lower()
-        candidates.append(_ALIASES.get(hint, hint))
+    hints = [h.strip().strip('"').lower() for h in ((hint,) if isinstance(hint, str) else hint or ()) if h]
+    candidates += [_ALIASES.get(h, h) for h in hints if h not in _LATIN]
+    candidates += [_ALIASES.get(h, h) for h in hints if h in _LATIN]
     for cs in candidates:
         try:
             return data.decode(cs)
@@ -153,7 +160,7 @@ def decode_bytes(data: bytes, charset: str | None, notes: list[str] | None = Non
     return data.decode("cp1252", errors="gateway-cp1252")
 
 
-def decode_header_value(value, notes: list[str] | None = None, hint: str | None = None) -> str:
+def decode_header_value(value, notes: list[str] | None = None, hint: Hint = None) -> str:
     """Decode RFC 2047 encoded words (and raw 8-bit) in a header value to text."""
     if value is None:
         return ""
@@ -183,7 +190,7 @@ def decode_header_value(value, notes: list[str] | None = None, hint: str | None 
     return _unfold("".join(out))
 
 
-def _fix_surrogates(text: str, notes: list[str] | None, hint: str | None = None) -> str:
+def _fix_surrogates(text: str, notes: list[str] | None, hint: Hint = None) -> str:
     """Raw 8-bit header bytes arrive as surrogates: decode them as UTF-8, the mail's own
     charset, or Windows-1252."""
     if not _SURROGATE.search(text):
@@ -218,7 +225,7 @@ def _unfold(text: str) -> str:
 _PLAIN_ADDRESS = re.compile(r'^[^\s<>@"(),;:]+@[^\s<>@"(),;:]+$')
 
 
-def _addresses(values: list[str], notes: list[str], hint: str | None = None) -> tuple[tuple[str, str], ...]:
+def _addresses(values: list[str], notes: list[str], hint: Hint = None) -> tuple[tuple[str, str], ...]:
     """Addresses of a header, split on the header as written and only then decoded.
 
     Decoding first would let an encoded display name pose as an address:
@@ -228,16 +235,34 @@ def _addresses(values: list[str], notes: list[str], hint: str | None = None) -> 
     raw = [_unfold(str(v)) for v in values if v is not None]
     pairs = []
     for name, addr in email.utils.getaddresses(raw):
-        if "=?" in addr:
-            # Encoded words inside an addr-spec are invalid (RFC 2047 §5), yet some
-            # mailers write them; keep the result only when it is a plain address.
-            addr = re.sub(r"\s+", "", decode_header_value(addr, notes, hint))
-            if not _PLAIN_ADDRESS.match(addr):
-                continue
+        addr = address_as_written(addr, notes, hint)
+        if addr is None:
+            continue
         addr = normalize(_fix_surrogates(addr, notes))
         if "@" in addr and not addr.startswith("@") and not addr.endswith("@"):
             pairs.append((decode_header_value(name, notes, hint).strip(), addr))
     return tuple(pairs)
+
+
+# An RFC 2047 encoded word, by its grammar: a charset token, Q or B, and encoded text
+# without "?" or white space (what the standard library's decoder also takes for one is
+# looser: "=?utf-8?Q?attacker?Q?agent?=" reads as "attacker?Q?agent").
+_ENCODED_WORD = re.compile(r"""=\?[^\s()<>@,;:"/\[\]?.=]+\?[QqBb]\?[^\s?]+\?=""")
+
+
+def address_as_written(addr: str, notes: list[str] | None = None, hint: Hint = None) -> str | None:
+    """The addr-spec to use for ``addr`` as the header wrote it.
+
+    Encoded words inside an addr-spec are invalid (RFC 2047 §5), yet some mailers write
+    them (``=?utf-8?Q?agent?=@example.com``, Zammad's mail118): when every ``=?`` in it
+    starts a well-formed encoded word, it is decoded, and kept only when the result is a
+    plain address (None: no address, rather than one an encoded "@" made up).  Anything
+    else that looks like one (``=?utf-8?Q?attacker?Q?agent?=@victim.example``) is no
+    encoded word at all: the address stays literal, never half decoded."""
+    if "=?" not in addr or "=?" in _ENCODED_WORD.sub("", addr):
+        return addr
+    decoded = re.sub(r"\s+", "", decode_header_value(addr, notes, hint))
+    return decoded if _PLAIN_ADDRESS.match(decoded) else None
 
 
 # The From shapes both readings agree on, without asking the strict parser (which costs
@@ -280,8 +305,7 @@ def sender_problem(values: list[str]) -> str | None:
                 return "unreadable sender address (unterminated comment or quote)"
             # Raw 8-bit bytes (an SMTPUTF8 mail's josé@example.org) are repaired as in
             # our reading; left as surrogates, the two readings never agreed on them.
-            strict |= {normalize(_fix_surrogates(re.sub(r"\s+", "", decode_header_value(a.addr_spec))
-                                                 if "=?" in a.addr_spec else a.addr_spec, None))
+            strict |= {normalize(_fix_surrogates(address_as_written(a.addr_spec) or a.addr_spec, None))
                        for a in header.addresses if "@" in a.addr_spec}
         except Exception:  # noqa: BLE001 - the strict parser refusing it is the answer
             return "unreadable sender address"
@@ -293,7 +317,7 @@ def sender_problem(values: list[str]) -> str | None:
 
 
 def _one_author(msg: email.message.Message, from_values: list[str], froms, notes: list[str],
-                hint: str | None) -> tuple[str, str]:
+                hint: Hint) -> tuple[str, str]:
     """The sender of a mail whose From names several people, or a Quarantine.
 
     Which of them wrote is an identity question, and the first is not an answer: "From:
@@ -318,7 +342,7 @@ def _message_ids(value: str | None) -> tuple[str, ...]:
     return tuple(normalize_message_id(v) for v in found)
 
 
-def _part_filename(part: email.message.Message, notes: list[str], hint: str | None = None) -> str | None:
+def _part_filename(part: email.message.Message, notes: list[str], hint: Hint = None) -> str | None:
     """The file name of a part: RFC 2231 and encoded words decoded, raw 8-bit bytes read in
     the mail's charset (compat32 would turn them into replacement characters)."""
     probe = email.message.Message()
@@ -419,15 +443,17 @@ def _raw_inner_message(raw: bytes, cursor: dict, boundary: str | None,
     return data
 
 
-def _charset_hint(msg: email.message.Message) -> str | None:
-    """The first charset the mail declares, to read undeclared 8-bit headers with."""
+def _charset_hints(msg: email.message.Message) -> tuple[str, ...]:
+    """The charsets the mail declares, in order, to read undeclared 8-bit headers with
+    (decode_bytes tries the Latin ones last)."""
+    found: list[str] = []
     for i, part in enumerate(msg.walk()):
         if i > 50:
             break
         charset = part.get_content_charset()
-        if charset and charset not in ("us-ascii", "ascii", "utf-8"):
-            return charset
-    return None
+        if charset and charset not in ("us-ascii", "ascii", "utf-8") and charset not in found:
+            found.append(charset)
+    return tuple(found)
 
 
 def _report_bytes(part: email.message.Message) -> bytes:
@@ -812,7 +838,7 @@ def parse(raw: bytes, limits: Limits = Limits(), blobs=None) -> ParsedMail:
     if not any(k.lower() in _MAIL_HEADERS for k in msg.keys()):
         raise Quarantine("not an e-mail message: no mail headers found")
 
-    hint = _charset_hint(msg)
+    hint = _charset_hints(msg)
     crlf = original.count(b"\r\n") * 2 > original.count(b"\n")
     headers = tuple((k.lower(), decode_header_value(v, notes, hint)) for k, v in msg.raw_items())
     for defect in msg.defects:
@@ -952,7 +978,12 @@ def parse(raw: bytes, limits: Limits = Limits(), blobs=None) -> ParsedMail:
                blob: str | None = None, size: int = 0) -> None:
         inline = disposition == "inline" or (content_id is not None and disposition != "attachment")
         ext = _EXT.get(ctype, "bin")
-        fallback = f"{content_id.split('@')[0]}.{ext}" if content_id else f"attachment-{len(attachments) + 1}.{ext}"
+        fallback = f"attachment-{len(attachments) + 1}.{ext}"
+        if content_id:
+            # Outlook names an inline image's Content-ID after its file ("image001.jpg@01D4…"):
+            # that name is kept as it is, never given its extension a second time.
+            stem = content_id.split("@")[0]
+            fallback = stem if _guess_type(stem) != "application/octet-stream" else f"{stem}.{ext}"
         attachments.append(ParsedAttachment(clean_filename(filename or fallback, fallback), ctype, data, inline,
                                             content_id, blob, size, blobs if blob else None))
 

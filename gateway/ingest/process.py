@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from typing import Callable
 
-from sqlalchemy import Integer, String, bindparam, cast, insert, type_coerce, update
+from sqlalchemy import Integer, String, bindparam, cast, func, insert, type_coerce, update
 from sqlalchemy.orm import make_transient_to_detached
 from sqlalchemy.orm.util import identity_key
 from sqlalchemy.engine import Engine
@@ -24,14 +24,14 @@ from sqlmodel import Session, col, select
 from gateway import metrics
 from gateway.config import Config
 from gateway.errors import Quarantine
-from gateway.ingest.automatic import Automatic, classify
+from gateway.ingest.automatic import TEXT_KEY_CHARS, Automatic, classify, subject_key, text_key
 from gateway.ingest.bounces import Report
 from gateway.ingest.decide import (APPROVE, HOLD, NEEDS_COMMENT, REFUSE, REOPEN, RESUME, Facts, FollowUp, Ignore,
-                                   NewTicket, QuarantineIt, ThreadHit, clean_title, decide)
+                                   NewTicket, QuarantineIt, Repeat, ThreadHit, clean_title, decide)
 from gateway.ingest.language import detect_language
 from gateway.ingest.parse import Limits, ParsedMail, parse
 from gateway.ingest.references import find_reference
-from gateway.ingest.threading import dmarc_failed, find_ticket, permission, signed_replies
+from gateway.ingest.threading import dmarc_failed, dmarc_passed, find_ticket, permission, signed_replies
 from gateway.tokens import marked_addresses, verified_bounce
 from store import lifecycle
 from store.addresses import key as address_key
@@ -138,6 +138,10 @@ _PARENT_WAITING = Prepared(select(_INBOUND.c.id)
 PARENT_LOOKUPS = 6
 
 
+# How many of a sender's latest mails are compared with a new one (Processor.repeat).
+REPEAT_LOOKBACK = 20
+
+
 # The sender's row (Processor.sender_of); booleans as integers, which need no result
 # processing on SQLite (Prepared runs it on the cursor).
 _PERSON = Person.__table__
@@ -210,7 +214,7 @@ class Processor:
     def find_thread(self, session: Session, inbound: InboundMessage, mail: ParsedMail) -> ThreadHit | None:
         """The ticket the mail answers (``gateway.ingest.threading``) and what its sender may do."""
         recipients = [a for a in inbound.rcpt_to.split(",") if a] + list(mail.to) + list(mail.cc)
-        found = find_ticket(session, mail, recipients, self.config.gateway.secret, self.own)
+        found = find_ticket(session, mail, recipients, self.config.gateway.verifying_secrets(), self.own)
         if found is None:
             return None
         ticket, via = found
@@ -244,8 +248,8 @@ class Processor:
         request = next((number for mid, _at, number in copies if mid in answered), None)
         if request is None:
             addresses = [*recipients, *marked_addresses(mail.html or "")]
-            request = next((request for number, request in signed_replies(addresses, self.config.gateway.secret,
-                                                                          self.own)
+            secrets = self.config.gateway.verifying_secrets()
+            request = next((request for number, request in signed_replies(addresses, secrets, self.own)
                             if number == ticket.number and request is not None), None)
         if request is None:
             return None
@@ -297,12 +301,17 @@ class Processor:
             rows = _SAME_MESSAGE_ID.rows(session.connection(), {"b_mid": mail.message_id})
             duplicate_of = next((n for n, f in rows if address_key(f) == address_key(mail.from_addr)), None)
         automatic = self._with_bounce_address(inbound, mail, classify(mail, self.own, self.config.message_id_domain))
-        thread = None if automatic else self.find_thread(session, inbound, mail)
+        # Automatic mail finds no ticket, but for a read receipt, noted on the ticket it names.
+        thread = None if automatic and not automatic.noted else self.find_thread(session, inbound, mail)
         if sender is UNKNOWN:
             sender = self.sender_of(session, mail)
         known = sender is not None
+        # Whether it repeats: asked only of a known sender's mail that may open a ticket.
+        may_open = thread is None or not thread.sender_allowed or thread.status == lifecycle.CLOSED
+        process = self.route(inbound, mail)
+        repeat = self.repeat(session, mail, sender, process) if known and not automatic and may_open else None
         return Facts(
-            process=self.route(inbound, mail),
+            process=process,
             duplicate_of=duplicate_of,
             automatic=automatic,
             thread=thread,
@@ -310,6 +319,7 @@ class Processor:
             sender_known=known,
             unknown_senders=self.config.gateway.unknown_senders,
             flood=self.flood(session, sender) if known and not automatic else None,
+            repeat=repeat,
         )
 
     def _with_bounce_address(self, inbound, mail: ParsedMail, automatic: Automatic | None) -> Automatic | None:
@@ -317,8 +327,8 @@ class Processor:
         about that mail: the report gets its outbox id, and a mail nothing else recognises
         as a report becomes one (soft: only a real delivery report fails the mail)."""
         addresses = [*(inbound.rcpt_to or "").split(","), *mail.to, *mail.cc]
-        ids = tuple(dict.fromkeys(i for i in (verified_bounce(self.config.gateway.secret, a) for a in addresses if a)
-                                  if i is not None))
+        secrets = self.config.gateway.verifying_secrets()
+        ids = tuple(dict.fromkeys(i for i in (verified_bounce(secrets, a) for a in addresses if a) if i is not None))
         if not ids:
             return automatic
         if automatic is not None and automatic.report is not None and automatic.kind == "bounce":
@@ -344,6 +354,66 @@ class Processor:
         return (f"flood: {sender.email} opened {len(recent)} tickets in the last {limits.new_tickets_window} s "
                 f"([limits] new_tickets_per_sender = {limits.new_tickets_per_sender}); held for an agent "
                 f"(gateway inbound reprocess takes it once the rate falls)")
+
+    def repeat(self, session: Session, mail: ParsedMail, sender: Person, process: str) -> Repeat | None:
+        """The facts of decide's loop rule: within [limits] loop_window, a mail of the
+        same sender to the same desk (a ticket of ``process``) that said the same
+        (``automatic.text_key``: the same subject and text but for ticket numbers,
+        addresses, Message-IDs, dates and times; the same attachments), or one of our
+        mails to the sender whose Message-ID this one names in its text (``_named_mail``).
+        None when neither, or the rule is off.  One indexed query a mail; more only when a
+        subject matches."""
+        window = self.config.limits.loop_window
+        if not window:
+            return None
+        since = utcnow() - timedelta(seconds=window)
+        session.flush()  # an earlier mail of the batch counts (Core below does not autoflush)
+        recent = session.exec(
+            select(TicketMessage.id, Ticket.number, TicketMessage.subject)
+            .join(Ticket, col(Ticket.id) == col(TicketMessage.ticket_id))
+            .where(TicketMessage.direction == "in", TicketMessage.from_addr == mail.from_addr,
+                   col(TicketMessage.created_at) >= since, Ticket.process == process)
+            .order_by(col(TicketMessage.id).desc()).limit(REPEAT_LOOKBACK)).all()
+        # The subjects first (a person's mails seldom share one); the texts of those that match.
+        subject = subject_key(mail.subject)
+        alike = [(message_id, number) for message_id, number, said in recent if subject_key(said) == subject]
+        if alike:
+            key = text_key(mail.subject, mail.text)
+            files = sorted(att.sha256 for att in mail.attachments)
+            texts = dict(session.exec(select(TicketMessage.id, func.substr(TicketMessage.body_full, 1, TEXT_KEY_CHARS))
+                                      .where(col(TicketMessage.id).in_([m for m, _n in alike]))).all())
+            for message_id, number in alike:
+                if text_key(mail.subject, texts.get(message_id) or "") != key:
+                    continue
+                stored = sorted(session.exec(select(Attachment.sha256).where(Attachment.message_id == message_id)))
+                if stored == files:
+                    return Repeat(number, f"the same text as {mail.from_addr}'s mail on {number} in the last "
+                                          f"{window} s: a loop; kept on {number}, no new ticket, no answer")
+        return self._named_mail(session, mail, sender, since)
+
+    def _named_mail(self, session: Session, mail: ParsedMail, sender: Person, since: datetime) -> Repeat | None:
+        """A mail of ours, sent since ``since`` on a ticket of ``sender``'s, whose
+        Message-ID ``mail`` names in its text ("your message <…@our domain> was received")
+        rather than in In-Reply-To: a machine quoting our header.  People do not write
+        Message-IDs; they do write ticket numbers, which therefore are no such sign (a
+        robot that quotes a varying number is caught by text_key, which leaves it out)."""
+        domain = self.config.message_id_domain.lower()
+        if f"@{domain}" not in mail.text.lower():
+            return None
+        ours = re.compile(r"[^\s<>\"'@]+@" + re.escape(domain) + r"\b", re.IGNORECASE)
+        ids = {m.lower() for m in ours.findall(mail.text[:TEXT_KEY_CHARS])}
+        if not ids:
+            return None
+        number = session.exec(
+            select(Ticket.number).join(TicketMessage, col(TicketMessage.ticket_id) == col(Ticket.id))
+            .where(col(TicketMessage.message_id).in_(ids), TicketMessage.direction == "out",
+                   col(TicketMessage.created_at) >= since,
+                   (col(Ticket.reporting_person_id) == sender.id) | (col(Ticket.affected_person_id) == sender.id))
+        ).first()
+        if number is None:
+            return None
+        return Repeat(number, f"names the Message-ID of our mail on {number} in its text, not in In-Reply-To: "
+                              f"a machine answering it; kept on {number}, no new ticket, no answer")
 
     def over_rate(self, session: Session, sender: str) -> bool:
         """More than limits.rate_limit mails from ``sender`` in the last rate_window seconds:
@@ -456,6 +526,8 @@ class Processor:
             ticket_id=ticket.id,
             direction="in",
             internal=internal,
+            # Whether its To and Cc may join the thread (threading.permission).
+            authenticated=dmarc_passed(mail, self.config.gateway.authserv_id),
             from_addr=mail.from_addr,
             to_addrs=",".join(mail.to),
             cc_addrs=",".join(mail.cc),
@@ -488,6 +560,10 @@ class Processor:
     def apply(self, session: Session, inbound: InboundMessage, mail: ParsedMail, decision, sender=UNKNOWN) -> Outcome:
         source, mid = inbound.source, mail.message_id
         if isinstance(decision, Ignore):
+            if decision.note and decision.ticket:
+                # Kept where the agents look, internal: no answer, no change, and (being
+                # internal) no thread membership for its addresses, no place in References.
+                self.add_message(session, get_ticket(session, decision.ticket), inbound, mail, internal=True)
             return Outcome(source, mid, decision.outcome, decision.ticket, decision.detail)
         if isinstance(decision, QuarantineIt):
             return Outcome(source, mid, "quarantined", None, decision.reason)

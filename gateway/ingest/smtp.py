@@ -63,9 +63,11 @@ class Door:
         it, so aiosmtpd reads every command as UTF-8 and would take such an address from a
         client that never declared it.  aiosmtpd (1.4, ``smtp_MAIL``) leaves the
         transaction to a MAIL hook: it sets ``mail_from`` and ``mail_options`` itself."""
+        if _control_character(address):
+            return "501 5.1.7 Bad sender address syntax: control character in the address"
         if not _utf8_allowed(address, mail_options):
             metrics.refused("bad-address")
-            return "553 5.6.7 Non-ASCII address without SMTPUTF8 on MAIL FROM"
+            return "553 5.6.7 Non-ASCII sender address without the SMTPUTF8 parameter"
         if not _valid_utf8(address):
             metrics.refused("bad-address")
             return "553 5.6.7 The address is not valid UTF-8"
@@ -74,10 +76,13 @@ class Door:
         return "250 OK"
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options):
+        if _control_character(address):
+            return "501 5.1.3 Bad recipient address syntax: control character in the address"
         # SMTPUTF8 is a parameter of MAIL: it covers the whole transaction (RFC 6531, 3.4).
+        # The answer names the recipient: the sender's address may well be plain ASCII.
         if not _utf8_allowed(address, envelope.mail_options):
             metrics.refused("bad-address")
-            return "553 5.6.7 Non-ASCII address without SMTPUTF8 on MAIL FROM"
+            return "553 5.6.7 Non-ASCII recipient address, and MAIL did not declare SMTPUTF8"
         if not _valid_utf8(address):
             metrics.refused("bad-address")
             return "553 5.6.7 The address is not valid UTF-8"
@@ -159,6 +164,14 @@ class Door:
         return f"250 2.0.0 Stored as #{stored.id}"
 
 
+def _control_character(address: str) -> bool:
+    """A NUL, a line break or another control character (C0, DEL) in an address: no
+    address has one (RFC 5321, 4.1.2), and one kept would follow the mail into the
+    database (PostgreSQL refuses NUL in text: the mail could then never be stored) and
+    into headers of our own.  aiosmtpd passes them through."""
+    return any(ord(c) < 0x20 or ord(c) == 0x7F for c in address)
+
+
 def _utf8_allowed(address: str, mail_options) -> bool:
     """False for a non-ASCII address (UTF-8, or raw 8-bit bytes that aiosmtpd keeps as
     surrogates) in a transaction whose MAIL did not carry SMTPUTF8."""
@@ -201,15 +214,20 @@ class DataScanner:
     """The text of DATA, taken in chunks of any size, with the meaning aiosmtpd gives it
     line by line (1.4, ``smtp_DATA``), at a small part of its cost per byte:
 
-    - lines end at <CR><LF> only, and DATA ends only at a line that is exactly
-      ".<CR><LF>": <LF>.<LF>, <LF>.<CR><LF> or <CR>.<CR><LF> do not end it (SMTP
-      smuggling, CVE-2024-27305);
-    - a line's leading dot is removed (dot-unstuffing, RFC 5321, 4.5.2);
-    - a line longer than ``line_length`` (with its <CR><LF>) makes it TOO_LONG, more than
+    - DATA ends only at a line that is exactly ".<CR><LF>" after a <CR><LF>: <LF>.<LF>,
+      <LF>.<CR><LF> or <CR>.<CR><LF> do not end it (SMTP smuggling, CVE-2024-27305);
+    - a leading dot is removed from a line that follows a <CR><LF> (dot-unstuffing, RFC
+      5321, 4.5.2), never after a bare <LF>, which is text;
+    - a line longer than ``line_length`` (with its end) makes it TOO_LONG, more than
       ``size_limit`` bytes TOO_MUCH; whichever comes first in the stream counts, as in
       aiosmtpd (whose stream reader raises on a line of over ``stream_limit`` bytes
       before counting it, and counts a shorter one before checking its length); from
       then on the text is only read, for its end.
+
+    One difference from aiosmtpd, on purpose: for the length limits a bare <LF> ends a
+    line too, as Postfix reads one.  A client that writes LF line endings sends a mail
+    whose lines are short; aiosmtpd took the whole mail for one line and answered a
+    permanent 500 Line too long, and the mail was lost.  The text is kept as it came.
 
     ``feed`` returns None until the end, then how many bytes of its chunk were DATA (the
     rest belong to the next command).  ``pending`` holds the unstuffed text not yet taken.
@@ -224,10 +242,12 @@ class DataScanner:
         self.pending: list[bytes] = []
         self.pending_bytes = 0
         self.ended = False
-        # The line being read (after the last <CR><LF>); once the data is refused only its
+        # The line being read (after the last <LF>); once the data is refused only its
         # last two bytes are kept, enough to find an end that straddles two chunks.
         self._tail = b""
-        self._cut = False  # _tail is only the end of its line
+        # _tail starts a line after a <CR><LF> (or DATA's first line): only there may a
+        # dot be unstuffed, or ".<CR><LF>" end the data.
+        self._crlf_before = True
 
     def take(self) -> bytes:
         out = b"".join(self.pending)
@@ -238,30 +258,32 @@ class DataScanner:
     def feed(self, chunk: bytes) -> int | None:
         head = len(self._tail)
         data = self._tail + chunk if head else chunk
-        if not self._cut and data[:3] == b".\r\n":
+        if self._crlf_before and data[:3] == b".\r\n":
             end = 0
         else:
             end = data.find(b"\r\n.\r\n")
             end = end + 2 if end >= 0 else -1
         if end >= 0:
-            self._lines(data[:end])
+            self._lines(data[:end], self._crlf_before)
             self._tail = b""
             self.ended = True
             return end + 3 - head
-        cut = data.rfind(b"\r\n")
+        # Up to the last line end, <CR><LF> or a bare <LF>: a mail written with LF line
+        # endings is taken a line at a time too, never held whole in _tail.
+        cut = data.rfind(b"\n")
         if cut >= 0:
-            cut += 2
-            self._lines(data[:cut])
+            cut += 1
+            self._lines(data[:cut], self._crlf_before)
             self._tail = data[cut:]
-            self._cut = False
+            self._crlf_before = cut >= 2 and data[cut - 2] == 13
         else:
             self._tail = data
-        if self.state is _DataState.NOMINAL and not self._cut and len(self._tail) >= self.stream_limit + 2:
+        if self.state is _DataState.NOMINAL and len(self._tail) >= self.stream_limit + 1:
             # Whatever follows, this line is over the stream limit: too long before counted.
             self._refuse(_DataState.TOO_LONG)
         if self.state is not _DataState.NOMINAL and len(self._tail) > 2:
             self._tail = self._tail[-2:]
-            self._cut = True
+            self._crlf_before = False  # only the end of its line is kept
         return None
 
     def _refuse(self, state: _DataState) -> None:
@@ -269,35 +291,39 @@ class DataScanner:
         self.pending.clear()  # drop what was kept: memory, not an answer, is at stake
         self.pending_bytes = 0
 
-    def _lines(self, body: bytes) -> None:
-        """Whole lines (``body`` starts a line and ends with <CR><LF>, or is empty)."""
+    def _lines(self, body: bytes, crlf_before: bool) -> None:
+        """Whole lines (``body`` starts a line, after a <CR><LF> when ``crlf_before``, and
+        ends with <LF>, or is empty)."""
         if self.state is not _DataState.NOMINAL or not body:
             return
         n = len(body)
-        longest = max(map(len, body.split(b"\r\n"))) + 2 if n > self.line_length else n
+        longest = max(map(len, body.split(b"\n"))) + 1 if n > self.line_length else n
         if longest > self.line_length or (self.size_limit and self.num_bytes + n > self.size_limit):
-            return self._lines_one_by_one(body)
+            return self._lines_one_by_one(body, crlf_before)
         self.num_bytes += n
-        if body[:1] == b".":
+        if crlf_before and body[:1] == b".":
             body = body[1:]
         body = body.replace(b"\r\n.", b"\r\n")
         self.pending.append(body)
         self.pending_bytes += len(body)
 
-    def _lines_one_by_one(self, body: bytes) -> None:
-        """aiosmtpd's order, line by line, where a limit is crossed in ``body``."""
-        for line in body.split(b"\r\n")[:-1]:
-            size = len(line) + 2
-            if size - 2 > self.stream_limit:
+    def _lines_one_by_one(self, body: bytes, crlf_before: bool) -> None:
+        """aiosmtpd's order, line by line (a line ending at each <LF>), where a limit is
+        crossed in ``body``."""
+        for line in body.split(b"\n")[:-1]:
+            size = len(line) + 1
+            if size - 1 > self.stream_limit:
                 return self._refuse(_DataState.TOO_LONG)
             self.num_bytes += size
             if self.size_limit and self.num_bytes > self.size_limit:
                 return self._refuse(_DataState.TOO_MUCH)
             if size > self.line_length:
                 return self._refuse(_DataState.TOO_LONG)
-            line = line[1:] if line[:1] == b"." else line
-            self.pending.append(line + b"\r\n")
-            self.pending_bytes += len(line) + 2
+            if crlf_before and line[:1] == b".":
+                line = line[1:]
+            self.pending.append(line + b"\n")
+            self.pending_bytes += len(line) + 1
+            crlf_before = line[-1:] == b"\r"
 
 
 class SpoolingSMTP(SMTP):

@@ -12,10 +12,13 @@ The personal reference ``##…##`` is not a thread key: two customers may use th
 
 Every key can be copied by someone else (a forwarded notification, a guessed number, a
 References header pasted from another mail), so finding a ticket proves nothing about the
-sender.  ``permission`` then says whether the sender may write into it: the Reporting or
-Affected Person, someone who was on the thread (To or Cc of its mails, or the sender of a
-mail accepted on it), or someone granted access to their company's tickets.  Everyone else
-gets a ticket of their own (``gateway.ingest.decide``).
+sender.  ``permission`` then says whether the sender may write into it, from facts the
+gateway trusts only: the Reporting or Affected Person, someone granted access to their
+company's tickets, the sender of a mail accepted publicly on the ticket, an address the
+gateway itself mailed on it, and the To and Cc of an accepted mail whose From our MTA
+authenticated (DMARC pass).  Never the headers of a mail it held, quarantined or ignored:
+a forged mail kept for the agents must not enrol its Cc.  Everyone else gets a ticket of
+their own (``gateway.ingest.decide``).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from sqlmodel import Session, select
 
 from gateway.ingest.parse import ParsedMail
 from gateway.ingest.references import ticket_tags
-from gateway.tokens import marked_addresses, verified_reply
+from gateway.tokens import Secrets, marked_addresses, verified_reply
 from store.addresses import all_addresses, key as address_key, strip_tag
 from store.models import Person, Ticket, TicketMessage
 
@@ -67,7 +70,7 @@ def is_own(address: str, own: tuple[str, ...]) -> bool:
     return plain in {strip_tag(a) for a in own}
 
 
-def find_ticket(session: Session, mail: ParsedMail, recipients: list[str], secret: str,
+def find_ticket(session: Session, mail: ParsedMail, recipients: list[str], secret: Secrets,
                 own: tuple[str, ...]) -> tuple[Ticket, str] | None:
     """The ticket the mail answers and the key that found it (message-id | token | tag)."""
     ids = [m for m in mail.in_reply_to if m] + [m for m in reversed(mail.references) if m][:MAX_REFERENCES]
@@ -94,7 +97,7 @@ def find_ticket(session: Session, mail: ParsedMail, recipients: list[str], secre
     return None
 
 
-def signed_replies(addresses: list[str], secret: str, own: tuple[str, ...]) -> Iterator[tuple[str, int | None]]:
+def signed_replies(addresses: list[str], secret: Secrets, own: tuple[str, ...]) -> Iterator[tuple[str, int | None]]:
     """(ticket number, approval request or None) of each of ``addresses`` that is a
     signed reply address of ours and verifies, in order."""
     for addr in addresses:
@@ -106,7 +109,7 @@ def signed_replies(addresses: list[str], secret: str, own: tuple[str, ...]) -> I
             yield found
 
 
-def _ticket_by_token(session: Session, addresses: list[str], secret: str, own: tuple[str, ...]) -> Ticket | None:
+def _ticket_by_token(session: Session, addresses: list[str], secret: Secrets, own: tuple[str, ...]) -> Ticket | None:
     """The ticket of the first signed reply address among ``addresses`` that verifies."""
     for number, _request in signed_replies(addresses, secret, own):
         ticket = _ticket_by_number(session, number)
@@ -118,6 +121,21 @@ def _ticket_by_token(session: Session, addresses: list[str], secret: str, own: t
 _DMARC = re.compile(r"(?:^|[;\s])dmarc\s*=\s*([a-z]+)", re.IGNORECASE)
 
 
+def _our_results(mail: ParsedMail, authserv_id: str) -> list[str]:
+    """The DMARC results of the Authentication-Results headers our own MTA
+    (``authserv_id``) wrote, topmost first, lower case ("" where it wrote none)."""
+    if not authserv_id:
+        return []
+    found = []
+    for value in mail.header_all("authentication-results"):
+        served_by = value.split(";", 1)[0].split()
+        if not served_by or served_by[0].lower() != authserv_id.lower():
+            continue
+        m = _DMARC.search(value)
+        found.append(m.group(1).lower() if m else "")
+    return found
+
+
 def dmarc_failed(mail: ParsedMail, authserv_id: str) -> bool:
     """True when our own MTA (``authserv_id``) says the mail failed DMARC.
 
@@ -125,21 +143,31 @@ def dmarc_failed(mail: ParsedMail, authserv_id: str) -> bool:
     the header, and RFC 8601 §5 has our MTA remove forged ones with its id.  No result, or
     no id configured, is not a failure: the permission check still applies.
     """
-    if not authserv_id:
+    return "fail" in _our_results(mail, authserv_id)
+
+
+def dmarc_passed(mail: ParsedMail, authserv_id: str) -> bool:
+    """True when our own MTA says the mail's From passed DMARC: the topmost
+    Authentication-Results header (the one our MTA adds last, RFC 8601 §5) is ours and
+    says pass, and none of ours says fail.  A pass written lower down, by the sender,
+    proves nothing."""
+    headers = mail.header_all("authentication-results")
+    served_by = headers[0].split(";", 1)[0].split() if headers else []
+    if not authserv_id or not served_by or served_by[0].lower() != authserv_id.lower():
         return False
-    for value in mail.header_all("authentication-results"):
-        served_by = value.split(";", 1)[0].split()
-        if not served_by or served_by[0].lower() != authserv_id.lower():
-            continue
-        m = _DMARC.search(value)
-        if m and m.group(1).lower() == "fail":
-            return True
-    return False
+    results = _our_results(mail, authserv_id)
+    return results[0] == "pass" and "fail" not in results
 
 
 def permission(session: Session, ticket: Ticket, sender: str, own: tuple[str, ...]) -> Permission:
     """May ``sender`` write into ``ticket``?  Addresses are compared as mail does: the
-    display name and the case do not matter."""
+    display name and the case do not matter.
+
+    The people of the thread are read from the ticket's public messages only: a mail
+    kept internal (held for a failed DMARC check, a reply that could not reopen, a read
+    receipt, a loop's repeat) grants nobody anything, and the To and Cc of an accepted
+    mail count only when our MTA authenticated its From: a spoofed mail that passed for
+    the customer's must not enrol the stranger it copies."""
     sender = address_key(sender)
     if not sender:
         return Permission(False, False, "stranger")
@@ -152,11 +180,20 @@ def permission(session: Session, ticket: Ticket, sender: str, own: tuple[str, ..
         return Permission(True, True, "reporting")
     if affected is not None and address_key(affected.email) == sender:
         return Permission(True, True, "affected")
-    for msg in session.exec(select(TicketMessage).where(TicketMessage.ticket_id == ticket.id,
-                                                        TicketMessage.direction != "note")):
-        on_thread = all_addresses(msg.to_addrs.replace(",", ", "), msg.cc_addrs.replace(",", ", "))
-        if msg.direction == "in":
-            on_thread.append(address_key(msg.from_addr))
+    public = session.exec(select(TicketMessage.direction, TicketMessage.from_addr, TicketMessage.to_addrs,
+                                 TicketMessage.cc_addrs, TicketMessage.authenticated)
+                          .where(TicketMessage.ticket_id == ticket.id, TicketMessage.direction != "note",
+                                 TicketMessage.internal == False))  # noqa: E712 - SQL, not Python
+    for direction, from_addr, to_addrs, cc_addrs, authenticated in public:
+        if direction == "out":
+            # The person we mailed on it: one address a copy (store.notifications), taken
+            # whole (its quoted local part may hold commas); a copy queued before one row
+            # a recipient may name several, joined by commas.
+            on_thread = [address_key(to_addrs), *all_addresses(to_addrs.replace(",", ", "))]
+        else:
+            on_thread = [address_key(from_addr)]
+            if authenticated:
+                on_thread += all_addresses(to_addrs.replace(",", ", "), cc_addrs.replace(",", ", "))
         # Our own addresses on a thread grant nothing to anyone.
         if sender in [a for a in on_thread if not is_own(a, own)]:
             return Permission(True, False, "thread")

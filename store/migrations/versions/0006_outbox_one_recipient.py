@@ -1,7 +1,7 @@
 """the outbox: one row a recipient, rendered by the deliverer
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 Create Date: 2026-12-02
 
 Until now a notification was one row for its recipients, joined by commas in
@@ -22,7 +22,7 @@ from alembic import op
 import sqlalchemy as sa
 
 revision = "0006"
-down_revision = "0004"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
