@@ -246,8 +246,7 @@ class Renderer:
             action = "".join(text_tpl.blocks["action"](ctx)) if "action" in text_tpl.blocks else ""
             text = text_tpl.render(context)
             # The HTML part opens with the same action and headline as the text part.
-            html = html_tpl.render({**context, "headline": " ".join(subject.split()),
-                                    "action": " ".join(action.split())})
+            html = html_tpl.render({**context, "headline": _one_line(subject), "action": _one_line(action)})
         except jinja2.TemplateSyntaxError as exc:
             raise RenderError(f"{exc.filename or exc.name}:{exc.lineno}: {exc.message}") from exc
         except jinja2.TemplateNotFound as exc:
@@ -256,11 +255,11 @@ class Renderer:
             raise
         except Exception as exc:
             raise RenderError(_locate(exc) + f"{type(exc).__name__}: {exc}") from exc
-        subject = " ".join(subject.split())
+        subject = _one_line(subject)
         # Blocks left empty leave runs of blank lines: one blank line between paragraphs.
         text = re.sub(r"\n[ \t]*\n(?:[ \t]*\n)+", "\n\n", text)
         return RenderedMail(event=event, language=lang, subject=subject, text=text.strip() + "\n", html=html,
-                            action=" ".join(action.split()))
+                            action=_one_line(action))
 
     def render_safe(self, event: str, lang: str, context: dict) -> RenderedMail:
         """Render with the admin's overrides, falling back to the shipped templates if an
@@ -272,6 +271,12 @@ class Renderer:
                 raise
             log.error("override for %s/%s failed, using the shipped template: %s", event, lang, exc)
             return self.render(event, lang, context, use_override=False)
+
+
+def _one_line(text: str) -> str:
+    """A block's text on one line.  Only the spaces a template's layout leaves: the
+    non-breaking ones of the catalogs («\u00a0:») stay where they are."""
+    return re.sub(r"[ \t\r\n]+", " ", text).strip(" ")
 
 
 def _locate(exc: BaseException) -> str:
