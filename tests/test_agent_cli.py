@@ -126,7 +126,7 @@ def test_an_agent_works_a_ticket_from_phone_call_to_closing(tmp_path):
     mails = [message_from_bytes(p.read_bytes(), policy=default_policy)
              for p in sorted((tmp_path / "var" / "outbox").glob("*.eml"))]
     planned_mail = next(m for m in mails if "Rendez-vous" in m.get_body(("plain",)).get_content())
-    assert "mardi 1 décembre 2026, 10:00:00" in planned_mail.get_body(("plain",)).get_content()
+    assert "mardi 1er décembre 2026 à 10\u00a0h\u00a000" in planned_mail.get_body(("plain",)).get_content()
 
     # Reopen with a comment, solve again, and close now (close_after_days = 0).
     assert status("In progress", "--note", "Paul ne peut toujours pas se connecter.")["status"] == "In progress"
