@@ -37,6 +37,7 @@ HELPDESK = "helpdesk@localhost"
     # French
     ("Bonjour,\n\nApprouvé, merci.", APPROVE),
     ("Bonjour Madame,\nC'est d'accord pour moi.", APPROVE),
+    ("Chère Madame, chers collègues,\n\nAccepté.", APPROVE),
     ("Madame, Monsieur,\n\nJe valide le devis.", APPROVE),
     ("Bon pour accord.", APPROVE),
     ("APPROUVÉ", APPROVE),
@@ -79,6 +80,7 @@ HELPDESK = "helpdesk@localhost"
     # German
     ("Guten Tag,\n\nGenehmigt, danke.", APPROVE),
     ("Sehr geehrte Damen und Herren,\n\nich bin einverstanden.", APPROVE),
+    ("Grüß Gott Frau Huber,\nAbgelehnt, leider zu teuer.", REFUSE),
     ("Nicht genehmigt, zu teuer.", REFUSE),
     ("Das genehmige ich nicht.", REFUSE),
     ("Ich bin nicht einverstanden.", REFUSE),

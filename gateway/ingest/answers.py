@@ -98,10 +98,10 @@ _NEGATED_AFTER = frozenset({"approuve", "accepte", "valide", "genehmige", "geneh
 _WINDOW = 3  # words around a decision word that may negate it
 
 _GREETING = re.compile(
-    r"^(?:bonjour|bonsoir|salut|madame|monsieur|mesdames|messieurs|cher|chere|chers|cheres"
+    r"^(?:bonjour|bonsoir|salut|madame|monsieur|mesdames|messieurs|ch[eè]re?s?"
     r"|hello|hi|hey|dear|good\s+(?:morning|afternoon|evening|day)|greetings"
     r"|beste|geachte|hallo|hoi|dag|goedemorgen|goedemiddag|goedenavond|goeiedag|goedendag"
-    r"|guten\s+(?:tag|morgen|abend)|sehr\s+geehrte[rs]?|liebe[rs]?|servus|moin|gru(?:ss|ß)\s+gott)\b",
+    r"|guten\s+(?:tag|morgen|abend)|sehr\s+geehrte[rs]?|liebe[rs]?|servus|moin|gr[uü](?:ss|ß)\s+gott)\b",
     re.IGNORECASE,
 )
 _THANKS = re.compile(

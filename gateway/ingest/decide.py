@@ -119,12 +119,6 @@ _THANKS = re.compile(
 )
 
 
-def approval_word(text: str) -> str | None:
-    """``approve`` or ``refuse`` when the new text of an answer to an approval request
-    decides, else None (gateway.ingest.answers reads it as customers write it)."""
-    return {answers.APPROVE: APPROVE, answers.REFUSE: REFUSE}.get(read_decision(text).decision)
-
-
 def only_thanks(text: str) -> bool:
     return bool(text) and len(text) <= 80 and bool(_THANKS.match(" ".join(text.split())))
 
