@@ -141,6 +141,11 @@ ENGLISH_WORDS = re.compile(r"\b(?:the|your|you|please|with|and|been|have|this|wh
 MACHINE_DATES = re.compile(r"\d{1,2}:\d{2}:\d{2}|[+-]\d{4}\b|\bUTC\b|\bGMT\b|\b[AP]M\b|heure|Zeit|\d{4}-\d{2}-\d{2}")
 
 
+def ctx_title(event: str, texts: dict) -> str:
+    """The sample ticket's title: a Service Request for the approval events."""
+    return texts["request"] if event.startswith("approval") else texts["title"]
+
+
 def cases():
     for event in EVENTS:
         for reason in (WAITING_REASONS if event == "waiting" else (None,)):
@@ -183,7 +188,7 @@ def test_every_mail_reads_as_written(sqlite_gw, event, reason, lang):
             # Not the other recipient's time: Honolulu is still on the 26th.
             other = next(r for r in RECIPIENTS if r is not recipient)
             assert written(SAMPLE_NOW, other.timezone, lang) not in mail.text
-        assert texts["title"] in mail.subject or event == "too-large"
+        assert ctx_title(event, texts) in mail.subject
 
 
 @pytest.mark.parametrize("event, reason", list(cases()))

@@ -335,6 +335,8 @@ SAMPLE_STATUS = {**{event: status for status, event in lifecycle.NOTIFIED.items(
 SAMPLE_TEXT = {
     "fr": {"title": "L'imprimante du 3e étage est en panne",
            "mail": "Bonjour,\n\nL'imprimante du 3e étage affiche l'erreur E52 depuis ce matin.\n\nMarie Dupont",
+           "request": "Imprimante couleur pour le 3e étage",
+           "request_mail": "Bonjour,\n\nIl nous faudrait une imprimante couleur au 3e étage.\n\nMarie Dupont",
            "update": "Le technicien a trouvé du papier coincé dans l'unité de fixation.",
            "rejected": "Cette imprimante n'est pas couverte par votre contrat de maintenance.",
            "postponed": "Merci de nous indiquer le numéro de série de l'imprimante (étiquette au dos).",
@@ -346,6 +348,8 @@ SAMPLE_TEXT = {
            "unclear": "Combien coûte la livraison\u202f?"},
     "nl": {"title": "De printer op de 3de verdieping is defect",
            "mail": "Goedemorgen,\n\nDe printer op de 3de verdieping geeft sinds vanochtend fout E52.\n\nMarie Dupont",
+           "request": "Kleurenprinter voor de 3de verdieping",
+           "request_mail": "Goedemorgen,\n\nWe hebben een kleurenprinter nodig op de 3de verdieping.\n\nMarie Dupont",
            "update": "De technicus vond papier dat vastzat in de fixeereenheid.",
            "rejected": "Deze printer valt niet onder uw onderhoudscontract.",
            "postponed": "Wilt u ons het serienummer van de printer bezorgen (sticker op de achterkant)?",
@@ -357,6 +361,8 @@ SAMPLE_TEXT = {
            "unclear": "Hoeveel kost de levering?"},
     "en": {"title": "Printer on the 3rd floor out of order",
            "mail": "Hello,\n\nThe printer on the 3rd floor has shown error E52 since this morning.\n\nMarie Dupont",
+           "request": "Colour printer for the 3rd floor",
+           "request_mail": "Hello,\n\nWe need a colour printer on the 3rd floor.\n\nMarie Dupont",
            "update": "The technician found paper stuck in the fuser unit.",
            "rejected": "This printer is not covered by your maintenance contract.",
            "postponed": "Please tell us the serial number of the printer (label on the back).",
@@ -368,6 +374,8 @@ SAMPLE_TEXT = {
            "unclear": "How much is the delivery?"},
     "de": {"title": "Drucker im 3. Stock defekt",
            "mail": "Guten Tag,\n\nDer Drucker im 3. Stock zeigt seit heute Morgen den Fehler E52.\n\nMarie Dupont",
+           "request": "Farbdrucker für den 3. Stock",
+           "request_mail": "Guten Tag,\n\nwir brauchen einen Farbdrucker im 3. Stock.\n\nMarie Dupont",
            "update": "Der Techniker hat in der Fixiereinheit eingeklemmtes Papier gefunden.",
            "rejected": "Dieser Drucker ist nicht durch Ihren Wartungsvertrag abgedeckt.",
            "postponed": "Bitte nennen Sie uns die Seriennummer des Druckers (Etikett auf der Rückseite).",
@@ -395,13 +403,13 @@ def sample_ticket(event: str, waiting_reason: str | None = None, lang: str = "en
     texts = sample_texts(lang)
     person = sample_person(lang)
     status = SAMPLE_STATUS.get(event, lifecycle.IN_PROGRESS)
-    approval = event.startswith("approval")
+    approval = event.startswith("approval")  # a Service Request: a colour printer, for approval
     reason = (waiting_reason or "customer-feedback") if status == lifecycle.WAITING else None
     ticket = Ticket(
         id=None, number="SR-000123" if approval else "INC-000123",
         process="service-request" if approval else "incident",
-        status=status, title=texts["title"],
-        description=texts["mail"], personal_reference="PO1234",
+        status=status, title=texts["request" if approval else "title"],
+        description=texts["request_mail" if approval else "mail"], personal_reference="PO1234",
         reporting_person_id=0, affected_person_id=0,
         waiting_reason=reason,
         status_reason={lifecycle.REJECTED: texts["rejected"], lifecycle.POSTPONED: texts["postponed"],

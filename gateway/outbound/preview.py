@@ -70,7 +70,7 @@ def _sample_ticket(session: Session, notifier: Notifier, event: str, lang: str,
                                   body_text=body, message_id=message_id,
                                   created_at=SAMPLE_NOW + timedelta(minutes=minutes)))
 
-    message(0, "in", texts["mail"], "sample-1@client.example")
+    message(0, "in", ticket.description, "sample-1@client.example")
     if event in ("new", "closed-new-ticket"):
         session.flush()
         return ticket, "sample-1@client.example", sample_extra(event, ticket, person, lang)
