@@ -275,16 +275,15 @@ def queue(session: Session, settings: Settings, ticket: Ticket, event: str, *, i
     return queued
 
 
-def queue_notice(session: Session, settings: Settings, event: str, *, to: tuple[str, str], language: str,
-                 in_reply_to: str | None = None, extra: dict | None = None,
-                 now: datetime | None = None) -> Queued | None:
-    """A mail about no ticket (``too-large``: a mail the desk could not read) to ``to`` =
-    (name, address), in ``language``; None when the address does not check.
+def notice_values(settings: Settings, event: str, *, to: tuple[str, str], language: str,
+                  in_reply_to: str | None = None, extra: dict | None = None, now: datetime | None = None) -> dict | None:
+    """The outbox row of a mail about no ticket (``too-large``: a mail the desk could not
+    read) to ``to`` = (name, address), in ``language``, as values (pure, as ``row_values``);
+    None when the address does not check.
 
     It answers the sender's mail (In-Reply-To, ``Auto-Submitted: auto-replied``) and its
     replies go to the plain helpdesk address: no reply token, no [number] tag, no message
     on a ticket."""
-    now = now or utcnow()
     name, address = to
     checked = envelope_address(address)
     if checked is None:
@@ -292,11 +291,21 @@ def queue_notice(session: Session, settings: Settings, event: str, *, to: tuple[
     language = language if language in LANGUAGES else FALLBACK_LANGUAGE
     recipient = SimpleNamespace(id=None, email=checked, name=name or "", language=language, company="",
                                 timezone="")
-    values = row_values(settings, event=event, ticket=None, recipient=recipient, address=checked,
-                        language=language, thread=[in_reply_to] if in_reply_to else [], in_reply_to=in_reply_to,
-                        auto_submitted="auto-replied", extra=extra, now=now)
+    return row_values(settings, event=event, ticket=None, recipient=recipient, address=checked,
+                      language=language, thread=[in_reply_to] if in_reply_to else [], in_reply_to=in_reply_to,
+                      auto_submitted="auto-replied", extra=extra, now=now or utcnow())
+
+
+def queue_notice(session: Session, settings: Settings, event: str, *, to: tuple[str, str], language: str,
+                 in_reply_to: str | None = None, extra: dict | None = None,
+                 now: datetime | None = None) -> Queued | None:
+    """``notice_values``, written to the outbox in the caller's transaction; None when the
+    address does not check."""
+    values = notice_values(settings, event, to=to, language=language, in_reply_to=in_reply_to, extra=extra, now=now)
+    if values is None:
+        return None
     queued = _write(session, settings, values)
-    log.info("%s mail <%s> queued for %s in %s", event, queued.message_id, checked, language)
+    log.info("%s mail <%s> queued for %s in %s", event, queued.message_id, queued.recipient, queued.language)
     return queued
 
 

@@ -145,11 +145,13 @@ def test_smtp_mail_becomes_ticket_with_french_confirmation(tmp_path):
     assert sent["Message-ID"] and sent["Message-ID"] != mail["Message-ID"]
     text = sent.get_body(("plain",)).get_content()
     assert "INC-000001" in text and "PO1234" in text
-    assert "Nous avons bien reçu votre message" in text
-    # The date of the ticket, written for the French locale in the person's time zone
-    # (read from the ticket, never a month written into the test).
+    # The date of the ticket, written as French writes it in the person's time zone
+    # (read from the ticket, never a month written into the test): «le 27 novembre 2026
+    # à 10 h 30», «le 1er décembre…».
     created = datetime.fromisoformat(ticket["created_at"]).astimezone(ZoneInfo("Europe/Brussels"))
-    assert format_date(created, "d MMMM y", locale="fr") in text
+    day = "1er" if created.day == 1 else str(created.day)
+    written = f"le {day} {format_date(created, 'MMMM y', locale='fr')} à {created.hour}\u00a0h\u00a0{created.minute:02d}"
+    assert f"Nous avons enregistré votre ticket INC-000001 {written}." in text
     html = sent.get_body(("html",)).get_content()
     assert "PO1234" in html and 'lang="fr"' in html
 

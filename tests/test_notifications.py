@@ -11,7 +11,6 @@ from zoneinfo import ZoneInfo
 import re
 
 import pytest
-from babel.dates import format_date, format_datetime
 from sqlmodel import col, select
 
 from gateway import actions
@@ -26,15 +25,21 @@ from store.tickets import get_or_create_person
 
 LANGS = ("fr", "nl", "en", "de")
 T0 = datetime(2026, 11, 2, 8, 0, tzinfo=timezone.utc)
-NEW_YORK = ZoneInfo("America/New_York")
 GREETING = {"fr": "Bonjour Bob Affected,", "nl": "Beste Bob Affected,", "en": "Dear Bob Affected,",
             "de": "Guten Tag Bob Affected,"}
 REGARDS = {"fr": "Cordialement,", "nl": "Met vriendelijke groeten,", "en": "Kind regards,",
            "de": "Mit freundlichen Grüßen"}
-APPROVE = {"fr": ("approuvé", "refusé"), "nl": ("goedgekeurd", "afgewezen"), "en": ("approved", "rejected"),
+APPROVE = {"fr": ("approuvé", "refusé"), "nl": ("goedgekeurd", "afgewezen"), "en": ("approved", "refused"),
            "de": ("genehmigt", "abgelehnt")}
-# The appointment: 15:30 in Brussels, which is 09:30 in New York where the customer is.
+# The appointment: 15:30 in Brussels, which is 09:30 in New York where the customer is,
+# written as each language writes it in a sentence.
 APPOINTMENT = datetime(2026, 12, 1, 15, 30, tzinfo=ZoneInfo("Europe/Brussels"))
+APPOINTMENT_IN_NEW_YORK = {"fr": "mardi 1er décembre 2026 à 9\u00a0h\u00a030",
+                           "nl": "dinsdag 1 december 2026 om 9.30 uur",
+                           "en": "Tuesday 1 December 2026 at 09:30", "de": "Dienstag, 1. Dezember 2026 um 09:30 Uhr"}
+# Solved on 2 November at 09:00 UTC: closed for good 14 days later, 16 November in New York.
+CLOSE_ON = {"fr": "le 16 novembre 2026", "nl": "op 16 november 2026", "en": "on 16 November 2026",
+            "de": "am 16. November 2026"}
 
 
 def _english_sentences() -> list[str]:
@@ -100,9 +105,12 @@ def check_common(app, row, msg, text, html, lang, number):
         copies = session.exec(select(Outbox.recipient).where(Outbox.event == row.event,
                                                              Outbox.created_at == row.created_at)).all()
     assert sorted(copies) == ["anna.reporter@example.com", "bob.affected@example.com"]
-    # The event's headline, then the greeting.
+    # What the mail asks of the customer when it asks something, the event's headline,
+    # then the greeting.
     paragraphs = [p.strip() for p in text.replace("\r\n", "\n").split("\n\n") if p.strip()]
-    assert paragraphs[1].startswith(GREETING[lang]) and REGARDS[lang] in text
+    asks = msg["X-Message-Flag"] is not None
+    assert not asks or paragraphs[0] == str(msg["X-Message-Flag"]).replace(" :", "\u00a0:")
+    assert paragraphs[2 if asks else 1].startswith(GREETING[lang]) and REGARDS[lang] in text
     assert number in msg["Subject"] and "PO1234" in text
     if lang != "en":
         for english in ("Kind regards", "Dear ", "Your ticket", "Reason:", "reply to this e-mail"):
@@ -142,16 +150,15 @@ def test_each_event_in_each_language(sqlite_gw, event, lang):
     row, msg, text, html = last_mail(app, event)
     check_common(app, row, msg, text, html, lang, number)
     facts = {
-        "new": [_(app, lang, "A specialist will take it up as soon as possible.")],
+        "new": [_(app, lang, "A specialist will handle it as soon as possible.")],
         "rejected": ["This printer is not covered by the contract.", _(app, lang, "Reason:")],
         "postponed": ["Please tell us the serial number of the printer.",
                       "The technician found paper stuck in tray 2.", _(app, lang, "Latest update on your ticket:")],
         "waiting": ["Which tray is jammed?", "The technician found paper stuck in tray 2.",
                     _(app, lang, "We need information from you before we can continue with your ticket. Please "
                                  "reply to this e-mail with your answer.")],
-        "planned": [format_datetime(APPOINTMENT, "full", tzinfo=NEW_YORK, locale=lang), "Room 301"],
-        "solved": ["The fuser unit was replaced.",
-                   format_date((T0 + timedelta(hours=1, days=14)).astimezone(NEW_YORK), "long", locale=lang)],
+        "planned": [APPOINTMENT_IN_NEW_YORK[lang], "Room 301"],
+        "solved": ["The fuser unit was replaced.", CLOSE_ON[lang]],
         "approval": ["A new colour printer for EUR 450.", f"{APPROVE[lang][0]}", f"{APPROVE[lang][1]}"],
     }[event]
     for fact in facts:
@@ -159,12 +166,10 @@ def test_each_event_in_each_language(sqlite_gw, event, lang):
         assert fact.replace("'", "&#39;") in html or fact in html
     if event == "planned":
         # The customer's time zone: 09:30 in New York, not the agent's 15:30.
-        assert "9:30" in text
-        assert format_datetime(APPOINTMENT, "full", tzinfo=APPOINTMENT.tzinfo, locale=lang) not in text
+        assert not re.search(r"15[:. h\u00a0]+30", text)
     if event == "solved":
-        assert _(app, lang, "If the problem is not solved, reply to this e-mail and explain in your reply what is "
-                            "still wrong: the ticket will be reopened. A reply without an explanation cannot "
-                            "reopen it.") in text
+        assert _(app, lang, "If the problem is not solved, reply to this e-mail and explain what is still wrong: we "
+                            "will reopen the ticket. A reply without an explanation cannot reopen it.") in text
 
 
 @pytest.mark.parametrize("lang", LANGS)
@@ -186,11 +191,11 @@ def test_waiting_has_one_wording_per_reason(sqlite_gw, reason, lang):
         "customer-hardware-arrival": "We are waiting for your hardware to arrive before we can continue. Please "
                                      "reply to this e-mail as soon as it has arrived.",
         "customer-hardware-return": "We are waiting for you to return the hardware before we can continue. Please "
-                                    "reply to this e-mail when it has been sent back.",
+                                    "reply to this e-mail once you have sent it back.",
         "final-solution": "Your problem has been solved temporarily. We are waiting for the final solution and "
                           "will let you know when it is in place.",
-        "rfc": "Your ticket needs a change (RFC), which is being carried out. We will continue as soon as it is "
-               "done.",
+        "rfc": "Your ticket requires a non-standard change, which is being carried out. We will continue as soon as "
+               "it has been completed.",
     }
     expected = _(app, lang, wordings[reason])
     assert expected in text

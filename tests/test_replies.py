@@ -606,7 +606,8 @@ def test_approval_by_reply_in_french(gw):
     assert "Approuvé, vous pouvez commander." in last.note
     told = notifications(gw, number)[-1]
     assert (told.event, told.language) == ("approval-recorded", "fr")
-    assert "Votre approbation a été enregistrée" in plain_body(told)
+    # To its author, in the second person.
+    assert "votre approbation a bien été enregistrée" in plain_body(told)
 
 
 def test_the_same_approval_sent_again_does_not_act_twice(gw):

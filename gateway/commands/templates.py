@@ -7,12 +7,11 @@ import sys
 
 from gateway.app import App
 from gateway.errors import CommandError
-from gateway.outbound.notify import sample_context, sample_row
+from gateway.outbound.notify import sample_context
+from gateway.outbound.preview import NobodyToMail, preview_sample, preview_ticket
 from gateway.outbound.render import EVENTS, LANGUAGES, TICKETLESS, RenderError, check_templates, compile_catalogs, template_files
 from store.db import session_for
 from store.lifecycle import WAITING_REASONS
-from store.models import Outbox
-from store.notifications import plan
 from store.tickets import NotFound, get_ticket
 
 
@@ -25,11 +24,14 @@ def register(sub, common) -> None:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_list)
 
-    s = tsub.add_parser("preview", parents=[common], help="print a rendered mail: headers, text and HTML")
+    s = tsub.add_parser("preview", parents=[common],
+                        help="print a mail as the customer gets it: headers, text and HTML (--raw: its bytes)")
     s.add_argument("event", choices=EVENTS)
     s.add_argument("--lang", default="en", choices=LANGUAGES)
     s.add_argument("--ticket", metavar="NUMBER", help="use this ticket's data instead of sample data")
     s.add_argument("--waiting-reason", choices=WAITING_REASONS, help="for the waiting mail with sample data")
+    s.add_argument("--raw", action="store_true",
+                   help="the message exactly as sent (an .eml: every header, encoded), not decoded for reading")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_preview)
 
@@ -60,34 +62,35 @@ def cmd_list(config, args) -> int:
 
 
 def cmd_preview(config, args) -> int:
+    """The mail as the customer gets it, made by the outbox's own composition
+    (gateway.outbound.preview): the same bytes but the Date and the Message-ID."""
     app = App(config)
-    notifier = app.notifier
     try:
         if args.ticket and args.event in TICKETLESS:
             raise CommandError(f"{args.event} is about no ticket: preview it without --ticket")
-        # The row the outbox would hold, composed as the deliverer composes it: the
-        # preview is the mail the customer gets, but for its Date and Message-ID.
         if args.ticket:
             with session_for(app.engine) as session:
                 try:
-                    ticket = get_ticket(session, args.ticket)
-                except NotFound as exc:
+                    composed = preview_ticket(app.notifier, session, args.ticket, args.event)
+                except (NotFound, NobodyToMail) as exc:
                     raise CommandError(str(exc)) from None
-                rows = plan(session, app.notices, ticket, args.event)
-                session.rollback()  # a preview writes nothing
-            if not rows:
-                raise CommandError(f"{ticket.number}: nobody to mail (every recipient is undeliverable)")
-            row = Outbox(**rows[0])
+                finally:
+                    session.rollback()  # a preview writes nothing
         else:
-            row = sample_row(config, args.event, args.lang, args.waiting_reason)
-        composed = notifier.compose(row, safe=False)
-        mail, msg = composed.mail, composed.message
+            composed = preview_sample(app.notifier, args.event, args.lang, args.waiting_reason)
     except RenderError as exc:
         raise CommandError(f"cannot render {args.event}: {exc}") from None
+    mail, msg = composed.mail, composed.message
+    if args.raw:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(composed.raw)
+        sys.stdout.buffer.flush()
+        return 0
     if args.json:
         headers = {k: str(v) for k, v in msg.items() if not k.lower().startswith("content-")}
         print(json.dumps({"event": mail.event, "language": mail.language, "headers": headers,
-                          "subject": str(msg["Subject"]), "text": mail.text, "html": mail.html},
+                          "subject": str(msg["Subject"]), "action": mail.action, "text": mail.text,
+                          "html": mail.html, "raw": composed.raw.decode("utf-8", "replace")},
                          ensure_ascii=False, indent=2))
         return 0
     for key, value in msg.items():

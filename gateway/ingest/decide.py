@@ -7,9 +7,10 @@ facts into a ``Facts`` and applies the ``Decision`` in one transaction.
 from __future__ import annotations
 
 import re
-import unicodedata
 from dataclasses import dataclass
 
+from gateway.ingest import answers
+from gateway.ingest.answers import read_decision
 from gateway.ingest.automatic import Automatic, out_of_office_text
 from gateway.ingest.parse import ParsedMail
 from gateway.ingest.quotes import new_text
@@ -87,6 +88,7 @@ REOPEN = "reopen"  # Solved -> In progress, the new text being the required comm
 NEEDS_COMMENT = "needs-comment"  # Solved, no new text: stays Solved, the customer is told
 APPROVE = "approve"  # Approval -> In progress
 REFUSE = "refuse"  # Approval -> Rejected, the text being the reason
+UNCLEAR = "unclear"  # Approval, no clear decision: a comment, and the customer is told how to answer
 HOLD = "hold"  # kept for the agents (internal), changes nothing: the sender is not proven
 
 
@@ -122,18 +124,6 @@ class QuarantineIt:
 Decision = NewTicket | FollowUp | Ignore | QuarantineIt
 
 
-# First words of an answer to an approval request, in French, Dutch, English and German.
-# Only the first word of the new text counts: "approved" further down, in a quote or after
-# "not" is no decision (see approval_word).
-APPROVAL_WORDS = frozenset({
-    "approve", "approved", "approuve", "approuvé", "approuvée", "approuver", "accord", "d'accord", "accordé",
-    "akkoord", "goedgekeurd", "goedkeuren", "genehmigt", "genehmige",
-})
-REFUSAL_WORDS = frozenset({
-    "reject", "rejected", "refuse", "refused", "refusé", "refusée", "refuser",
-    "afgewezen", "geweigerd", "weiger", "abgelehnt", "ablehnen", "lehne",
-})
-_FIRST_WORD = re.compile(r"^[\s*_\"'«»“”]*([\w'’-]+)", re.UNICODE)
 # A reply that only says thanks does not reopen a Solved ticket: the customer agrees.
 _THANKS = re.compile(
     r"^(?:(?:merci|thanks?|thank\s+you|thx|bedankt|dank\s*(?:je|u)(?:wel)?|dankjewel|danke|vielen\s+dank"
@@ -142,19 +132,6 @@ _THANKS = re.compile(
     r"[\s!.,:;)(👍🙂😊]*)+(?:[A-Z][\w.-]*)?[\s!.]*$",
     re.IGNORECASE | re.UNICODE,
 )
-
-
-def approval_word(text: str) -> str | None:
-    """``approve`` or ``refuse`` when the text starts with one of the words, else None."""
-    m = _FIRST_WORD.match(unicodedata.normalize("NFC", text))
-    if not m:
-        return None
-    word = m.group(1).lower().replace("’", "'").strip("-'")
-    if word in APPROVAL_WORDS:
-        return APPROVE
-    if word in REFUSAL_WORDS:
-        return REFUSE
-    return None
 
 
 def only_thanks(text: str) -> bool:
@@ -198,15 +175,21 @@ def decide_reply(mail: ParsedMail, thread: ThreadHit) -> FollowUp:
             return follow(APPEND, "only thanks: the ticket stays Solved")
         return follow(REOPEN, "reopened by the customer's comment")
     if thread.status == lifecycle.APPROVAL:
-        word = approval_word(text)
+        reading = read_decision(text)
+        word = {answers.APPROVE: APPROVE, answers.REFUSE: REFUSE}.get(reading.decision)
         if word and thread.stale_request:
             # A ticket asked for approval twice (a new quote, say): "yes" to the first
             # request must not decide the second; nor may an answer be used twice.
             return follow(APPEND, f"{thread.stale_request}: added as a comment, approval pending")
         if word and thread.sender_is_approver:
-            return follow(word, "approved by mail" if word == APPROVE else "refused by mail")
+            return follow(word, ("approved by mail" if word == APPROVE else "refused by mail")
+                          + f", read in: {reading.statement[:200]!r}")
         if word:
             return follow(APPEND, f"not an approver ({thread.why}): added as a comment, approval pending")
+        if thread.sender_is_approver and not thread.stale_request:
+            # They may think they decided ("Bonjour, je pense que c'est bon"): tell them.
+            return follow(UNCLEAR, "no clear approval or refusal: added as a comment, approval pending, "
+                                   "the customer is told how to answer")
         return follow(APPEND, "no clear approval or refusal: added as a comment, approval pending")
     if (thread.status == lifecycle.WAITING and thread.waiting_reason in lifecycle.CUSTOMER_WAITING_REASONS
             and (text or mail.attachments)):

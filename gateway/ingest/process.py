@@ -26,8 +26,9 @@ from gateway.config import Config
 from gateway.errors import Quarantine
 from gateway.ingest.automatic import TEXT_KEY_CHARS, Automatic, classify, subject_key, text_key
 from gateway.ingest.bounces import Report
-from gateway.ingest.decide import (APPROVE, HOLD, NEEDS_COMMENT, REFUSE, REOPEN, RESUME, Facts, FollowUp, Ignore,
-                                   NewTicket, QuarantineIt, Repeat, ThreadHit, clean_title, decide)
+from gateway.ingest.answers import first_statement
+from gateway.ingest.decide import (APPROVE, HOLD, NEEDS_COMMENT, REFUSE, REOPEN, RESUME, UNCLEAR, Facts, FollowUp,
+                                   Ignore, NewTicket, QuarantineIt, Repeat, ThreadHit, clean_title, decide)
 from gateway.ingest.language import detect_language
 from gateway.ingest.parse import Limits, ParsedMail, parse
 from gateway.ingest.references import find_reference
@@ -643,7 +644,13 @@ class Processor:
                               StatusData(reason=reply.comment, note=f"Refused by {by} by mail: {reply.comment}"),
                               by=by)
             self.notify(session, ticket, "approval-recorded", mail,
-                        extra={"decision": word, "approver": mail.from_name or by, "answer": reply.comment})
+                        extra={"decision": word, "approver": mail.from_name or by, "approver_address": by,
+                               "answer": reply.comment})
+        elif reply.action == UNCLEAR:
+            # The customer may believe they decided: they are told what was read and how to answer.
+            person = self._person(session, mail, sender)
+            self.notify(session, ticket, "approval-unclear", mail, only=[person],
+                        extra={"statement": first_statement(reply.comment)})
         log.info("<%s> %s %s: %s", mail.message_id, ticket.number, reply.action, reply.detail)
         return Outcome(inbound.source, mail.message_id, reply.outcome, ticket.number, reply.detail)
 

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import os
-import random
 import re
 import sys
 import uuid
@@ -38,6 +38,7 @@ from gateway.outbound.render import RenderedMail
 from store.addresses import mailbox
 from store.vocabulary import LOOP_HEADER
 
+FLAG_HEADER = "X-Message-Flag"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029\x85]+")
 
 
@@ -98,6 +99,10 @@ class Envelope:
     # Outlook's conversation headers; thread_index from ``thread_index()``.
     thread_topic: str | None = None
     thread_index: str | None = None
+    # What the mail asks of its reader ("Action required: ..."): Outlook shows it as the
+    # mail's follow-up flag ([MS-OXCMAIL] 2.2.3.2.16, X-Message-Flag).  No other header
+    # or the Subject changes, so the mail threads as every other one of its ticket.
+    flag: str | None = None
 
 
 _FILETIME_EPOCH = datetime(1601, 1, 1, tzinfo=timezone.utc)
@@ -185,6 +190,8 @@ def build_message(mail: RenderedMail, env: Envelope) -> EmailMessage:
         msg["Thread-Topic"] = header_text(env.thread_topic)
     if env.thread_index:
         msg["Thread-Index"] = env.thread_index
+    if env.flag:
+        msg[FLAG_HEADER] = header_text(env.flag)
     msg.set_content(mail.text, subtype="plain", charset="utf-8", cte="quoted-printable")
     msg.add_alternative(mail.html, subtype="html", charset="utf-8", cte="quoted-printable")
     # After the content: set_content() clears every Content-* header.
@@ -328,10 +335,15 @@ def build_bytes(mail: RenderedMail, env: Envelope) -> tuple[bytes, str]:
         out.append(_text("Thread-Topic", header_text(env.thread_topic)))
     if env.thread_index:
         out.append(_plain("Thread-Index", env.thread_index))
+    if env.flag:
+        out.append(_text(FLAG_HEADER, header_text(env.flag)))
     text_part = _qp_part("plain", mail.text, False)
     html_part = _qp_part("html", mail.html, True)
     # Quoted-printable writes every "=" as "=3D": no body line can look like this boundary.
-    boundary = "=" * 15 + f"{random.randrange(sys.maxsize):019d}" + "=="
+    # Taken from the content, not drawn at random: the same mail has the same bytes, so
+    # `gateway templates preview` shows byte for byte what is sent.
+    digest = int.from_bytes(hashlib.sha256((mail.text + "\0" + mail.html).encode("utf-8", "replace")).digest()[:8])
+    boundary = "=" * 15 + f"{digest % sys.maxsize:019d}" + "=="
     out += ["MIME-Version: 1.0\r\n",
             # The boundary has a fixed length: the policy folds this header before it.
             f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"\r\n',

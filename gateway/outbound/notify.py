@@ -139,6 +139,9 @@ class Notifier:
             subject=subject,
             thread_topic=topic,
             thread_index=index,
+            # A mail that asks something of the customer says so in the inbox (Outlook's
+            # follow-up flag); render.py's action block.
+            flag=mail.action or None,
         )
         raw, subject = build_bytes(mail, envelope)
         return Composed(row.event, lang, row.recipient, mail, raw, subject, row.message_id)
@@ -177,53 +180,114 @@ def warm_up(notifier: Notifier) -> float:
     return time.monotonic() - start
 
 
-# Sample data for previews and ``templates check``: every field an event can show is set.
+# Sample data for previews and ``templates check``: a ticket in the status its event is
+# sent in, with the data of that status only (as store.tickets.change_status keeps it), so
+# that no preview shows « Statut : En cours » beside « le ticket reste donc résolu ».
 SAMPLE_NOW = datetime(2026, 11, 27, 9, 30, tzinfo=timezone.utc)
-
+# The status a ticket is in when each event is sent.
+SAMPLE_STATUS = {**{event: status for status, event in lifecycle.NOTIFIED.items()},
+                 "approval-recorded": lifecycle.IN_PROGRESS, "approval-unclear": lifecycle.APPROVAL,
+                 "reopen-needs-comment": lifecycle.SOLVED, "closed-new-ticket": lifecycle.NEW,
+                 "too-large": lifecycle.NEW}
 
 # What a customer and an agent would write, per language, so that a preview reads true.
 SAMPLE_TEXT = {
-    "fr": ("L'imprimante du 3e étage est en panne", "La pièce doit être commandée.",
-           "L'unité de fixation a été remplacée.", "Installation d'une imprimante couleur (450 EUR).",
-           "Le technicien repassera avec la pièce.", "3e étage, local 301"),
-    "nl": ("De printer op de 3de verdieping is defect", "Het onderdeel moet besteld worden.",
-           "De fuser-eenheid werd vervangen.", "Installatie van een kleurenprinter (450 EUR).",
-           "De technicus komt terug met het onderdeel.", "3de verdieping, lokaal 301"),
-    "en": ("Printer on the 3rd floor out of order", "The part has to be ordered.",
-           "The fuser unit was replaced.", "Installation of a colour printer (EUR 450).",
-           "The technician will come back with the part.", "3rd floor, room 301"),
-    "de": ("Drucker im 3. Stock defekt", "Das Ersatzteil muss bestellt werden.",
-           "Die Fixiereinheit wurde ersetzt.", "Installation eines Farbdruckers (450 EUR).",
-           "Der Techniker kommt mit dem Ersatzteil wieder.", "3. Stock, Raum 301"),
+    "fr": {"title": "L'imprimante du 3e étage est en panne",
+           "mail": "Bonjour,\n\nL'imprimante du 3e étage affiche l'erreur E52 depuis ce matin.\n\nMarie Dupont",
+           "request": "Imprimante couleur pour le 3e étage",
+           "request_mail": "Bonjour,\n\nIl nous faudrait une imprimante couleur au 3e étage.\n\nMarie Dupont",
+           "update": "Le technicien a trouvé du papier coincé dans l'unité de fixation.",
+           "rejected": "Cette imprimante n'est pas couverte par votre contrat de maintenance.",
+           "postponed": "Merci de nous indiquer le numéro de série de l'imprimante (étiquette au dos).",
+           "question": "Quel bac papier est bloqué\u202f?",
+           "solution": "L'unité de fixation a été remplacée.",
+           "approval": "Installation d'une imprimante couleur (450 EUR).",
+           "place": "3e étage, local 301",
+           "approve": "Approuvé, vous pouvez commander.",
+           "unclear": "Combien coûte la livraison\u202f?"},
+    "nl": {"title": "De printer op de 3de verdieping is defect",
+           "mail": "Goedemorgen,\n\nDe printer op de 3de verdieping geeft sinds vanochtend fout E52.\n\nMarie Dupont",
+           "request": "Kleurenprinter voor de 3de verdieping",
+           "request_mail": "Goedemorgen,\n\nWe hebben een kleurenprinter nodig op de 3de verdieping.\n\nMarie Dupont",
+           "update": "De technicus vond papier dat vastzat in de fixeereenheid.",
+           "rejected": "Deze printer valt niet onder uw onderhoudscontract.",
+           "postponed": "Wilt u ons het serienummer van de printer bezorgen (sticker op de achterkant)?",
+           "question": "Welke papierlade zit vast?",
+           "solution": "De fixeereenheid werd vervangen.",
+           "approval": "Installatie van een kleurenprinter (450 EUR).",
+           "place": "3de verdieping, lokaal 301",
+           "approve": "Akkoord, u mag bestellen.",
+           "unclear": "Hoeveel kost de levering?"},
+    "en": {"title": "Printer on the 3rd floor out of order",
+           "mail": "Hello,\n\nThe printer on the 3rd floor has shown error E52 since this morning.\n\nMarie Dupont",
+           "request": "Colour printer for the 3rd floor",
+           "request_mail": "Hello,\n\nWe need a colour printer on the 3rd floor.\n\nMarie Dupont",
+           "update": "The technician found paper stuck in the fuser unit.",
+           "rejected": "This printer is not covered by your maintenance contract.",
+           "postponed": "Please tell us the serial number of the printer (label on the back).",
+           "question": "Which paper tray is jammed?",
+           "solution": "The fuser unit was replaced.",
+           "approval": "Installation of a colour printer (EUR 450).",
+           "place": "3rd floor, room 301",
+           "approve": "Approved, you may order it.",
+           "unclear": "How much is the delivery?"},
+    "de": {"title": "Drucker im 3. Stock defekt",
+           "mail": "Guten Tag,\n\nDer Drucker im 3. Stock zeigt seit heute Morgen den Fehler E52.\n\nMarie Dupont",
+           "request": "Farbdrucker für den 3. Stock",
+           "request_mail": "Guten Tag,\n\nwir brauchen einen Farbdrucker im 3. Stock.\n\nMarie Dupont",
+           "update": "Der Techniker hat in der Fixiereinheit eingeklemmtes Papier gefunden.",
+           "rejected": "Dieser Drucker ist nicht durch Ihren Wartungsvertrag abgedeckt.",
+           "postponed": "Bitte nennen Sie uns die Seriennummer des Druckers (Etikett auf der Rückseite).",
+           "question": "Welches Papierfach klemmt?",
+           "solution": "Die Fixiereinheit wurde ersetzt.",
+           "approval": "Installation eines Farbdruckers (450 EUR).",
+           "place": "3. Stock, Raum 301",
+           "approve": "Genehmigt, Sie können bestellen.",
+           "unclear": "Was kostet die Lieferung?"},
 }
 
 
+def sample_texts(lang: str) -> dict[str, str]:
+    return SAMPLE_TEXT.get(lang, SAMPLE_TEXT["en"])
+
+
+def sample_person(lang: str = "en") -> Person:
+    return Person(id=0, email="marie.dupont@example.com", name="Marie Dupont", language=lang,
+                  company="Example SA", timezone="Europe/Brussels")
+
+
 def sample_ticket(event: str, waiting_reason: str | None = None, lang: str = "en") -> tuple[Ticket, Person]:
-    """A ticket in the status of ``event`` with its data, and its affected person."""
-    title, reason, solution, approval, _update, place = SAMPLE_TEXT.get(lang, SAMPLE_TEXT["en"])
-    person = Person(id=0, email="marie.dupont@example.com", name="Marie Dupont", language=lang,
-                    company="Example SA", timezone="Europe/Brussels")
-    status = {v: k for k, v in lifecycle.NOTIFIED.items()}.get(event, lifecycle.IN_PROGRESS)
+    """A ticket in the status ``event`` is sent in, with that status's data, and its
+    affected person (who reported it too)."""
+    texts = sample_texts(lang)
+    person = sample_person(lang)
+    status = SAMPLE_STATUS.get(event, lifecycle.IN_PROGRESS)
+    approval = event.startswith("approval")  # a Service Request: a colour printer, for approval
+    reason = (waiting_reason or "customer-feedback") if status == lifecycle.WAITING else None
     ticket = Ticket(
-        id=None, number="SR-000123" if event.startswith("approval") else "INC-000123",
-        process="service-request" if event.startswith("approval") else "incident",
-        status=status, title=title,
-        description="The printer shows error E52.", personal_reference="PO1234",
+        id=None, number="SR-000123" if approval else "INC-000123",
+        process="service-request" if approval else "incident",
+        status=status, title=texts["request" if approval else "title"],
+        description=texts["request_mail" if approval else "mail"], personal_reference="PO1234",
         reporting_person_id=0, affected_person_id=0,
-        waiting_reason=(waiting_reason or "customer-feedback") if status == lifecycle.WAITING else None,
-        status_reason=reason if status in (lifecycle.REJECTED, lifecycle.POSTPONED,
-                                                                  lifecycle.WAITING) else None,
-        appointment_at=SAMPLE_NOW + timedelta(days=3, hours=4), appointment_place=place,
-        solution=solution, solved_at=SAMPLE_NOW, approval_text=approval,
+        waiting_reason=reason,
+        status_reason={lifecycle.REJECTED: texts["rejected"], lifecycle.POSTPONED: texts["postponed"],
+                       lifecycle.WAITING: texts["question"] if reason == "customer-feedback" else None}.get(status),
+        appointment_at=SAMPLE_NOW + timedelta(days=4, hours=4) if status == lifecycle.PLANNED else None,
+        appointment_place=texts["place"] if status == lifecycle.PLANNED else None,
+        solution=texts["solution"] if status == lifecycle.SOLVED else None,
+        solved_at=SAMPLE_NOW if status == lifecycle.SOLVED else None,
+        approval_text=texts["approval"] if approval else None,
         created_at=SAMPLE_NOW, updated_at=SAMPLE_NOW,
     )
     return ticket, person
 
 
-def sample_context(notifier: Notifier, event: str, lang: str, waiting_reason: str | None = None) -> dict:
+def sample_context(notifier: Notifier, event: str, lang: str, waiting_reason: str | None = None,
+                   recipient: Person | None = None) -> dict:
+    """The context of ``event`` on the sample ticket, for ``recipient`` (else the sample person)."""
     ticket, person = sample_ticket(event, waiting_reason, lang)
-    update = SAMPLE_TEXT.get(lang, SAMPLE_TEXT["en"])[4]
-    return notifier.context(ticket, person, lang, latest_update=update,
+    return notifier.context(ticket, recipient or person, lang, latest_update=sample_texts(lang)["update"],
                             change_number="CHG-000042" if ticket.waiting_reason == "rfc" else "",
                             extra=sample_extra(event, ticket, person, lang))
 
@@ -231,8 +295,10 @@ def sample_context(notifier: Notifier, event: str, lang: str, waiting_reason: st
 def sample_extra(event: str, ticket: Ticket, person: Person, lang: str) -> dict:
     """What the reply-handling events pass besides the ticket (gateway.ingest.process)."""
     if event == "approval-recorded":
-        return {"decision": "approved", "approver": person.name or person.email,
-                "answer": SAMPLE_TEXT.get(lang, SAMPLE_TEXT["en"])[3]}
+        return {"decision": "approved", "approver": person.name or person.email, "approver_address": person.email,
+                "answer": sample_texts(lang)["approve"]}
+    if event == "approval-unclear":
+        return {"statement": sample_texts(lang)["unclear"]}
     if event == "too-large":
         return {"original_subject": ticket.title, "size": 40_055_193, "limit": 25 * 2**20}
     if event == "closed-new-ticket":
@@ -240,20 +306,3 @@ def sample_extra(event: str, ticket: Ticket, person: Person, lang: str) -> dict:
                         reporting_person_id=0, affected_person_id=0)
         return {"closed_ticket": closed}
     return {}
-
-
-def sample_row(config: Config, event: str, lang: str, waiting_reason: str | None = None) -> Outbox:
-    """The outbox row ``event`` would be on the sample ticket, for its sample person."""
-    from store.notifications import row_values
-    from gateway.outbound.render import TICKETLESS
-
-    ticket, person = sample_ticket(event, waiting_reason, lang)
-    update = SAMPLE_TEXT.get(lang, SAMPLE_TEXT["en"])[4]
-    values = row_values(
-        config.notice_settings(), event=event, ticket=None if event in TICKETLESS else ticket, recipient=person,
-        address=person.email, language=lang, thread=[], in_reply_to=None,
-        auto_submitted="auto-replied" if event in TICKETLESS else "auto-generated", latest_update=update,
-        change_number="CHG-000042" if ticket.waiting_reason == "rfc" else "",
-        approval_request=1 if event == "approval" else None,
-        extra=sample_extra(event, ticket, person, lang), now=SAMPLE_NOW)
-    return Outbox(**values)

@@ -16,9 +16,10 @@ import functools
 import importlib.resources
 import io
 import logging
+import re
 import threading
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -29,6 +30,8 @@ from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from babel.units import format_unit
 from babel.support import Translations
+
+from gateway.outbound.labels import DATE_AT_TIME
 
 log = logging.getLogger("gateway.outbound")
 
@@ -55,12 +58,17 @@ EVENTS = (
     "solved",  # the solution, and how to reopen by replying
     "approval",  # what is to be approved, and how to answer
     "approval-recorded",  # the customer's approval or refusal was recorded
+    "approval-unclear",  # an answer to an approval request decided nothing: how to answer (gateway.ingest.answers)
     "reopen-needs-comment",  # a reply to a Solved ticket without text cannot reopen it
     "closed-new-ticket",  # a reply to a Closed ticket opened a new one
     "too-large",  # a mail read from a mailbox was above the size limit: no ticket (gateway.ingest.imap)
 )
 # Events about no ticket (Notifier.enqueue_notice): no [number] tag, no reply token.
 TICKETLESS = ("too-large",)
+# Events sent in answer to a customer's mail (gateway.ingest.process: In-Reply-To their
+# mail, Auto-Submitted: auto-replied); "new" too when the ticket came by mail.  The
+# others follow an agent's move (auto-generated).
+ANSWERS = ("closed-new-ticket", "reopen-needs-comment", "approval-recorded", "approval-unclear", "too-large")
 LANGUAGES = ("fr", "nl", "en", "de")
 FALLBACK_LANGUAGE = "en"
 # What the events' templates extend or include.
@@ -88,17 +96,46 @@ class RenderedMail:
     subject: str
     text: str
     html: str
+    # What the mail asks of the customer ("Action required: ..."), "" when nothing: the
+    # template's ``action`` block.  It opens both parts (the line inbox lists preview,
+    # whatever the Subject) and flags the mail in Outlook (compose: X-Message-Flag).
+    action: str = ""
 
 
 class RenderError(Exception):
     """A template failed; the message names the file and line."""
 
 
-@functools.lru_cache(maxsize=256)
-def _datetime_text(value: datetime, tz: str | None, fmt: str, lang: str) -> str:
-    """``format_datetime`` remembered: with its time-zone names it cost ~6 % of a worker's
-    time a mail, and the mails of one busy second show the same text."""
-    return format_datetime(value, format=fmt, tzinfo=_tz(tz), locale=Locale.parse(lang))
+# Dates and times as each language writes them in a sentence (CLDR patterns), not as
+# Babel's named formats print them ("27 nov. 2026, 10:30:00 +0100"): «le 27 novembre
+# 2026 à 10 h 30», «op 27 november 2026 om 10.30 uur», «on 27 November 2026 at 10:30»,
+# «am 27. November 2026 um 10:30 Uhr».  The words around them ("à", "om … uur", "um …
+# Uhr") are the catalogs' (gateway.outbound.labels.DATE_AT_TIME).  French writes the
+# first day of a month «1er» and keeps "10 h 30" on one line.
+WRITTEN_DATE = {"fr": "d MMMM y", "nl": "d MMMM y", "en": "d MMMM y", "de": "d. MMMM y"}
+WRITTEN_DAY = {"fr": "EEEE d MMMM y", "nl": "EEEE d MMMM y", "en": "EEEE d MMMM y", "de": "EEEE, d. MMMM y"}
+WRITTEN_TIME = {"fr": "H\u00a0'h'\u00a0mm", "nl": "H.mm", "en": "HH:mm", "de": "HH:mm"}
+
+
+def _written_pattern(kind: str, lang: str, day: int) -> str:
+    pattern = (WRITTEN_DAY if kind == "full" else WRITTEN_DATE).get(lang, WRITTEN_DATE["en"])
+    if lang == "fr" and day == 1:
+        pattern = pattern.replace("d MMMM", "d'er' MMMM")
+    return pattern
+
+
+@functools.lru_cache(maxsize=512)
+def _written(value: datetime, tz: str | None, kind: str, lang: str, with_time: bool, at: str) -> str:
+    """``value`` in the time zone ``tz`` as ``lang`` writes it: the date ("long"; with its
+    weekday: "full"), then the time joined by ``at`` (the catalog's "%(date)s at
+    %(time)s").  Remembered: the mails of one busy second show the same text."""
+    local = (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).astimezone(_tz(tz))
+    locale = Locale.parse(lang)
+    day = format_date(local, _written_pattern(kind, lang, local.day), locale=locale)
+    if not with_time:
+        return day
+    time = format_datetime(local, WRITTEN_TIME.get(lang, WRITTEN_TIME["en"]), tzinfo=local.tzinfo, locale=locale)
+    return at % {"date": day, "time": time}
 
 
 def _tz(name: str | None):
@@ -183,19 +220,28 @@ class Renderer:
         env.globals["_"] = env.globals["gettext"]
         locale = Locale.parse(lang)
 
+        translations = self.translations(lang, use_override)
+
         def fmt_datetime(value: datetime | None, tz: str | None = None, fmt: str = "full") -> str:
+            """``fmt`` "full" (with the weekday) or "long": as the language writes it in a
+            sentence, in the time zone ``tz`` (the recipient's); any other value is a
+            Babel format or pattern, for an admin's template."""
             if value is None:
                 return ""
-            if isinstance(value, datetime) and fmt in ("full", "long", "medium", "short"):
-                # Babel's named formats stop at the second: the same second, the same text.
-                return _datetime_text(value.replace(microsecond=0), tz, fmt, lang)
+            if fmt in ("full", "long"):
+                return _written(value.replace(microsecond=0), tz, fmt, lang, True,
+                                translations.gettext(DATE_AT_TIME))
             return format_datetime(value, format=fmt, tzinfo=_tz(tz), locale=locale)
 
         def fmt_date(value: date | datetime | None, tz: str | None = None, fmt: str = "long") -> str:
             if value is None:
                 return ""
+            if isinstance(value, datetime) and fmt in ("full", "long"):
+                return _written(value.replace(microsecond=0), tz, fmt, lang, False, "")
             if isinstance(value, datetime):
                 value = value.astimezone(_tz(tz))
+            if fmt in ("full", "long"):
+                return format_date(value, _written_pattern(fmt, lang, value.day), locale=locale)
             return format_date(value, format=fmt, locale=locale)
 
         def fmt_size(value: int) -> str:
@@ -225,9 +271,10 @@ class Renderer:
             html_tpl = env.get_template(f"{event}.html.j2")
             ctx = text_tpl.new_context(dict(context))
             subject = "".join(text_tpl.blocks["subject"](ctx)) if "subject" in text_tpl.blocks else ""
+            action = "".join(text_tpl.blocks["action"](ctx)) if "action" in text_tpl.blocks else ""
             text = text_tpl.render(context)
-            # The HTML part shows the same headline as the text part's first line.
-            html = html_tpl.render({**context, "headline": " ".join(subject.split())})
+            # The HTML part opens with the same action and headline as the text part.
+            html = html_tpl.render({**context, "headline": _one_line(subject), "action": _one_line(action)})
         except jinja2.TemplateSyntaxError as exc:
             raise RenderError(f"{exc.filename or exc.name}:{exc.lineno}: {exc.message}") from exc
         except jinja2.TemplateNotFound as exc:
@@ -236,8 +283,11 @@ class Renderer:
             raise
         except Exception as exc:
             raise RenderError(_locate(exc) + f"{type(exc).__name__}: {exc}") from exc
-        subject = " ".join(subject.split())
-        return RenderedMail(event=event, language=lang, subject=subject, text=text.strip() + "\n", html=html)
+        subject = _one_line(subject)
+        # Blocks left empty leave runs of blank lines: one blank line between paragraphs.
+        text = re.sub(r"\n[ \t]*\n(?:[ \t]*\n)+", "\n\n", text)
+        return RenderedMail(event=event, language=lang, subject=subject, text=text.strip() + "\n", html=html,
+                            action=_one_line(action))
 
     def render_safe(self, event: str, lang: str, context: dict) -> RenderedMail:
         """Render with the admin's overrides, falling back to the shipped templates if an
@@ -249,6 +299,12 @@ class Renderer:
                 raise
             log.error("override for %s/%s failed, using the shipped template: %s", event, lang, exc)
             return self.render(event, lang, context, use_override=False)
+
+
+def _one_line(text: str) -> str:
+    """A block's text on one line.  Only the spaces a template's layout leaves: the
+    non-breaking ones of the catalogs («\u00a0:») stay where they are."""
+    return re.sub(r"[ \t\r\n]+", " ", text).strip(" ")
 
 
 def _locate(exc: BaseException) -> str:
