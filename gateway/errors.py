@@ -35,3 +35,18 @@ class CommandError(GatewayError):
     def __init__(self, message: str, status: int = 1):
         super().__init__(message)
         self.status = status
+
+
+class NotFound(CommandError):
+    """What an action was asked about does not exist (a ticket, a mail, a notification)."""
+
+    def __init__(self, message: str):
+        super().__init__(message, status=1)
+
+
+class Refused(CommandError):
+    """An action the rules refuse as asked (a mail that is not quarantined cannot be
+    processed again); the message says why, in words for the person who asked."""
+
+    def __init__(self, message: str):
+        super().__init__(message, status=1)

@@ -252,3 +252,22 @@ class Secret(SQLModel, table=True):
     name: str = Field(primary_key=True)
     value: str
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class AuditEntry(SQLModel, table=True):
+    """Who changed what, when (revision 0008): every write of the API, the admin console
+    and the customer pages, written in the transaction of the change (store.audit)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(default_factory=utcnow, index=True)
+    # Who: "token:<name>", "admin:<email>", "customer:<email>", "cli:<user>".
+    actor: str = Field(index=True)
+    # What: a dotted name, "ticket.status", "template.save", "token.revoke".
+    action: str
+    # On what: "INC-000001", "template:waiting/fr", "outbox:42".
+    target: str = Field(default="", index=True)
+    # The state before and after, as JSON (None: not applicable).
+    before: str | None = Field(default=None, sa_column=Column(Text))
+    after: str | None = Field(default=None, sa_column=Column(Text))
+    # The client's address, for a change made over HTTP.
+    client: str = ""

@@ -10,7 +10,6 @@ from sqlmodel import col, select
 
 from gateway.app import App
 from gateway.errors import CommandError
-from gateway.ingest.imap import TOO_LARGE
 from store.db import session_for
 from store.models import InboundMessage
 
@@ -103,55 +102,21 @@ def cmd_show(config, args) -> int:
     return 0
 
 
-def _too_large_help(config, sources) -> str:
-    """What to do about too-large rows (a mailbox's, source imap:NAME): raise the limit
-    and move the messages back from the failed folder."""
-    names = sorted({s.partition(":")[2] for s in sources if s.startswith("imap:")}) or ["MAILBOX"]
-    retry = " and ".join(f"`gateway imap retry-failed {n}`" for n in names)
-    one = len(sources) == 1
-    return (f"raise [smtp] max_message_size (now {config.smtp.max_message_size} bytes) above "
-            f"{'its size' if one else 'their sizes'}, then run {retry}: the whole "
-            f"{'mail is' if one else 'mails are'} fetched and taken as {'a new row' if one else 'new rows'}")
-
-
 def cmd_reprocess(config, args) -> int:
-    """Put quarantined mail back in the queue and process it now.  Only quarantined mail:
-    a processed one already did its work, and doing it again would act twice.  Never a
-    too-large IMAP message's row: it holds the header only (the mail was not fetched)."""
-    app = App(config)
-    with session_for(app.engine) as session:
-        skipped: list[int] = []
-        if args.quarantined:
-            rows = list(session.exec(select(InboundMessage.id, InboundMessage.outcome, InboundMessage.source)
-                                     .where(InboundMessage.state == "quarantined").order_by(col(InboundMessage.id))))
-            ids = [i for i, outcome, _ in rows if outcome != TOO_LARGE]
-            skipped = [i for i, outcome, _ in rows if outcome == TOO_LARGE]
-            if skipped:
-                # On stderr: with --json, stdout stays one JSON object a mail.
-                print(f"skipped {len(skipped)} too-large mail(s) ({', '.join(f'#{i}' for i in skipped)}): only the "
-                      f"header is stored, the mail was not fetched; to take {'it' if len(skipped) == 1 else 'them'}, "
-                      f"{_too_large_help(config, [src for _, outcome, src in rows if outcome == TOO_LARGE])}",
-                      file=sys.stderr)
-        else:
-            ids = args.ids
-        if not ids:
-            if skipped:
-                return 0
-            raise CommandError("name the mails to reprocess (ids) or give --quarantined")
-        for inbound_id in ids:
-            row = _get(session, inbound_id)
-            if row.state == "quarantined" and row.outcome == TOO_LARGE:
-                raise CommandError(f"#{inbound_id} was too large to be fetched ({row.size} bytes; only its header is "
-                                   f"stored): it is not processed as a mail; to take it, "
-                                   f"{_too_large_help(config, [row.source])}")
-            if row.state != "quarantined":
-                raise CommandError(f"#{inbound_id} is {row.state}, not quarantined: it is not processed again")
-            row.state, row.attempts, row.outcome, row.detail = "received", 0, None, None
-            session.add(row)
-        session.commit()
+    """Process quarantined mail again (gateway.actions.inbound.reprocess)."""
+    from gateway.actions.inbound import reprocess
+
+    if not args.quarantined and not args.ids:
+        raise CommandError("name the mails to reprocess (ids) or give --quarantined")
+    done = reprocess(App(config), args.ids, quarantined=args.quarantined)
+    if done.skipped:
+        # On stderr: with --json, stdout stays one JSON object a mail.
+        n = len(done.skipped)
+        print(f"skipped {n} too-large mail(s) ({', '.join(f'#{i}' for i in done.skipped)}): only the header is "
+              f"stored, the mail was not fetched; to take {'it' if n == 1 else 'them'}, {done.skipped_help}",
+              file=sys.stderr)
     status = 0
-    for inbound_id in ids:
-        outcome = app.processor.process(inbound_id)
+    for inbound_id, outcome in done.outcomes:
         if outcome.outcome == "quarantined":
             status = 1
         if args.json:

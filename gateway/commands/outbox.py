@@ -8,7 +8,7 @@ import sys
 from sqlmodel import col, select
 
 from gateway.app import App
-from gateway.outbound.outbox import deliver_pending, requeue
+from gateway.outbound.outbox import deliver_pending
 from store.db import session_for
 from store.models import DeliveryAttempt, Outbox, Ticket
 
@@ -102,13 +102,14 @@ def cmd_show(config, args) -> int:
 
 
 def cmd_retry(config, args) -> int:
+    """Send again (gateway.actions.outbox.retry)."""
+    from gateway.actions.outbox import retry
+
     if not args.failed and not args.id:
         print("give outbox id(s) or --failed", file=sys.stderr)
         return 2
-    app = App(config)
-    ids = requeue(app.engine, None if args.failed else args.id, failed=args.failed)
-    missing = sorted(set(args.id) - set(ids))
-    for i in missing:
+    done = retry(App(config), args.id, failed=args.failed)
+    for i in done.missing:
         print(f"no outbox mail {i}", file=sys.stderr)
-    print(f"{len(ids)} mail(s) pending again: {' '.join(str(i) for i in ids)}".rstrip(": "))
-    return 1 if missing else 0
+    print(f"{len(done.ids)} mail(s) pending again: {' '.join(str(i) for i in done.ids)}".rstrip(": "))
+    return 1 if done.missing else 0
