@@ -4,6 +4,9 @@ one router per area, as the URL's first word names it:
 - ``ops``: /healthz, /readyz, /metrics, for the operators' monitoring (gateway.http.ops);
 - later: /api/v1 (the API), /admin (the console), the customers' pages.
 
+Every area but ops acts through ``gateway.http.deps.gateway_app`` (the process's App)
+and the actions layer (gateway.actions), never on the database by itself.
+
 ``gateway serve`` runs it with uvicorn in a process of its own (gateway.http.server), so
 a slow page or a scrape never holds up the SMTP door's event loop.  A route stays a few
 lines: it reads what it needs through its area's dependencies, calls the code that
@@ -19,11 +22,13 @@ from gateway.http.ops import Ops
 from gateway.http.ops import router as ops_router
 
 
-def create_app(ops: Ops) -> FastAPI:
+def create_app(ops: Ops, config=None) -> FastAPI:
     """The application; ``ops`` is what the operations routes read (the database, this
-    instance's processes and doors, the metrics folder)."""
+    instance's processes and doors, the metrics folder); ``config`` (else ops') is the
+    configuration the other areas act with (gateway.http.deps.gateway_app)."""
     app = FastAPI(title="Helpdesk mail gateway", version=__version__, docs_url=None, redoc_url=None,
                   openapi_url=None)
     app.state.ops = ops
+    app.state.config = config if config is not None else ops.config
     app.include_router(ops_router)
     return app
