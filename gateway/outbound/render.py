@@ -72,7 +72,8 @@ ANSWERS = ("closed-new-ticket", "reopen-needs-comment", "approval-recorded", "ap
 LANGUAGES = ("fr", "nl", "en", "de")
 FALLBACK_LANGUAGE = "en"
 # What the events' templates extend or include.
-LAYOUTS = ("base.txt.j2", "base.html.j2", "waiting-reason.j2")
+LAYOUTS = ("base.txt.j2", "base.html.j2", "waiting-reason.j2", "waiting-action.j2", "approval-how.j2",
+           "approval-recorded-text.j2")
 
 
 def shipped_files() -> tuple[str, ...]:
