@@ -37,6 +37,9 @@ APPOINTMENT = datetime(2026, 12, 1, 15, 30, tzinfo=ZoneInfo("Europe/Brussels"))
 APPOINTMENT_IN_NEW_YORK = {"fr": "mardi 1er décembre 2026 à 9\u00a0h\u00a030",
                            "nl": "dinsdag 1 december 2026 om 9.30 uur",
                            "en": "Tuesday 1 December 2026 at 09:30", "de": "Dienstag, 1. Dezember 2026 um 09:30 Uhr"}
+APPOINTMENT_IN_BRUSSELS = {"fr": "mardi 1er décembre 2026 à 15\u00a0h\u00a030",
+                           "nl": "dinsdag 1 december 2026 om 15.30 uur",
+                           "en": "Tuesday 1 December 2026 at 15:30", "de": "Dienstag, 1. Dezember 2026 um 15:30 Uhr"}
 # Solved on 2 November at 09:00 UTC: closed for good 14 days later, 16 November in New York.
 CLOSE_ON = {"fr": "le 16 novembre 2026", "nl": "op 16 november 2026", "en": "on 16 November 2026",
             "de": "am 16. November 2026"}
@@ -261,3 +264,28 @@ def test_customer_text_cannot_add_markup_or_headers(sqlite_gw):
     assert "<script>" not in html and "&lt;script&gt;" in html
     assert "<b>now</b>" not in html and "&lt;b&gt;now&lt;/b&gt;" in html
     assert "<script>alert(1)</script> not ours" in text
+
+
+@pytest.mark.parametrize("lang", LANGS)
+def test_each_recipient_gets_a_copy_greeting_them_with_times_in_their_zone(gw, lang):
+    """The Reporting and the Affected Person each get their own copy: greeted by their own
+    name, the appointment in their own time zone (Anna in Brussels, Bob in New York), in
+    the Affected Person's language, each addressed to them alone and threaded alike."""
+    people(gw, lang)
+    number = create(gw)
+    bring_to(gw, "planned", number)
+    render_pending(gw.engine, gw.notifier)
+    with session_for(gw.engine) as session:
+        copies = list(session.exec(select(Outbox).where(Outbox.event == "planned").order_by(col(Outbox.id))))
+    assert [c.recipient for c in copies] == ["anna.reporter@example.com", "bob.affected@example.com"]
+    assert {c.language for c in copies} == {lang}  # the Affected Person's, for both
+    anna, bob = (message_from_bytes(c.raw, policy=default_policy) for c in copies)
+    anna_text, bob_text = (m.get_body(("plain",)).get_content() for m in (anna, bob))
+    assert GREETING[lang] in bob_text and "Bob Affected" not in anna_text
+    assert GREETING[lang].replace("Bob Affected", "Anna Reporter") in anna_text
+    assert APPOINTMENT_IN_NEW_YORK[lang] in bob_text
+    assert APPOINTMENT_IN_NEW_YORK[lang] not in anna_text and APPOINTMENT_IN_BRUSSELS[lang] in anna_text
+    assert [a.addr_spec for a in anna["To"].addresses] == ["anna.reporter@example.com"]
+    assert [a.addr_spec for a in bob["To"].addresses] == ["bob.affected@example.com"]
+    assert anna["Message-ID"] != bob["Message-ID"] and anna["Subject"] == bob["Subject"]
+    assert anna["References"] == bob["References"] and anna["Thread-Index"][:30] == bob["Thread-Index"][:30]
