@@ -335,6 +335,7 @@ _CHOICES = {
 NOT_KEYS = ("GATEWAY_CONFIG", "GATEWAY_CORPUS", "GATEWAY_TEST_POSTGRES_URL", "GATEWAY_BENCH_POSTGRES_URL")
 
 
+# complex: one branch per type a setting may declare (bool, int, float, path, list, dict, literal), each from TOML or the environment
 def _convert(value, tp, where: str):
     """Check and convert one value from TOML or the environment to the declared type."""
     origin = typing.get_origin(tp)
@@ -532,6 +533,7 @@ def check_secret(value: str, key: str) -> None:
                           f"random value (or leave gateway.secret empty to have one made)")
 
 
+# complex: a flat list of independent checks across sections, each naming the setting it refuses
 def _check(config: Config) -> None:
     gateway = config.gateway
     if gateway.secret:
