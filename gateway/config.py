@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from store.vocabulary import LANGUAGES, PROCESSES
+
 
 class ConfigError(Exception):
     """A configuration problem; the message names the key."""
@@ -317,8 +319,6 @@ class Config:
         raise ConfigError(f"no mailbox named {name!r} in the config (known: {', '.join(b.name for b in self.mailboxes) or 'none'})")
 
 
-PROCESSES = ("incident", "service-request", "change")
-LANGUAGES = ("fr", "nl", "en", "de")
 _CHOICES = {
     ("outbound", "transport"): ("file", "smtp"),
     ("outbound.smtp", "security"): ("none", "starttls", "tls"),

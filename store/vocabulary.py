@@ -1,12 +1,16 @@
 """Words the gateway's rooms share, named once.
 
-The statuses, processes and waiting reasons of a ticket are the lifecycle's
-(store.lifecycle); what is here is the rest of the vocabulary that more than one room
-reads: the languages mails are written in, the states of a stored mail and of a
+The statuses and waiting reasons of a ticket are the lifecycle's (store.lifecycle);
+what is here is the rest of the vocabulary that more than one room reads: the processes, the languages mails are written in, the states of a stored mail and of a
 notification, the loop header.
 """
 
 from __future__ import annotations
+
+# The processes a ticket belongs to, and the prefix of their ticket numbers (INC-000001);
+# their statuses and moves are the lifecycle's (store.lifecycle).
+PROCESS_PREFIX = {"incident": "INC", "service-request": "SR", "change": "CHG"}
+PROCESSES = tuple(PROCESS_PREFIX)
 
 # The languages of the mails (manual §1.5: the Affected Person's), in the order the
 # admins' tools list them; a person, a company or the config naming another falls back.

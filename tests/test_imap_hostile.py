@@ -345,7 +345,7 @@ def test_too_large_mail_is_recorded_from_its_header_before_its_move(tmp_path, do
     mid = f"{tag}-0@example.org"
 
     fetched: list[tuple[tuple[int, ...], tuple[str, ...]]] = []
-    real_fetch = imap.IMAPClient.fetch
+    real_fetch = imap.importer.IMAPClient.fetch
 
     def fetch(self, messages, data, *a, **kw):
         fetched.append((tuple(messages), tuple(d.decode() if isinstance(d, bytes) else d for d in data)))
@@ -360,7 +360,7 @@ def test_too_large_mail_is_recorded_from_its_header_before_its_move(tmp_path, do
         return real_move(client, uid, folder)
 
     with monkeypatch.context() as m:
-        m.setattr(imap.IMAPClient, "fetch", fetch)
+        m.setattr(imap.importer.IMAPClient, "fetch", fetch)
         m.setattr(imap.importer, "move", move)
         results = one_pass(importer_of(app))
 
