@@ -39,7 +39,7 @@ from gateway.app import App
 from gateway.config import Config, ConfigError
 from gateway.heartbeat import HOST, Heartbeat, forget_old, instance_of, mark_stopped
 from gateway.errors import CommandError
-from gateway.ingest import imap, lmtp
+from gateway.ingest import faults, imap, lmtp
 from gateway.ingest.lmtp import LmtpDoor
 from gateway.ingest.smtp import Door, make_server_factory
 from gateway.ingest.process import BATCH_MAILS
@@ -82,9 +82,14 @@ def worker_main(config: Config, wake, stop, parent_pid: int, deliver, log_level:
             return app.processor.process(inbound_id)
 
     def process_some(inbound_ids: list[int], known: dict[int, tuple[str, int]] | None = None) -> int:
-        """Process a batch in one transaction (Processor.process_batch); how many were done."""
+        """Process a batch in one transaction (Processor.process_batch); how many were done.
+        Raises faults.Unavailable when a mail waits for its surroundings and even that
+        could not be written: the worker then waits as a whole."""
         with process_lock:
-            return len(app.processor.process_batch(inbound_ids, known=known))
+            outcomes = app.processor.process_batch(inbound_ids, known=known)
+        if (stuck := faults.unrecorded(o.detail for o in outcomes)) is not None:
+            raise faults.Unavailable(stuck)
+        return len(outcomes)
 
     poll_stop = threading.Event()
     pollers = []
@@ -110,6 +115,7 @@ def _work(app: App, config: Config, wake, stop, parent_pid: int, process_some,
     # counter row did, and made the other worker wait for the whole batch: 62 against
     # 72 mails/s), and run without a savepoint a mail (Processor.process_batch).
     batch = BATCH_MAILS
+    backoff = faults.Backoff(config.limits)
     while not stop.is_set():
         if os.getppid() != parent_pid:  # the door died without telling us
             log.warning("parent process gone; worker stops")
@@ -117,6 +123,9 @@ def _work(app: App, config: Config, wake, stop, parent_pid: int, process_some,
         wake.clear()
         busy = False
         try:
+            # Below the reserve of free space nothing is written; the mails wait.
+            if (short := faults.short_of_space(config)) is not None:
+                raise faults.Unavailable(short)
             k, n = slot
             pending = app.processor.pending(limit=50 * n)
             known = {i: (sha, size) for i, sha, size in pending}
@@ -130,9 +139,17 @@ def _work(app: App, config: Config, wake, stop, parent_pid: int, process_some,
             if time.monotonic() >= next_close:
                 close_due(app)
                 next_close = time.monotonic() + config.lifecycle.close_interval
-        except Exception:
-            log.exception("worker loop failed; retrying")
-            time.sleep(1)
+            backoff.ok()
+        except Exception as exc:
+            if (why := faults.surroundings(exc)) is None:
+                log.exception("worker loop failed; retrying")
+                time.sleep(1)
+                continue
+            # Not the mails' fault: they wait, uncounted, and so does the worker.
+            wait = backoff.failed()
+            log.warning("worker waits %.0f s: %s", wait, why)
+            _nap(stop, wait)
+            continue
         if not busy:
             wake.wait(timeout=1.0)
 
@@ -159,6 +176,7 @@ def deliverer_main(config: Config, deliver, stop, parent_pid: int, log_level: st
                           config.monitoring.heartbeat_interval).start()
     log.info("deliverer started (pid %s; ready in %.0f ms)", os.getpid(), took * 1000)
     last = time.monotonic()
+    backoff = faults.Backoff(config.limits)
     while not stop.is_set():
         if os.getppid() != parent_pid:
             log.warning("parent process gone; deliverer stops")
@@ -175,11 +193,21 @@ def deliverer_main(config: Config, deliver, stop, parent_pid: int, log_level: st
             if time.monotonic() - last < DELIVER_EVERY and app.processor.pending_ids(limit=1):
                 time.sleep(DELIVER_WHEN_QUIET)
                 continue
+            # Below the reserve of free space nothing is written (the file outbox, the
+            # attempts): the notifications wait.
+            if (short := faults.short_of_space(config)) is not None:
+                raise faults.Unavailable(short)
             sent = deliver_pending(app.engine, app.config, transport, limit=100, notifier=app.notifier)
             last = time.monotonic()
-        except Exception:
-            log.exception("delivery failed; retrying")
-            time.sleep(1)
+            backoff.ok()
+        except Exception as exc:
+            if (why := faults.surroundings(exc)) is None:
+                log.exception("delivery failed; retrying")
+                time.sleep(1)
+                continue
+            wait = backoff.failed()
+            log.warning("deliverer waits %.0f s: %s", wait, why)
+            _nap(stop, wait)
             continue
         if not sent:
             deliver.wait(timeout=DELIVER_EVERY)
@@ -190,6 +218,13 @@ def deliverer_main(config: Config, deliver, stop, parent_pid: int, log_level: st
         log.exception("last delivery failed; the outbox keeps it for the next start")
     heartbeat.stop()
     log.info("deliverer stopped")
+
+
+def _nap(stop, seconds: float) -> None:
+    """Sleep ``seconds``, or less when told to stop."""
+    end = time.monotonic() + seconds
+    while not stop.is_set() and time.monotonic() < end:
+        time.sleep(min(0.25, end - time.monotonic()))
 
 
 DELIVER_EVERY = 2.0  # seconds: the longest the outbox waits (for stored mail, or a retry to fall due)

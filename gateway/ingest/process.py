@@ -24,6 +24,7 @@ from sqlmodel import Session, col, select
 from gateway import metrics
 from gateway.config import Config
 from gateway.errors import Quarantine
+from gateway.ingest import faults
 from gateway.ingest.automatic import TEXT_KEY_CHARS, Automatic, classify, subject_key, text_key
 from gateway.ingest.bounces import Report
 from gateway.ingest.answers import first_statement
@@ -880,7 +881,11 @@ class Processor:
         return outcome
 
     def _count_failure(self, session: Session, inbound_id: int, exc: Exception) -> Outcome:
-        """Count a failed attempt; quarantine after max_attempts so the queue moves on."""
+        """Count a failed attempt; quarantine after max_attempts so the queue moves on.
+        A fault of the surroundings is not the mail's: it waits, uncounted (faults)."""
+        if (why := faults.surroundings(exc)) is not None:
+            inbound = faults.postpone(session, inbound_id, why, self.config.limits)
+            return Outcome(inbound.source, inbound.message_id, "retry", None, inbound.detail)
         log.error("processing inbound %s failed", inbound_id, exc_info=exc)
         inbound = session.get(InboundMessage, inbound_id)
         inbound.attempts += 1
@@ -902,6 +907,9 @@ class Processor:
     def _failed(self, inbound_id: int, exc: Exception) -> Outcome:
         """The transaction itself failed (its commit): count the attempt in a new one."""
         self._done = []
+        if (why := faults.surroundings(exc)) is not None:
+            source, message_id, detail = faults.postpone_alone(self.engine, inbound_id, why, self.config.limits)
+            return Outcome(source, message_id, "retry", None, detail)
         with session_for(self.engine) as session:
             outcome = self._count_failure(session, inbound_id, exc)
             session.commit()
@@ -951,11 +959,13 @@ class Processor:
         with reader(self.engine) as session:
             return [tuple(row) for row in session.exec(
                 select(InboundMessage.id, InboundMessage.sha256, InboundMessage.size)
-                .where(InboundMessage.state == "received").order_by(col(InboundMessage.id)).limit(limit))]
+                .where(InboundMessage.state == "received", faults.due(utcnow()))
+                .order_by(col(InboundMessage.id)).limit(limit))]
 
     def pending_ids(self, limit: int = 100) -> list[int]:
         with reader(self.engine) as session:
-            return list(session.exec(select(InboundMessage.id).where(InboundMessage.state == "received")
+            return list(session.exec(select(InboundMessage.id).where(InboundMessage.state == "received",
+                                                                      faults.due(utcnow()))
                                      .order_by(col(InboundMessage.id)).limit(limit)))
 
     def process_pending(self, limit: int = 100) -> list[Outcome]:
