@@ -73,20 +73,37 @@ def worker_main(config: Config, wake, stop, parent_pid: int, deliver, log_level:
     heartbeat = Heartbeat(app.engine, role, instance or instance_of(parent_pid),
                           config.monitoring.heartbeat_interval).start()
     log.info("worker started (pid %s; ready in %.0f ms)", os.getpid(), took * 1000)
+    # The mails this worker holds, on disk, so that a death while holding one is counted
+    # against it (gateway.ingest.faults): what the last worker of this slot left first.
+    holding = faults.Holding(config.data_dir / "holding", f"{HOST}-{role}")
+    try:
+        faults.after_death(app.engine, holding, config.limits)
+    except Exception:  # noqa: BLE001 - the database away: the mails are taken as usual
+        log.exception("could not count what the last worker held when it died")
+    if os.environ.get(faults.KILL_HOOK):
+        log.error("TEST HOOK ENABLED: a mail whose Message-ID is $%s kills this worker", faults.KILL_HOOK)
     # One mail is processed at a time in this process: a poller thread and this loop
     # must not both pick up the same stored mail.  The pollers live in worker 0 only.
     process_lock = threading.Lock()
 
     def process_one(inbound_id: int):
         with process_lock:
-            return app.processor.process(inbound_id)
+            holding.hold([inbound_id])
+            try:
+                return app.processor.process(inbound_id)
+            finally:
+                holding.release()
 
     def process_some(inbound_ids: list[int], known: dict[int, tuple[str, int]] | None = None) -> int:
         """Process a batch in one transaction (Processor.process_batch); how many were done.
         Raises faults.Unavailable when a mail waits for its surroundings and even that
         could not be written: the worker then waits as a whole."""
         with process_lock:
-            outcomes = app.processor.process_batch(inbound_ids, known=known)
+            holding.hold(inbound_ids)
+            try:
+                outcomes = app.processor.process_batch(inbound_ids, known=known)
+            finally:
+                holding.release()
         if (stuck := faults.unrecorded(o.detail for o in outcomes)) is not None:
             raise faults.Unavailable(stuck)
         return len(outcomes)
@@ -97,6 +114,13 @@ def worker_main(config: Config, wake, stop, parent_pid: int, deliver, log_level:
         pollers = imap.start_pollers(imap.pollers_for(config, app.engine, app.blobs, process=process_one,
                                                       too_large_notice=app.processor.notify_too_large), poll_stop)
     try:
+        # A batch the last worker died in: each of its mails alone first.
+        try:
+            while holding.suspects and not stop.is_set():
+                process_some(holding.suspects[:1])
+                holding.suspects.pop(0)
+        except Exception:  # noqa: BLE001 - they are waiting mails still, taken as usual
+            log.exception("processing the suspects of a worker's death failed")
         _work(app, config, wake, stop, parent_pid, process_some, slot, deliver)
     finally:
         poll_stop.set()

@@ -117,9 +117,10 @@ def test_a_full_disk_under_sqlite_makes_mails_wait_not_quarantined(tmp_path):
 class Sender(threading.Thread):
     """Mails over SMTP, one a connection, until told to stop: which got 250."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, every: float = 0.02):
         super().__init__(daemon=True)
         self.port = port
+        self.every = every
         self.accepted: list[str] = []
         self.refused: list[str] = []
         self.halt = threading.Event()
@@ -136,7 +137,7 @@ class Sender(threading.Thread):
             except smtplib.SMTPResponseException as exc:
                 assert exc.smtp_code in (421, 451, 452), exc
                 self.refused.append(f"{exc.smtp_code} {exc.smtp_error!r}")
-            time.sleep(0.02)
+            time.sleep(self.every)
 
 
 def gateway_json(folder: Path, *args: str):
@@ -192,3 +193,111 @@ def test_the_data_folder_fills_while_mail_arrives(tmp_path):
         assert {r["state"] for r in received} == {"processed"}
         status = run_gateway("--config", str(tmp_path / "config.toml"), "status", cwd=tmp_path, check=False)
         assert "disk:" not in status.stdout.decode()
+
+
+# -- a PostgreSQL of the test's own, restarted and stopped -------------------------------
+@pytest.mark.slow
+def test_postgresql_restarts_and_stops_for_a_minute_while_mail_arrives(tmp_path):
+    """The gateway's database server restarts, then is away for a minute, while mail
+    arrives: the door keeps answering 250 (its journal), and every mail so answered is
+    processed exactly once, none quarantined."""
+    from sqlalchemy import create_engine, text
+
+    from harness.pgserver import PgServer, binaries
+
+    if binaries() is None:
+        pytest.skip("no PostgreSQL binaries (initdb) installed")
+    server = PgServer()
+    port = free_port()
+    try:
+        server.start()
+        (tmp_path / "config.toml").write_text(
+            f'[database]\nurl = "{server.url}"\n[smtp]\nport = {port}\n[limits]\nmax_wait_delay = 5\n'
+            f'[http]\nenabled = false\n')
+        run_gateway("--config", str(tmp_path / "config.toml"), "db", "upgrade", cwd=tmp_path, check=False)
+        service = Service(tmp_path, port)
+        sender = Sender(port, every=0.2)
+        try:
+            sender.start()
+            wait_until(lambda: len(sender.accepted) >= 10, timeout=60)
+            server.restart()
+            mark = len(sender.accepted)
+            wait_until(lambda: len(sender.accepted) >= mark + 10, timeout=60)
+            server.stop()
+            mark = len(sender.accepted)
+            time.sleep(60)
+            assert len(sender.accepted) > mark + 20, "the door answered 250 while the database was away"
+            server.start()
+            mark = len(sender.accepted)
+            wait_until(lambda: len(sender.accepted) >= mark + 10, timeout=60)
+            sender.halt.set()
+            sender.join(timeout=60)
+            accepted = sender.accepted
+            engine = create_engine(server.url.replace("postgresql://", "postgresql+psycopg://"))
+
+            def processed() -> int:
+                with engine.connect() as conn:
+                    return conn.execute(text("select count(*) from inboundmessage where state = 'processed'")).scalar()
+
+            wait_until(lambda: processed() >= len(accepted), timeout=180, interval=1.0)
+            time.sleep(1)  # would anything be processed twice?
+        finally:
+            sender.halt.set()
+            assert service.stop() == 0
+        with engine.connect() as conn:
+            states = dict(conn.execute(text("select state, count(*) from inboundmessage group by state")).all())
+            received = conn.execute(text("select message_id, count(*) from ticketmessage where direction = 'in' "
+                                         "group by message_id")).all()
+            tickets = conn.execute(text("select count(*) from ticket")).scalar()
+        engine.dispose()
+        assert states == {"processed": len(accepted)}, states
+        assert dict(received) == {mid: 1 for mid in accepted}
+        assert tickets == len(accepted) == len(set(accepted))
+    finally:
+        server.close()
+
+
+# -- a mail that kills its worker ----------------------------------------------------------
+@pytest.mark.slow
+def test_a_mail_that_kills_its_worker_is_quarantined_and_only_it(tmp_path):
+    """Ten mails wait; the fifth kills the worker that parses it (the test hook, as a
+    crash in a C extension would).  The worker is started again each time; the deaths
+    are counted while it holds that mail alone, and after [limits] max_worker_deaths it
+    is quarantined, "processing killed the worker"; the nine others, of its batch, are
+    tickets, each once."""
+    from gateway.ingest import faults
+
+    port = free_port()
+    (tmp_path / "config.toml").write_text(f"[smtp]\nport = {port}\n[limits]\nmax_worker_deaths = 2\n"
+                                          f"[http]\nenabled = false\n")
+    service = Service(tmp_path, port, "--accept-only")
+    ids = []
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        for n in range(2, 12):
+            mail = french_mail(n)
+            client.send_message(mail)
+            ids.append(mail["Message-ID"].strip("<>"))
+    assert service.stop() == 0
+    killer = ids[4]
+    service = Service(tmp_path, port, env={faults.KILL_HOOK: killer})
+    try:
+        def settled():
+            rows = gateway_json(tmp_path, "inbound", "list")
+            return rows if all(r["state"] != "received" for r in rows) else None
+
+        rows = wait_until(settled, timeout=120, interval=1.0)
+    finally:
+        assert service.stop() == 0
+    by_id = {r["message_id"]: r for r in rows}
+    assert by_id[killer]["state"] == "quarantined"
+    shown = gateway_json(tmp_path, "inbound", "show", str(by_id[killer]["id"]))
+    assert shown["detail"] == f"{faults.KILLED} (2 times)"
+    assert {mid: by_id[mid]["state"] for mid in ids if mid != killer} == {mid: "processed" for mid in ids
+                                                                            if mid != killer}
+    tickets = gateway_json(tmp_path, "ticket", "list")
+    assert len(tickets) == 9
+    log = (tmp_path / "service.log").read_text()
+    # Three deaths: one in the batch (not counted: ten mails held), two holding it alone.
+    assert log.count("worker-0") and "the worker died holding 10 mails" in log
+    assert "the worker died processing it (1 of 2)" in log and "the worker died processing it (2 of 2)" in log
+    assert "TEST HOOK ENABLED" in log

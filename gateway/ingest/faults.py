@@ -219,3 +219,100 @@ def due(now):
     from sqlmodel import col
 
     return col(InboundMessage.not_before).is_(None) | (col(InboundMessage.not_before) <= now)
+
+
+# A mail that kills its worker ------------------------------------------------------------
+KILLED = "processing killed the worker"
+
+
+class Holding:
+    """The mails a worker holds now, written before it touches them (parsing included) to
+    a file of its own under the data folder, and cleared when the batch returns: a
+    worker that dies (a parser crash in a C extension, the OOM killer) leaves them
+    there for the next worker of its slot to find (``after_death``).
+
+    A file, not a row: it costs a write a batch and no transaction; the operating system
+    keeps it when the process dies, which is the only death it is for (a machine that
+    stops is not a mail's doing), so it is not fsynced.
+
+    ``suspects``: the mails of a batch during which the worker died; each is processed
+    alone before any other, so the next death names its mail."""
+
+    def __init__(self, folder: Path, name: str):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / name
+        self.suspects: list[int] = []
+
+    def read(self) -> tuple[list[int], list[int]]:
+        """(held, suspects) as the last worker left them."""
+        import json
+
+        try:
+            found = json.loads(self.path.read_text() or "{}")
+            return [int(i) for i in found.get("holding", [])], [int(i) for i in found.get("suspects", [])]
+        except FileNotFoundError:
+            return [], []
+        except (ValueError, TypeError, AttributeError):
+            log.warning("%s unreadable; no mail held", self.path)
+            return [], []
+
+    def _write(self, held: list[int]) -> None:
+        import json
+
+        self.path.write_text(json.dumps({"holding": held, "suspects": self.suspects}))
+
+    def hold(self, inbound_ids: list[int]) -> None:
+        self._write(list(inbound_ids))
+
+    def release(self) -> None:
+        self._write([])
+
+
+def after_death(engine, holding: Holding, limits: LimitsSection) -> None:
+    """At a worker's start: what the one before it held when it died.  One mail held
+    alone: its death is counted, and past ``max_worker_deaths`` it is quarantined
+    ("processing killed the worker"), else tried first, alone, again.  Several: each
+    becomes a suspect, tried alone, so that a death names its mail; none is counted."""
+    from sqlmodel import col, select
+
+    from store.db import session_for
+
+    held, suspects = holding.read()
+    if len(held) == 1:
+        (inbound_id,) = held
+        with session_for(engine) as session:
+            inbound = session.exec(select(InboundMessage).where(col(InboundMessage.id) == inbound_id)).first()
+            if inbound is not None and inbound.state == "received":
+                inbound.deaths += 1
+                log.error("<%s> the worker died processing it (%d of %d)", inbound.message_id, inbound.deaths,
+                          limits.max_worker_deaths,
+                          extra={"message_id": inbound.message_id, "inbound_id": inbound_id})
+                if inbound.deaths >= limits.max_worker_deaths:
+                    inbound.state = inbound.outcome = "quarantined"
+                    inbound.detail = f"{KILLED} ({inbound.deaths} times)"
+                    inbound.processed_at = utcnow()
+                    log.info("<%s> quarantined (%s)", inbound.message_id, inbound.detail,
+                             extra={"message_id": inbound.message_id, "inbound_id": inbound_id,
+                                    "outcome": "quarantined"})
+                else:
+                    suspects = [inbound_id, *suspects]
+                session.add(inbound)
+                session.commit()
+    elif held:
+        log.warning("the worker died holding %d mails; each is processed alone", len(held))
+        suspects = [*held, *suspects]
+    holding.suspects = list(dict.fromkeys(suspects))
+    holding.release()
+
+
+# A test's way to make a mail kill its worker, as a parser crash in a C extension would:
+# only this environment variable, never a key of the configuration, and the worker says
+# so loudly at its start (gateway.service).
+KILL_HOOK = "HELPDESK_TEST_ONLY_KILL_WORKER_ON_MESSAGE_ID"
+_KILL_ON = os.environ.get(KILL_HOOK) or None
+
+
+def test_hook(message_id: str) -> None:
+    """Die at once, as a crash would, if the test hook names this mail (see KILL_HOOK)."""
+    if _KILL_ON is not None and message_id == _KILL_ON:
+        os._exit(70)

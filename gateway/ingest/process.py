@@ -785,6 +785,7 @@ class Processor:
             if state == "received":
                 try:
                     mail = parse(self.blobs.get(sha), self.limits, blobs=self.blobs)
+                    faults.test_hook(mail.message_id)
                     for att in mail.attachments:
                         if att.blob is None:  # a large one was stored while parsed
                             self.blobs.put(att.data)
