@@ -251,6 +251,10 @@ def _nap(stop, seconds: float) -> None:
         time.sleep(min(0.25, end - time.monotonic()))
 
 
+# Connections the kernel queues for the door before it accepts them: a burst of a
+# thousand at once is accepted and answered (220, or 421 past the caps) at once, not
+# left to the clients' SYN retries a second or more later (asyncio's default: 100).
+BACKLOG = 1024
 DELIVER_EVERY = 2.0  # seconds: the longest the outbox waits (for stored mail, or a retry to fall due)
 DELIVER_WHEN_QUIET = 0.1  # seconds between two looks for "no stored mail waiting" during a burst
 
@@ -476,7 +480,8 @@ async def _serve(app: App, accept_only: bool, log_level: str, lmtp_socket=None) 
     if config.smtp.enabled:
         door = Door(config, app.engine, app.blobs, on_stored=wake_all, spool=spool)
         try:
-            server = await loop.create_server(make_server_factory(config, door), config.smtp.host, config.smtp.port)
+            server = await loop.create_server(make_server_factory(config, door), config.smtp.host, config.smtp.port,
+                                              backlog=BACKLOG)
         except OSError as exc:
             spool.close()
             raise listen_error("smtp.port", config.smtp.host, config.smtp.port, exc) from None

@@ -11,6 +11,7 @@ import errno
 import json
 import os
 import smtplib
+import socket
 import sqlite3
 import subprocess
 import threading
@@ -301,3 +302,95 @@ def test_a_mail_that_kills_its_worker_is_quarantined_and_only_it(tmp_path):
     assert log.count("worker-0") and "the worker died holding 10 mails" in log
     assert "the worker died processing it (1 of 2)" in log and "the worker died processing it (2 of 2)" in log
     assert "TEST HOOK ENABLED" in log
+
+
+# -- a flood of connections ------------------------------------------------------------------
+def rss_kb(pid: int) -> int:
+    """The resident memory of a process, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+async def _open_many(port: int, count: int):
+    """``count`` connections at once from 127.0.0.1: each one's first line, and the
+    writers of those still open (idle, kept)."""
+    import asyncio
+
+    async def one():
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 30)
+            line = await asyncio.wait_for(reader.readline(), 30)
+            return line, writer
+        except (OSError, asyncio.TimeoutError) as exc:
+            return repr(exc).encode(), None
+
+    return await asyncio.gather(*(one() for _ in range(count)))
+
+
+def test_a_thousand_connections_at_once_get_421_past_the_caps_and_others_are_served(tmp_path):
+    """A thousand connections at once from one address, held open and idle, while the
+    same address opens and closes connections in a loop: past the per-address cap each
+    gets 421 at once; a mail from another address is accepted within a second; the
+    door's memory stays bounded."""
+    import asyncio
+
+    port = free_port()
+    (tmp_path / "config.toml").write_text(f"[smtp]\nport = {port}\nmax_connections = 300\n"
+                                          f"max_connections_per_ip = 100\n[http]\nenabled = false\n")
+    service = Service(tmp_path, port)
+    try:
+        door = service.proc.pid
+        before = rss_kb(door)
+        churn_stop = threading.Event()
+        churned = []
+
+        def churn():  # a client that opens and closes connections in a loop
+            while not churn_stop.is_set():
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                        churned.append(sock.recv(64)[:3])
+                except OSError:
+                    pass
+
+        churner = threading.Thread(target=churn, daemon=True)
+        churner.start()
+        loop = asyncio.new_event_loop()
+        try:
+            start = time.monotonic()
+            answers = loop.run_until_complete(_open_many(port, 1000))
+            opened_in = time.monotonic() - start
+            codes = [line[:3] for line, _w in answers]
+            kept = [w for line, w in answers if line.startswith(b"220")]
+            assert codes.count(b"421") >= 900 - 5, codes  # the churner holds a few of the 100 at times
+            assert 95 <= len(kept) <= 100
+            assert set(codes) <= {b"220", b"421"}, set(codes)
+            assert opened_in < 30  # all answered, none left to a time-out
+            during = rss_kb(door)
+            # Another client, while the thousand are held and the churner loops.
+            churned_before = len(churned)
+            sent_at = time.monotonic()
+            with smtplib.SMTP("127.0.0.1", port, timeout=10, source_address=("127.0.0.2", 0)) as client:
+                assert client.send_message(french_mail(2)) == {}
+            took = time.monotonic() - sent_at
+            assert took < 1.0, f"a mail from another client took {took:.2f} s"
+            wait_until(lambda: len(churned) > churned_before + 2, timeout=20)  # it loops all along
+            churn_stop.set()
+            churner.join(timeout=10)
+            for writer in kept:
+                writer.close()
+            loop.run_until_complete(asyncio.sleep(0.5))
+        finally:
+            loop.close()
+        time.sleep(1)
+        after = rss_kb(door)
+        assert len(churned) > 5 and set(churned) <= {b"220", b"421"}
+        # Bounded: a hundred idle sessions and 900 refusals cost the door little memory.
+        assert during - before < 64 * 1024, (before, during, after)
+        assert after - before < 64 * 1024, (before, during, after)
+        print(f"door RSS: {before} kB before, {during} kB with 1,000 connections, {after} kB after")
+        tickets = wait_until(lambda: gateway_json(tmp_path, "ticket", "list"), timeout=30)
+        assert len(tickets) == 1
+    finally:
+        assert service.stop() == 0
