@@ -16,6 +16,8 @@ import sqlite3
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,7 +25,7 @@ import pytest
 from sqlalchemy import exc as sa_exc
 from sqlmodel import Session, select
 
-from conftest import free_port, run_gateway
+from conftest import free_port, run_gateway, wait_for_port
 from test_mail_to_ticket import Service, french_mail, wait_until
 
 
@@ -150,12 +152,13 @@ def test_the_data_folder_fills_while_mail_arrives(tmp_path):
     door answers 452 below the reserve, gateway status fails; once it is freed, every
     mail that got 250 is a ticket with its confirmation and none is quarantined."""
     data = tmp_path / "data"
-    port = free_port()
+    port, http = free_port(), free_port()
     with small_disk(data, 8 * 1024):
         (tmp_path / "config.toml").write_text(
             f'[gateway]\ndata_dir = "{data}"\n[smtp]\nport = {port}\n[store]\nreserve_mb = 2\n'
-            f'[limits]\nmax_wait_delay = 2\n[http]\nenabled = false\n')
+            f'[limits]\nmax_wait_delay = 2\n[http]\nport = {http}\n')
         service = Service(tmp_path, port)
+        wait_for_port(http, proc=service.proc)
         sender = Sender(port)
         try:
             sender.start()
@@ -167,6 +170,10 @@ def test_the_data_folder_fills_while_mail_arrives(tmp_path):
             assert status.returncode == 1
             assert "disk:" in status.stdout.decode() and "below the reserve of 2 MB" in status.stdout.decode()
             assert any(r.startswith("452") for r in sender.refused)
+            with pytest.raises(urllib.error.HTTPError) as failed:
+                urllib.request.urlopen(f"http://127.0.0.1:{http}/readyz", timeout=30)
+            ready = json.loads(failed.value.read())
+            assert failed.value.code == 503 and "disk" in ready["failing"]
             filler.unlink()
             accepted_before = len(sender.accepted)
             wait_until(lambda: len(sender.accepted) >= accepted_before + 10, timeout=60)
