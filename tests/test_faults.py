@@ -26,7 +26,7 @@ from sqlalchemy import exc as sa_exc
 from sqlmodel import Session, select
 
 from conftest import free_port, run_gateway, wait_for_port
-from test_mail_to_ticket import Service, french_mail, wait_until
+from harness.service import Service, french_mail, wait_until
 
 
 # -- what is the mail's, and what is not ------------------------------------------------
