@@ -77,7 +77,7 @@ def worker_main(config: Config, wake, stop, parent_pid: int, deliver, log_level:
     # against it (gateway.ingest.faults): what the last worker of this slot left first.
     holding = faults.Holding(config.data_dir / "holding", f"{HOST}-{role}")
     try:
-        faults.after_death(app.engine, holding, config.limits)
+        faults.after_death(app.engine, holding, config.limits, faults.short_of_space(config))
     except Exception:  # noqa: BLE001 - the database away: the mails are taken as usual
         log.exception("could not count what the last worker held when it died")
     if os.environ.get(faults.KILL_HOOK):

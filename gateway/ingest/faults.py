@@ -268,16 +268,23 @@ class Holding:
         self._write([])
 
 
-def after_death(engine, holding: Holding, limits: LimitsSection) -> None:
+def after_death(engine, holding: Holding, limits: LimitsSection, short: str | None = None) -> None:
     """At a worker's start: what the one before it held when it died.  One mail held
     alone: its death is counted, and past ``max_worker_deaths`` it is quarantined
     ("processing killed the worker"), else tried first, alone, again.  Several: each
-    becomes a suspect, tried alone, so that a death names its mail; none is counted."""
+    becomes a suspect, tried alone, so that a death names its mail; none is counted.
+
+    ``short``: the disk is below the reserve (``short_of_space``): a death now is taken
+    for the disk's (SQLite's shared memory file cannot grow on a full file system: the
+    process gets SIGBUS), never counted against a mail."""
     from sqlmodel import col, select
 
     from store.db import session_for
 
     held, suspects = holding.read()
+    if short is not None and held:
+        log.warning("the worker died holding %d mail(s) while %s: not counted against them", len(held), short)
+        suspects, held = [*held, *suspects], []
     if len(held) == 1:
         (inbound_id,) = held
         with session_for(engine) as session:
