@@ -167,7 +167,8 @@ def test_the_data_folder_fills_while_mail_arrives(tmp_path):
     with small_disk(data, 8 * 1024):
         (tmp_path / "config.toml").write_text(
             f'[gateway]\ndata_dir = "{data}"\n[smtp]\nport = {port}\n[store]\nreserve_mb = 2\n'
-            f'[limits]\nmax_wait_delay = 2\n[http]\nenabled = false\n')
+            # One sender writes every mail: past the rate limit it would get no confirmation.
+            f'[limits]\nmax_wait_delay = 2\nrate_limit = 100000\n[http]\nenabled = false\n')
         service = Service(tmp_path, port)
         sender = Sender(port)
         try:
