@@ -172,6 +172,14 @@ class TemplatesSection:
 
 
 @dataclass(frozen=True)
+class StoreSection:
+    # Free space kept in reserve under the data folder (journal, blobs, SQLite database,
+    # file outbox): below it the doors answer 452 and the worker and the deliverer wait,
+    # so the database is not the one to hit the wall (0: no reserve).
+    reserve_mb: int = 64
+
+
+@dataclass(frozen=True)
 class LimitsSection:
     max_parts: int = 500
     max_depth: int = 20
@@ -190,6 +198,13 @@ class LimitsSection:
     # of a mail we sent them in that time: the mail is kept on that ticket, no new
     # ticket, no answer (0: off).
     loop_window: int = 3600
+    # Workers that died while holding one mail (a parser crash in a C extension) before
+    # that mail is quarantined: "processing killed the worker".
+    max_worker_deaths: int = 3
+    # A failure of the surroundings (a full disk, the database away, a lock held too
+    # long) is not the mail's: it waits, 2 s, then twice as long each time, at most this
+    # many seconds, never counted in max_attempts (gateway.ingest.faults).
+    max_wait_delay: int = 300
 
 
 @dataclass(frozen=True)
@@ -263,6 +278,7 @@ class Config:
     service: ServiceSection = field(default_factory=ServiceSection)
     templates: TemplatesSection = field(default_factory=TemplatesSection)
     limits: LimitsSection = field(default_factory=LimitsSection)
+    store: StoreSection = field(default_factory=StoreSection)
     routing: RoutingSection = field(default_factory=RoutingSection)
     http: HttpSection = field(default_factory=HttpSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
@@ -587,6 +603,8 @@ def _check(config: Config) -> None:
         # 0 for a listener: any free port (the log says which).
         if not lowest <= port <= 65535:
             raise ConfigError(f"{where}: {port} is not a port number ({lowest}-65535)")
+    if config.store.reserve_mb < 0 or config.limits.max_worker_deaths < 1 or config.limits.max_wait_delay < 1:
+        raise ConfigError("store.reserve_mb must be at least 0, limits.max_worker_deaths and max_wait_delay at least 1")
     monitoring = config.monitoring
     if monitoring.max_wait < 1 or monitoring.relay_failures < 1 or monitoring.heartbeat_interval < 1:
         raise ConfigError("monitoring.max_wait, relay_failures and heartbeat_interval must be at least 1")

@@ -23,6 +23,7 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from gateway.heartbeat import MISSED_BEATS
+from gateway.ingest import faults
 from gateway.outbound.outbox import NOT_SENT, REQUEUED
 from store.db import reader
 from store.models import DeliveryAttempt, InboundMessage, MailboxPoll, Outbox, ServiceProcess, aware
@@ -46,6 +47,10 @@ class InboundFigures:
     quarantined: int
     oldest_quarantined: datetime | None  # when the longest-held was quarantined
     quarantined_last_day: int
+    # waiting after a failure of the surroundings (a full disk, the database away), not
+    # yet processed since (gateway.ingest.faults)
+    stalled: int = 0
+    stalled_detail: str | None = None
 
 
 def inbound_figures(session: Session, now: datetime) -> InboundFigures:
@@ -59,6 +64,9 @@ def inbound_figures(session: Session, now: datetime) -> InboundFigures:
         oldest_quarantined=aware(session.exec(select(func.min(InboundMessage.processed_at)).where(held)).one()),
         quarantined_last_day=_count(session, InboundMessage, held,
                                     col(InboundMessage.processed_at) >= now - timedelta(days=1)),
+        stalled=_count(session, InboundMessage, waiting, col(InboundMessage.waits) > 0),
+        stalled_detail=session.exec(select(InboundMessage.detail).where(waiting, col(InboundMessage.waits) > 0)
+                                    .order_by(col(InboundMessage.id).desc()).limit(1)).first(),
     )
 
 
@@ -312,8 +320,13 @@ def readiness(config, engine, *, instance: str, roles: list[str], doors: dict[st
     checks.append(Check("journal", journal_age < JOURNAL_MAX_AGE,
                         "drained" if journal.oldest is None else
                         f"{journal.size} bytes waiting to be recorded, the oldest for {journal_age:.0f} s"))
+    short = faults.short_of_space(config)
+    checks.append(Check("disk", short is None, short or "above the reserve"))
     limit = monitoring.max_wait
     if inbound is not None:
+        checks.append(Check("surroundings", not inbound.stalled,
+                            "no mail waits for them" if not inbound.stalled else
+                            f"{inbound.stalled} mail(s) wait after a fault that is not theirs: {inbound.stalled_detail}"))
         waited = (now - inbound.oldest_waiting).total_seconds() if inbound.oldest_waiting else 0.0
         checks.append(Check("inbound", waited < limit,
                             f"{inbound.waiting} waiting to be processed"

@@ -41,7 +41,7 @@ PROCESSES = {prefix: process for process, prefix in PROCESS_PREFIX.items()}  # I
 NOTIFICATION_STATES = ("sent", "failed", "retried")
 # Why the SMTP door refused: a closed set (gateway.ingest.smtp).
 REFUSALS = ("unknown-recipient", "too-many-recipients", "bad-address", "too-large", "line-too-long",
-            "structure", "loop", "too-many-connections", "store-failed")
+            "structure", "loop", "too-many-connections", "store-failed", "disk-reserve")
 # 250 -> committed: milliseconds when the workers keep up, minutes when they do not.
 PROCESSING_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 # Queued -> the relay's 250: seconds, or hours of retries.

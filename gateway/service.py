@@ -39,7 +39,7 @@ from gateway.app import App
 from gateway.config import Config, ConfigError
 from gateway.heartbeat import HOST, Heartbeat, forget_old, instance_of, mark_stopped
 from gateway.errors import CommandError
-from gateway.ingest import imap, lmtp
+from gateway.ingest import faults, imap, lmtp
 from gateway.ingest.lmtp import LmtpDoor
 from gateway.ingest.smtp import Door, make_server_factory
 from gateway.ingest.process import BATCH_MAILS
@@ -73,18 +73,40 @@ def worker_main(config: Config, wake, stop, parent_pid: int, deliver, log_level:
     heartbeat = Heartbeat(app.engine, role, instance or instance_of(parent_pid),
                           config.monitoring.heartbeat_interval).start()
     log.info("worker started (pid %s; ready in %.0f ms)", os.getpid(), took * 1000)
+    # The mails this worker holds, on disk, so that a death while holding one is counted
+    # against it (gateway.ingest.faults): what the last worker of this slot left first.
+    holding = faults.Holding(config.data_dir / "holding", f"{HOST}-{role}")
+    try:
+        faults.after_death(app.engine, holding, config.limits, faults.short_of_space(config))
+    except Exception:  # noqa: BLE001 - the database away: the mails are taken as usual
+        log.exception("could not count what the last worker held when it died")
+    if os.environ.get(faults.KILL_HOOK):
+        log.error("TEST HOOK ENABLED: a mail whose Message-ID is $%s kills this worker", faults.KILL_HOOK)
     # One mail is processed at a time in this process: a poller thread and this loop
     # must not both pick up the same stored mail.  The pollers live in worker 0 only.
     process_lock = threading.Lock()
 
     def process_one(inbound_id: int):
         with process_lock:
-            return app.processor.process(inbound_id)
+            holding.hold([inbound_id])
+            try:
+                return app.processor.process(inbound_id)
+            finally:
+                holding.release()
 
     def process_some(inbound_ids: list[int], known: dict[int, tuple[str, int]] | None = None) -> int:
-        """Process a batch in one transaction (Processor.process_batch); how many were done."""
+        """Process a batch in one transaction (Processor.process_batch); how many were done.
+        Raises faults.Unavailable when a mail waits for its surroundings and even that
+        could not be written: the worker then waits as a whole."""
         with process_lock:
-            return len(app.processor.process_batch(inbound_ids, known=known))
+            holding.hold(inbound_ids)
+            try:
+                outcomes = app.processor.process_batch(inbound_ids, known=known)
+            finally:
+                holding.release()
+        if (stuck := faults.unrecorded(o.detail for o in outcomes)) is not None:
+            raise faults.Unavailable(stuck)
+        return len(outcomes)
 
     poll_stop = threading.Event()
     pollers = []
@@ -92,6 +114,13 @@ def worker_main(config: Config, wake, stop, parent_pid: int, deliver, log_level:
         pollers = imap.start_pollers(imap.pollers_for(config, app.engine, app.blobs, process=process_one,
                                                       too_large_notice=app.processor.notify_too_large), poll_stop)
     try:
+        # A batch the last worker died in: each of its mails alone first.
+        try:
+            while holding.suspects and not stop.is_set():
+                process_some(holding.suspects[:1])
+                holding.suspects.pop(0)
+        except Exception:  # noqa: BLE001 - they are waiting mails still, taken as usual
+            log.exception("processing the suspects of a worker's death failed")
         _work(app, config, wake, stop, parent_pid, process_some, slot, deliver)
     finally:
         poll_stop.set()
@@ -110,6 +139,7 @@ def _work(app: App, config: Config, wake, stop, parent_pid: int, process_some,
     # counter row did, and made the other worker wait for the whole batch: 62 against
     # 72 mails/s), and run without a savepoint a mail (Processor.process_batch).
     batch = BATCH_MAILS
+    backoff = faults.Backoff(config.limits)
     while not stop.is_set():
         if os.getppid() != parent_pid:  # the door died without telling us
             log.warning("parent process gone; worker stops")
@@ -117,6 +147,9 @@ def _work(app: App, config: Config, wake, stop, parent_pid: int, process_some,
         wake.clear()
         busy = False
         try:
+            # Below the reserve of free space nothing is written; the mails wait.
+            if (short := faults.short_of_space(config)) is not None:
+                raise faults.Unavailable(short)
             k, n = slot
             pending = app.processor.pending(limit=50 * n)
             known = {i: (sha, size) for i, sha, size in pending}
@@ -130,9 +163,17 @@ def _work(app: App, config: Config, wake, stop, parent_pid: int, process_some,
             if time.monotonic() >= next_close:
                 close_due(app)
                 next_close = time.monotonic() + config.lifecycle.close_interval
-        except Exception:
-            log.exception("worker loop failed; retrying")
-            time.sleep(1)
+            backoff.ok()
+        except Exception as exc:
+            if (why := faults.surroundings(exc)) is None:
+                log.exception("worker loop failed; retrying")
+                time.sleep(1)
+                continue
+            # Not the mails' fault: they wait, uncounted, and so does the worker.
+            wait = backoff.failed()
+            log.warning("worker waits %.0f s: %s", wait, why)
+            _nap(stop, wait)
+            continue
         if not busy:
             wake.wait(timeout=1.0)
 
@@ -159,6 +200,7 @@ def deliverer_main(config: Config, deliver, stop, parent_pid: int, log_level: st
                           config.monitoring.heartbeat_interval).start()
     log.info("deliverer started (pid %s; ready in %.0f ms)", os.getpid(), took * 1000)
     last = time.monotonic()
+    backoff = faults.Backoff(config.limits)
     while not stop.is_set():
         if os.getppid() != parent_pid:
             log.warning("parent process gone; deliverer stops")
@@ -175,11 +217,21 @@ def deliverer_main(config: Config, deliver, stop, parent_pid: int, log_level: st
             if time.monotonic() - last < DELIVER_EVERY and app.processor.pending_ids(limit=1):
                 time.sleep(DELIVER_WHEN_QUIET)
                 continue
+            # Below the reserve of free space nothing is written (the file outbox, the
+            # attempts): the notifications wait.
+            if (short := faults.short_of_space(config)) is not None:
+                raise faults.Unavailable(short)
             sent = deliver_pending(app.engine, app.config, transport, limit=100, notifier=app.notifier)
             last = time.monotonic()
-        except Exception:
-            log.exception("delivery failed; retrying")
-            time.sleep(1)
+            backoff.ok()
+        except Exception as exc:
+            if (why := faults.surroundings(exc)) is None:
+                log.exception("delivery failed; retrying")
+                time.sleep(1)
+                continue
+            wait = backoff.failed()
+            log.warning("deliverer waits %.0f s: %s", wait, why)
+            _nap(stop, wait)
             continue
         if not sent:
             deliver.wait(timeout=DELIVER_EVERY)
@@ -192,6 +244,17 @@ def deliverer_main(config: Config, deliver, stop, parent_pid: int, log_level: st
     log.info("deliverer stopped")
 
 
+def _nap(stop, seconds: float) -> None:
+    """Sleep ``seconds``, or less when told to stop."""
+    end = time.monotonic() + seconds
+    while not stop.is_set() and time.monotonic() < end:
+        time.sleep(min(0.25, end - time.monotonic()))
+
+
+# Connections the kernel queues for the door before it accepts them: a burst of a
+# thousand at once is accepted and answered (220, or 421 past the caps) at once, not
+# left to the clients' SYN retries a second or more later (asyncio's default: 100).
+BACKLOG = 1024
 DELIVER_EVERY = 2.0  # seconds: the longest the outbox waits (for stored mail, or a retry to fall due)
 DELIVER_WHEN_QUIET = 0.1  # seconds between two looks for "no stored mail waiting" during a burst
 
@@ -418,7 +481,8 @@ async def _serve(app: App, accept_only: bool, log_level: str, lmtp_socket=None) 
     if config.smtp.enabled:
         door = Door(config, app.engine, app.blobs, on_stored=wake_all, spool=spool)
         try:
-            server = await loop.create_server(make_server_factory(config, door), config.smtp.host, config.smtp.port)
+            server = await loop.create_server(make_server_factory(config, door), config.smtp.host, config.smtp.port,
+                                              backlog=BACKLOG)
         except OSError as exc:
             spool.close()
             raise listen_error("smtp.port", config.smtp.host, config.smtp.port, exc) from None

@@ -114,6 +114,14 @@ class InboundMessage(SQLModel, table=True):
     detail: str | None = Field(default=None, sa_column=Column(Text))
     attempts: int = 0
     processed_at: datetime | None = None
+    # A failure of the surroundings (a full disk, the database away) is waited out, not
+    # counted in attempts: the mail is taken again from not_before on, the delay growing
+    # with waits (revision 0010, gateway.ingest.faults).
+    not_before: datetime | None = None
+    waits: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    # Workers that died while holding this mail alone; past [limits] max_worker_deaths
+    # it is quarantined ("processing killed the worker").
+    deaths: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
 
 
 class TicketMessage(SQLModel, table=True):

@@ -144,8 +144,8 @@ def test_healthz_readyz_and_metrics_count_exactly_the_mails_sent(service, relay,
     assert (status, json.loads(body)) == (200, {"status": "ok"})
     code, ready = service.ready()
     assert code == 200 and ready["ready"] and ready["failing"] == []
-    assert set(ready["checks"]) == {"database", "door:smtp", "door", "worker-0", "deliverer", "journal", "inbound",
-                                    "outbox", "relay"}
+    assert set(ready["checks"]) == {"database", "door:smtp", "door", "worker-0", "deliverer", "journal", "disk",
+                                    "surroundings", "inbound", "outbox", "relay"}
     assert ready["checks"]["door:smtp"]["detail"].startswith(f"127.0.0.1:{service.smtp_port} answered 220 ")
 
     before = service.metrics()

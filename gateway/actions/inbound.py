@@ -71,6 +71,7 @@ def reprocess(app, ids: list[int] | None = None, *, quarantined: bool = False) -
             if row.state != "quarantined":
                 raise Refused(f"#{inbound_id} is {row.state}, not quarantined: it is not processed again")
             row.state, row.attempts, row.outcome, row.detail = "received", 0, None, None
+            row.deaths, row.waits, row.not_before = 0, 0, None  # counted afresh (gateway.ingest.faults)
             session.add(row)
         session.commit()
     return Reprocessed([(inbound_id, app.processor.process(inbound_id)) for inbound_id in ids], skipped, help_text)

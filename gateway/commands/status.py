@@ -31,6 +31,7 @@ from datetime import datetime, timedelta
 from sqlmodel import Session, col, select
 
 from gateway import health
+from gateway.ingest import faults
 from gateway.app import App
 from store.db import reader
 from store.models import InboundMessage, aware, utcnow
@@ -107,6 +108,12 @@ def gather(app: App, *, max_wait: float | None = None, quiet_hours: float | None
                     {name: {"last_success_at": _iso(p.last_success_at), "last_failure_at": _iso(p.last_failure_at),
                             "last_error": p.last_error, "failing": p.failing} for name, p in polls.items()})
     status.problems += health.service_problems(procs)
+    if (short := faults.short_of_space(app.config)) is not None:
+        status.problems.append(f"disk: {short}: the doors answer 452, the worker and the deliverer wait; free "
+                               f"some space")
+    if inbound.stalled:
+        status.problems.append(f"{inbound.stalled} mail(s) wait after a fault of the surroundings, not theirs "
+                               f"(the last: {inbound.stalled_detail}); they are taken again by themselves")
     for name, poll in polls.items():
         if poll.failing:
             status.problems.append(f"mailbox {name}: its last poll failed at {_iso(poll.last_failure_at)} "

@@ -12,6 +12,7 @@ from sqlmodel import col, select
 
 from gateway import metrics
 from gateway.errors import Quarantine
+from gateway.ingest import faults
 from gateway.ingest.apply import Outcome
 from gateway.ingest.parse import ParsedMail, parse
 from store.db import reader, session_for
@@ -148,6 +149,7 @@ class Batches:
             if state == RECEIVED:
                 try:
                     mail = parse(self.blobs.get(sha), self.limits, blobs=self.blobs)
+                    faults.test_hook(mail.message_id)
                     for att in mail.attachments:
                         if att.blob is None:  # a large one was stored while parsed
                             self.blobs.put(att.data)
@@ -163,11 +165,13 @@ class Batches:
         with reader(self.engine) as session:
             return [tuple(row) for row in session.exec(
                 select(InboundMessage.id, InboundMessage.sha256, InboundMessage.size)
-                .where(InboundMessage.state == RECEIVED).order_by(col(InboundMessage.id)).limit(limit))]
+                .where(InboundMessage.state == RECEIVED, faults.due(utcnow()))
+                .order_by(col(InboundMessage.id)).limit(limit))]
 
     def pending_ids(self, limit: int = 100) -> list[int]:
         with reader(self.engine) as session:
-            return list(session.exec(select(InboundMessage.id).where(InboundMessage.state == RECEIVED)
+            return list(session.exec(select(InboundMessage.id).where(InboundMessage.state == RECEIVED,
+                                                                      faults.due(utcnow()))
                                      .order_by(col(InboundMessage.id)).limit(limit)))
 
     def process_pending(self, limit: int = 100) -> list[Outcome]:

@@ -110,7 +110,7 @@ async def listen(config: Config, door: LmtpDoor, sock: socket.socket) -> asyncio
         server = await loop.create_unix_server(factory, sock=sock)
         log.info("listening for LMTP on %s (mode %s)", sock.getsockname(), format(config.lmtp.mode, "04o"))
     else:
-        server = await loop.create_server(factory, sock=sock)
+        server = await loop.create_server(factory, sock=sock, backlog=1024)  # as the SMTP door's (service.BACKLOG)
         host, port = sock.getsockname()[:2]
         log.info("listening for LMTP on %s:%s", host, port)
     return server

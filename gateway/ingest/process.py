@@ -20,6 +20,7 @@ from sqlmodel import Session
 
 from gateway.config import Config
 from gateway.errors import Quarantine
+from gateway.ingest import faults
 from gateway.ingest.apply import Apply, Outcome, with_defects
 from gateway.ingest.batch import BATCH_BYTES, BATCH_MAILS, Batches
 from gateway.ingest.decide import decide
@@ -149,7 +150,11 @@ class Processor(Gather, Apply, Batches, TooLarge):
         return None
 
     def _count_failure(self, session: Session, inbound_id: int, exc: Exception) -> Outcome:
-        """Count a failed attempt; quarantine after max_attempts so the queue moves on."""
+        """Count a failed attempt; quarantine after max_attempts so the queue moves on.
+        A fault of the surroundings is not the mail's: it waits, uncounted (faults)."""
+        if (why := faults.surroundings(exc)) is not None:
+            inbound = faults.postpone(session, inbound_id, why, self.config.limits)
+            return Outcome(inbound.source, inbound.message_id, "retry", None, inbound.detail)
         log.error("processing inbound %s failed", inbound_id, exc_info=exc)
         inbound = session.get(InboundMessage, inbound_id)
         inbound.attempts += 1
@@ -171,6 +176,9 @@ class Processor(Gather, Apply, Batches, TooLarge):
     def _failed(self, inbound_id: int, exc: Exception) -> Outcome:
         """The transaction itself failed (its commit): count the attempt in a new one."""
         self._done = []
+        if (why := faults.surroundings(exc)) is not None:
+            source, message_id, detail = faults.postpone_alone(self.engine, inbound_id, why, self.config.limits)
+            return Outcome(source, message_id, "retry", None, detail)
         with session_for(self.engine) as session:
             outcome = self._count_failure(session, inbound_id, exc)
             session.commit()

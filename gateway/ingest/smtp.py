@@ -18,6 +18,7 @@ from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, _DataState
 from gateway import metrics
 from gateway.config import Config
 from gateway.errors import StoreFailed
+from gateway.ingest import faults
 from gateway.ingest.inbound import Stored, header_message_id
 from gateway.ingest.parse import MAIL_LOOP, Limits, over_limits
 from gateway.ingest.spool import Spool
@@ -48,6 +49,7 @@ class Door:
         self.own |= {address_key(a) for a in config.routing.routes}
         self.domains = {a.rpartition("@")[2] for a in self.own}
         self.limits = Limits(config.limits.max_parts, config.limits.max_depth, config.limits.max_header_length)
+        self.reserve = faults.Reserve(config)
 
     def accepts(self, address: str) -> bool:
         k = address_key(address)
@@ -71,9 +73,18 @@ class Door:
         if not _valid_utf8(address):
             metrics.refused("bad-address")
             return "553 5.6.7 The address is not valid UTF-8"
+        if (short := self.reserve.short()) is not None:
+            return self._short_of_space(short)
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 OK"
+
+    @staticmethod
+    def _short_of_space(short: str) -> str:
+        """Below [store] reserve_mb (gateway.ingest.faults): the sender keeps the mail."""
+        log.warning("refused a mail: %s", short)
+        metrics.refused("disk-reserve")
+        return "452 4.3.1 Insufficient system storage, please try again later"
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options):
         if _control_character(address):
@@ -97,6 +108,10 @@ class Door:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope):
         spooled = getattr(envelope, "spooled", None)
+        if (short := self.reserve.short()) is not None:
+            if spooled is not None:
+                spooled.abort()
+            return self._short_of_space(short)
         if spooled is not None:
             return await self._handle_spooled(envelope, spooled)
         raw = envelope.original_content or envelope.content
