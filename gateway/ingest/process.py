@@ -34,7 +34,7 @@ from gateway.ingest.parse import Limits, ParsedMail, parse
 from gateway.ingest.references import find_reference
 from gateway.ingest.threading import dmarc_failed, dmarc_passed, find_ticket, permission, signed_replies
 from gateway.tokens import marked_addresses, verified_bounce
-from store import lifecycle
+from store import lifecycle, webhooks
 from store.addresses import key as address_key
 from store.blobs import BlobStore
 from store.db import Prepared, reader, session_for
@@ -821,6 +821,7 @@ class Processor:
             except Quarantine as exc:
                 outcome = self._mark(session, inbound, Outcome(inbound.source, inbound.message_id,
                                                                "quarantined", None, exc.reason), "quarantined")
+                webhooks.mail_processed(session, self.config.webhooks, inbound.id, "quarantined", None, exc.reason)
                 savepoint.commit()
                 self._done.append((inbound.id, "quarantined", None, inbound.received_at, False))
                 return outcome
@@ -841,6 +842,8 @@ class Processor:
                 outcome = replace(outcome, detail=with_defects(outcome.detail, mail.defects))
             state = "quarantined" if outcome.outcome == "quarantined" else "processed"
             outcome = self._mark(session, inbound, outcome, state)
+            webhooks.mail_processed(session, self.config.webhooks, inbound.id, outcome.outcome, outcome.ticket,
+                                    outcome.detail)
             savepoint.commit()
             self._done.append((inbound.id, outcome.outcome, outcome.ticket, inbound.received_at, False))
             return outcome
@@ -889,6 +892,7 @@ class Processor:
             inbound.state = inbound.outcome = "quarantined"
             inbound.ticket_number = None
             inbound.processed_at = utcnow()
+            webhooks.mail_processed(session, self.config.webhooks, inbound_id, "quarantined", None, detail)
         inbound.detail = detail
         session.add(inbound)
         session.flush()
