@@ -77,6 +77,10 @@ class TransitionRefused(LifecycleError):
         self.current, self.target = current, target
 
 
+class TicketClosed(LifecycleError):
+    """The ticket is Closed: nothing is added to it, nothing moves it (manual §1.4.2)."""
+
+
 class MissingData(LifecycleError):
     """The move is allowed, but ``field`` (a StatusData field) is missing or wrong."""
 

@@ -184,7 +184,7 @@ def comment(app, number: str, text: str, *, internal: bool = False, by: str = "a
     with session_for(app.engine) as session:
         ticket = _locked(session, number)
         if ticket.status == lifecycle.CLOSED:
-            raise LifecycleError(f"{ticket.number} is Closed: a Closed ticket is final")
+            raise lifecycle.TicketClosed(f"{ticket.number} is Closed: a Closed ticket is final")
         note = TicketMessage(ticket_id=ticket.id, direction="note", internal=internal, from_addr=by,
                              body_text=text, created_at=now)
         session.add(note)

@@ -7,7 +7,7 @@ The actions raise typed errors (gateway.errors, store.lifecycle); this module is
 place that turns them into HTTP statuses:
 
 - NotFound (a ticket, a mail, a notification, a person): 404;
-- TransitionRefused (a move the manual forbids) and Refused: 409;
+- TransitionRefused (a move the manual forbids), TicketClosed and Refused: 409;
 - MissingData (a move without what it needs), LifecycleError, invalid JSON or fields: 422.
 """
 
@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from gateway.errors import NotFound, Refused
-from store.lifecycle import LifecycleError, MissingData, TransitionRefused
+from store.lifecycle import LifecycleError, MissingData, TicketClosed, TransitionRefused
 from store.tickets import NotFound as TicketNotFound
 
 MEDIA_TYPE = "application/problem+json"
@@ -74,7 +74,8 @@ def install(app) -> None:
         return problem(409, str(exc), from_status=exc.current, to_status=exc.target)
 
     @app.exception_handler(Refused)
-    async def _refused(request: Request, exc: Refused):
+    @app.exception_handler(TicketClosed)
+    async def _refused(request: Request, exc: Exception):
         return problem(409, str(exc))
 
     @app.exception_handler(MissingData)

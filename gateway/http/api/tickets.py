@@ -11,7 +11,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
-from sqlmodel import select
+from sqlmodel import col, select
 from starlette.concurrency import run_in_threadpool
 
 from gateway import actions
@@ -124,7 +124,8 @@ def list_tickets(
     with reader(app.engine) as session:
         tickets = find_tickets(session, query)
         ids = {t.reporting_person_id for t in tickets} | {t.affected_person_id for t in tickets}
-        people = dict(session.exec(select(Person.id, Person.email).where(Person.id.in_(ids)))) if ids else {}
+        people = ({i: e for i, e in session.exec(select(Person.id, Person.email).where(col(Person.id).in_(ids)))}
+                  if ids else {})
         return pagination.page([_summary(t, people) for t in tickets], [t.id for t in tickets], limit)
 
 
