@@ -68,7 +68,7 @@ class Api:
 
 
 def service_config(folder: Path, database_url: str, smtp_port: int, http_port: int, relay_port: int,
-                   extra: str = "") -> None:
+                   extra: str = "", gateway_extra: str = "") -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.toml").write_text(f"""
 [database]
@@ -77,6 +77,7 @@ url = "{database_url}"
 [gateway]
 addresses = ["{HELPDESK}"]
 secret = "test-secret-of-at-least-32-bytes-0123456789"
+{gateway_extra}
 
 [smtp]
 port = {smtp_port}
