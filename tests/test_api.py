@@ -362,3 +362,83 @@ def test_openapi_and_its_page_need_nothing_from_elsewhere(api):
     # No script, no style sheet, no font, no image from anywhere: the page is all there is.
     assert "<script" not in text and "<link" not in text and "<img" not in text
     assert "http://" not in text and "https://" not in text and "//cdn" not in text
+
+
+def test_people_inbound_outbox_templates(api):
+    agent, admin, reader = api.token("crm", "agent"), api.token("admin-tool", "admin"), api.token("bi", "read")
+    # People: add, update, read, import; companies.
+    status, _, person = api.call("POST", "/people", agent, {"email": "Luc.Janssens@Example.be", "name": "Luc Janssens",
+                                                            "language": "nl", "company": "Acme"})
+    assert status == 201 and person["created"] and person["email"] == "luc.janssens@example.be"
+    status, _, person = api.call("PATCH", "/people/luc.janssens@example.be", agent, {"timezone": "Europe/Amsterdam"})
+    assert status == 200 and (person["timezone"], person["language"], person["company"]) == \
+        ("Europe/Amsterdam", "nl", "Acme")
+    body = is_problem(api.call("PATCH", "/people/luc.janssens@example.be", agent, {"timezone": "Mars/Olympus"}), 409)
+    assert "Mars/Olympus" in body["detail"]
+    is_problem(api.call("PATCH", "/people/nobody@example.be", agent, {"name": "X"}), 404)
+    is_problem(api.call("POST", "/people", reader, {"email": "x@example.be"}), 403)
+    csv_text = "email,name,language\nsofie@example.be,Sofie,fr\nnot-an-address,Bad,en\n"
+    is_problem(api.call("POST", "/people/import", agent, raw=csv_text.encode(), content_type="text/csv"), 403)
+    status, _, result = api.call("POST", "/people/import", admin, raw=csv_text.encode(), content_type="text/csv")
+    assert status == 200 and (result["added"], result["updated"]) == (1, 0)
+    assert result["errors"][0]["line"] == 3
+    page = api.call("GET", "/people?limit=1", reader)[2]
+    assert len(page["items"]) == 1 and page["next_cursor"]
+    rest = api.call("GET", f"/people?cursor={page['next_cursor']}", reader)[2]["items"]
+    assert {p["email"] for p in page["items"] + rest} == {"luc.janssens@example.be", "sofie@example.be"}
+    assert api.call("GET", "/people/sofie@example.be", reader)[2]["language"] == "fr"
+    assert api.call("PUT", "/companies/Acme", agent, {"language": "nl"})[0] == 200
+    assert api.call("GET", "/companies", reader)[2] == [{"name": "Acme", "language": "nl"}]
+
+    # Inbound: a mail, shown with its outcome, its raw bytes as received; only quarantined
+    # mail is processed again.
+    send_mail(api.service.smtp_port, "Monitor flickers", "The monitor flickers.", sender="luc.janssens@example.be")
+    rows = wait_until(lambda: [r for r in api.call("GET", "/inbound", admin)[2]["items"]
+                               if r["state"] == "processed"], timeout=60)
+    mail = api.call("GET", f"/inbound/{rows[0]['id']}", admin)[2]
+    assert mail["outcome"] == "created" and mail["ticket"]
+    status, headers, raw = api.call("GET", f"/inbound/{rows[0]['id']}/raw", admin)
+    assert status == 200 and b"The monitor flickers." in raw and headers["Content-Type"] == "message/rfc822"
+    body = is_problem(api.call("POST", "/inbound/reprocess", admin, {"ids": [rows[0]["id"]]}), 409)
+    assert "not quarantined" in body["detail"]
+    is_problem(api.call("POST", "/inbound/reprocess", admin, {"ids": [999999]}), 404)
+    is_problem(api.call("GET", "/inbound/999999", admin), 404)
+
+    # Outbox: the confirmation with its attempts; sent again.
+    sent = wait_until(lambda: [r for r in api.call("GET", "/outbox?state=sent", admin)[2]["items"]
+                               if r["to"] == ["luc.janssens@example.be"]], timeout=60)
+    shown = api.call("GET", f"/outbox/{sent[0]['id']}", admin)[2]
+    assert shown["attempts_log"][0]["outcome"] == "sent" and shown["ticket"] == mail["ticket"]
+    before = len(api.mails_to("luc.janssens@example.be"))
+    status, _, retried = api.call("POST", "/outbox/retry", admin, {"ids": [sent[0]["id"], 999999]})
+    assert status == 200 and retried == {"ids": [sent[0]["id"]], "missing": [999999]}
+    wait_until(lambda: len(api.mails_to("luc.janssens@example.be")) > before, timeout=60)
+    is_problem(api.call("GET", "/outbox/999999", admin), 404)
+    is_problem(api.call("POST", "/outbox/retry", admin, {}), 409)
+
+    # Templates: the list, a preview on sample data and on the ticket, the check.
+    listed = api.call("GET", "/templates", reader)[2]
+    assert {"new", "waiting"} <= {t["event"] for t in listed}
+    status, _, preview = api.call("GET", "/templates/waiting/preview?language=fr&waiting_reason=third-party", reader)
+    assert status == 200 and preview["language"] == "fr" and preview["text"] and "Subject:" in preview["raw"]
+    status, _, on_ticket = api.call("GET", f"/templates/solved/preview?ticket={mail['ticket']}", reader)
+    assert status == 200 and mail["ticket"] in on_ticket["subject"]
+    is_problem(api.call("GET", "/templates/nonsense/preview", reader), 409)
+    is_problem(api.call("GET", "/templates/new/preview?ticket=INC-999999", reader), 404)
+    status, _, checked = api.call("GET", "/templates/check", reader)
+    assert status == 200 and checked["cases"] > 0 and checked["failures"] == []
+    # Every write above is in the audit log under the token's name.
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(api_database(api))
+    with engine.connect() as conn:
+        actions = {(a, act) for a, act in conn.execute(text("select actor, action from auditentry"))}
+    engine.dispose()
+    assert {("token:crm", "person.add"), ("token:crm", "person.update"), ("token:admin-tool", "person.import"),
+            ("token:crm", "company.language"), ("token:admin-tool", "outbox.retry")} <= actions
+
+
+def api_database(api: Api) -> str:
+    import tomllib
+
+    return tomllib.loads((api.folder / "config.toml").read_text())["database"]["url"]
