@@ -47,7 +47,7 @@ from gateway.ingest.spool import Spool
 from gateway.outbound.notify import warm_up as warm_up_templates
 from gateway.outbound.outbox import deliver_pending
 from gateway.outbound.render import missing_shipped
-from store import webhooks
+from gateway.outbound import webhooks as outbound_webhooks
 
 log = logging.getLogger("gateway.service")
 
@@ -159,7 +159,7 @@ def deliverer_main(config: Config, deliver, stop, parent_pid: int, log_level: st
     heartbeat = Heartbeat(app.engine, "deliverer", instance or instance_of(parent_pid),
                           config.monitoring.heartbeat_interval).start()
     if config.webhooks:
-        webhooks.release_dead_claims(app.engine)  # a killed deliverer's events go now, with their ids
+        outbound_webhooks.release_dead_claims(app.engine)  # a killed deliverer's events go now, with their ids
     log.info("deliverer started (pid %s; ready in %.0f ms)", os.getpid(), took * 1000)
     last = time.monotonic()
     while not stop.is_set():
@@ -180,7 +180,7 @@ def deliverer_main(config: Config, deliver, stop, parent_pid: int, log_level: st
                 continue
             sent = deliver_pending(app.engine, app.config, transport, limit=100, notifier=app.notifier)
             if config.webhooks:  # the webhook events queued with the changes (store.webhooks)
-                sent = webhooks.deliver_due(app.engine, config.webhooks) or sent
+                sent = outbound_webhooks.deliver_due(app.engine, config.webhooks) or sent
             last = time.monotonic()
         except Exception:
             log.exception("delivery failed; retrying")

@@ -16,10 +16,10 @@ import pytest
 from standardwebhooks import Webhook
 
 from conftest import free_port
-from test_api import Api, answers, send_mail, service_config
-from test_http_ops import Service
-from test_mail_to_ticket import wait_until
-from test_outbound import running_relay
+from harness.api import Api, answers, send_mail, service_config
+from harness.http import HttpService as Service
+from harness.relay import running_relay
+from harness.service import wait_until
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # 24 bytes, base64: the spec's example form
 EVENTS = ["ticket.created", "ticket.status_changed", "ticket.comment_added", "mail.quarantined",

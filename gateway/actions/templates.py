@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from gateway.errors import NotFound, Refused
 from gateway.outbound.notify import sample_context
-from gateway.outbound.preview import NobodyToMail, preview_sample, preview_ticket
+from gateway.actions.preview import NobodyToMail, preview_sample, preview_ticket
 from gateway.outbound.render import EVENTS, LANGUAGES, TICKETLESS, RenderError, check_templates, template_files
 from store.db import session_for
 from store.lifecycle import WAITING_REASONS

@@ -1,11 +1,12 @@
-"""tokens create|list|revoke: the HTTP API's tokens (store.api_tokens)."""
+"""tokens create|list|revoke: the HTTP API's tokens (gateway.actions.api_tokens)."""
 
 from __future__ import annotations
 
 import json
 
 from gateway.app import App
-from store import api_tokens, audit
+from gateway.actions import api_tokens
+from store import audit
 from store.db import session_for
 
 

@@ -1,4 +1,4 @@
-"""Who may call the API: ``Authorization: Bearer <token>`` (store.api_tokens), checked
+"""Who may call the API: ``Authorization: Bearer <token>`` (gateway.actions.api_tokens), checked
 at every request (a revoked token is refused at once), and the role the route needs.
 
 - no token, an unknown or a revoked one: 401, ``WWW-Authenticate: Bearer``;
@@ -18,8 +18,8 @@ from fastapi import Depends, Request
 
 from gateway.http.api.problems import Problem
 from gateway.http.deps import gateway_app
-from store import api_tokens
-from store.api_tokens import Caller
+from gateway.actions import api_tokens
+from gateway.actions.api_tokens import Caller
 from store.db import reader
 
 FAILURES_ALLOWED = 10

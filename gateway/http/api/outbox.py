@@ -14,7 +14,7 @@ from gateway.app import App
 from gateway.http.api.auth import actor_of, require
 from gateway.http.deps import gateway_app
 from store import audit
-from store.api_tokens import Caller
+from gateway.actions.api_tokens import Caller
 from store.db import session_for
 
 router = APIRouter(prefix="/outbox", tags=["outbox"])

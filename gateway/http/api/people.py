@@ -12,7 +12,7 @@ from gateway.app import App
 from gateway.http.api.auth import actor_of, require
 from gateway.http.api.problems import Problem
 from gateway.http.deps import gateway_app
-from store.api_tokens import Caller
+from gateway.actions.api_tokens import Caller
 
 router = APIRouter(tags=["people"])
 

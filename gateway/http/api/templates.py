@@ -10,7 +10,7 @@ from gateway.actions import templates
 from gateway.app import App
 from gateway.http.api.auth import require
 from gateway.http.deps import gateway_app
-from store.api_tokens import Caller
+from gateway.actions.api_tokens import Caller
 
 router = APIRouter(prefix="/templates", tags=["templates"])
 

@@ -22,7 +22,7 @@ from gateway.http.api import pagination
 from gateway.http.api.auth import actor_of, require
 from gateway.http.api.problems import Problem
 from gateway.http.deps import gateway_app
-from store.api_tokens import Caller
+from gateway.actions.api_tokens import Caller
 from store.db import reader
 from store.lifecycle import StatusData
 from store.models import Attachment, Person, Ticket, TicketMessage
