@@ -181,11 +181,15 @@ def create(body: NewTicket, request: Request, app: App = Depends(gateway_app),
              summary="Move a ticket to another status (mails the customer when the manual says so)")
 def set_status(number: str, body: StatusChangeIn, request: Request, app: App = Depends(gateway_app),
                caller: Caller = Depends(require("agent"))) -> dict:
-    from store.lifecycle import canonical_status
+    from store.lifecycle import LifecycleError, canonical_status
 
+    try:
+        status = canonical_status(body.status)
+    except LifecycleError as exc:
+        raise Problem(422, str(exc), field="status") from None
     data = StatusData(reason=body.reason, waiting_reason=body.waiting_reason, at=body.at, place=body.place,
                       solution=body.solution, approval_text=body.approval_text, note=body.note)
-    return _done(actions.set_status(app, number, canonical_status(body.status), data, by=caller.actor,
+    return _done(actions.set_status(app, number, status, data, by=caller.actor,
                                     actor=actor_of(request, caller)))
 
 
