@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 
 from gateway.config import ConfigError, load_config
@@ -16,7 +15,8 @@ from store.schema import SchemaError
 # Commands that take mail in, process it, make tickets or deliver: they add to the
 # service's metrics (gateway.metrics) as its own processes do.
 COUNTED = ("ingest", "process", "ticket", "outbox", "imap", "close-solved")
-COMMAND_MODULES = ("core", "status", "inbound", "tickets", "outbox", "persons", "templates", "imap", "db")
+COMMAND_MODULES = ("core", "status", "inbound", "tickets", "outbox", "persons", "templates", "imap", "db",
+                   "api_tokens", "webhooks")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -268,6 +268,21 @@ class MailboxSection:
 
 
 @dataclass(frozen=True)
+class WebhookSection:
+    # Where the events are POSTed (http or https).
+    url: str = ""
+    # Which events: ticket.created, ticket.status_changed, ticket.comment_added,
+    # mail.quarantined, notification.failed (store.webhooks.EVENTS).
+    events: tuple[str, ...] = ()
+    # The signing secret, as the Standard Webhooks specification writes it: whsec_ and
+    # the base64 of 24 to 64 random bytes.
+    secret: str = ""
+    # Seconds to wait after each failed attempt (the answer not 2xx, or none); after the
+    # last, the event is failed (gateway webhooks list shows it).
+    retry_schedule: tuple[int, ...] = (5, 30, 120, 600, 1800, 3600, 7200, 21600)
+
+
+@dataclass(frozen=True)
 class Config:
     gateway: GatewaySection = field(default_factory=GatewaySection)
     database: DatabaseSection = field(default_factory=DatabaseSection)
@@ -284,6 +299,7 @@ class Config:
     logging: LoggingSection = field(default_factory=LoggingSection)
     monitoring: MonitoringSection = field(default_factory=MonitoringSection)
     mailboxes: tuple[MailboxSection, ...] = ()
+    webhooks: tuple[WebhookSection, ...] = ()
     # Directory relative paths are resolved against (not a key of the file).
     base_dir: str = "."
 
@@ -616,5 +632,40 @@ def _check(config: Config) -> None:
         raise ConfigError(f"lmtp.socket_mode: {config.lmtp.socket_mode!r} is not a file mode in octal, such as \"0660\"")
     if not config.lmtp.socket and not 0 <= config.lmtp.port <= 65535:
         raise ConfigError(f"lmtp.port: {config.lmtp.port} is not a port number (0-65535)")
+    _check_webhooks(config)
     if not config.outbound.retry_schedule:
         raise ConfigError("outbound.retry_schedule: at least one delay is needed")
+
+
+WEBHOOK_EVENTS = ("ticket.created", "ticket.status_changed", "ticket.comment_added", "mail.quarantined",
+                  "notification.failed")
+
+
+def _check_webhooks(config: Config) -> None:
+    import base64
+    import binascii
+    from urllib.parse import urlsplit
+
+    urls = [hook.url for hook in config.webhooks]
+    for i, hook in enumerate(config.webhooks):
+        where = f"webhooks[{i}]"
+        parts = urlsplit(hook.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"{where}.url: {hook.url!r} is not an http:// or https:// URL")
+        if urls.count(hook.url) > 1:
+            raise ConfigError(f"{where}.url: {hook.url!r} is listed twice")
+        if not hook.events:
+            raise ConfigError(f"{where}.events: name at least one of {', '.join(WEBHOOK_EVENTS)}")
+        for event in hook.events:
+            if event not in WEBHOOK_EVENTS:
+                raise ConfigError(f"{where}.events: {event!r} is not one of {', '.join(WEBHOOK_EVENTS)}")
+        try:
+            key = base64.b64decode(hook.secret.removeprefix("whsec_"), validate=True)
+        except (binascii.Error, ValueError):
+            key = b""
+        if not hook.secret.startswith("whsec_") or not 24 <= len(key) <= 64:
+            raise ConfigError(f"{where}.secret: whsec_ and the base64 of 24 to 64 random bytes is needed, e.g. the "
+                              f"output of: python3 -c \"import base64,os; "
+                              f"print('whsec_' + base64.b64encode(os.urandom(32)).decode())\"")
+        if not hook.retry_schedule or any(delay < 1 for delay in hook.retry_schedule):
+            raise ConfigError(f"{where}.retry_schedule: at least one delay, each at least 1 second")

@@ -67,6 +67,8 @@ class _Metrics:
                                      "failed (for good) or retried (to be tried again)", ["state"], registry=None)
         self.refused = Counter("gateway_smtp_refused", "SMTP commands or connections the door refused, by reason",
                                ["reason"], registry=None)
+        self.webhooks = Counter("gateway_webhook_attempts", "Delivery attempts of webhook events, by result: "
+                                "delivered, failed (for good) or retry (to be tried again)", ["state"], registry=None)
         self.processing = Histogram("gateway_processing_seconds", "From a mail's 250 (or storing) to the commit of "
                                     "its processing", buckets=PROCESSING_BUCKETS, registry=None)
         self.delivery = Histogram("gateway_delivery_seconds", "From a notification's queueing to the relay's 250",
@@ -84,6 +86,8 @@ class _Metrics:
             self.notifications.labels(state)
         for reason in REFUSALS:
             self.refused.labels(reason)
+        for state in ("delivered", "failed", "retry"):
+            self.webhooks.labels(state)
 
 
 def folder(data_dir: Path) -> Path:
@@ -177,6 +181,12 @@ def notification(state: str, seconds: float | None = None) -> None:
     _metrics.notifications.labels(state).inc()
     if state == "sent" and seconds is not None:
         _metrics.delivery.observe(max(seconds, 0.0))
+
+
+def webhook(state: str) -> None:
+    """A webhook delivery attempt's result: delivered, failed (for good), retry."""
+    if _metrics is not None:
+        _metrics.webhooks.labels(state).inc()
 
 
 def zeros() -> None:

@@ -47,6 +47,7 @@ from gateway.ingest.spool import Spool
 from gateway.outbound.notify import warm_up as warm_up_templates
 from gateway.outbound.outbox import deliver_pending
 from gateway.outbound.render import missing_shipped
+from gateway.outbound import webhooks as outbound_webhooks
 
 log = logging.getLogger("gateway.service")
 
@@ -198,6 +199,8 @@ def deliverer_main(config: Config, deliver, stop, parent_pid: int, log_level: st
     _settle_gc()
     heartbeat = Heartbeat(app.engine, "deliverer", instance or instance_of(parent_pid),
                           config.monitoring.heartbeat_interval).start()
+    if config.webhooks:
+        outbound_webhooks.release_dead_claims(app.engine)  # a killed deliverer's events go now, with their ids
     log.info("deliverer started (pid %s; ready in %.0f ms)", os.getpid(), took * 1000)
     last = time.monotonic()
     backoff = faults.Backoff(config.limits)
@@ -222,6 +225,8 @@ def deliverer_main(config: Config, deliver, stop, parent_pid: int, log_level: st
             if (short := faults.short_of_space(config)) is not None:
                 raise faults.Unavailable(short)
             sent = deliver_pending(app.engine, app.config, transport, limit=100, notifier=app.notifier)
+            if config.webhooks:  # the webhook events queued with the changes (store.webhooks)
+                sent = outbound_webhooks.deliver_due(app.engine, config.webhooks) or sent
             last = time.monotonic()
             backoff.ok()
         except Exception as exc:

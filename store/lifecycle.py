@@ -69,6 +69,26 @@ class LifecycleError(ValueError):
     """A move that the rules refuse; the message says why, in words for an agent."""
 
 
+class TransitionRefused(LifecycleError):
+    """The manual forbids this move from ``current`` to ``target`` (whatever is given)."""
+
+    def __init__(self, message: str, current: str, target: str):
+        super().__init__(message)
+        self.current, self.target = current, target
+
+
+class TicketClosed(LifecycleError):
+    """The ticket is Closed: nothing is added to it, nothing moves it (manual §1.4.2)."""
+
+
+class MissingData(LifecycleError):
+    """The move is allowed, but ``field`` (a StatusData field) is missing or wrong."""
+
+    def __init__(self, message: str, field: str):
+        super().__init__(message)
+        self.field = field
+
+
 @dataclass(frozen=True)
 class StatusData:
     """What an agent gives with a move."""
@@ -95,37 +115,35 @@ def check_transition(process: str, current: str, target: str, data: StatusData) 
     """Raise LifecycleError unless ``current`` -> ``target`` is allowed with ``data``."""
     if target not in TRANSITIONS.get(current, frozenset()):
         if current == CLOSED:
-            raise LifecycleError(f"cannot move from {current} to {target}: a Closed ticket is final")
-        raise LifecycleError(f"cannot move from {current} to {target}: not an allowed transition")
+            raise TransitionRefused(f"cannot move from {current} to {target}: a Closed ticket is final",
+                                    current, target)
+        raise TransitionRefused(f"cannot move from {current} to {target}: not an allowed transition", current, target)
     if target == REJECTED and not (data.reason or "").strip():
-        raise LifecycleError(f"cannot move from {current} to {target}: a rejection needs a reason")
+        raise MissingData(f"cannot move from {current} to {target}: a rejection needs a reason", "reason")
     if target == WAITING:
         if not data.waiting_reason:
-            raise LifecycleError(
-                f"cannot move from {current} to {target}: a waiting reason is needed ({', '.join(WAITING_REASONS)})"
-            )
+            raise MissingData(
+                f"cannot move from {current} to {target}: a waiting reason is needed ({', '.join(WAITING_REASONS)})", "waiting_reason")
         if data.waiting_reason not in WAITING_REASONS:
-            raise LifecycleError(
+            raise MissingData(
                 f"cannot move from {current} to {target}: unknown waiting reason {data.waiting_reason!r} "
-                f"(one of {', '.join(WAITING_REASONS)})"
-            )
+                f"(one of {', '.join(WAITING_REASONS)})", "waiting_reason")
     if target == POSTPONED and not (data.reason or "").strip():
-        raise LifecycleError(f"cannot move from {current} to {target}: postponing needs a reason")
+        raise MissingData(f"cannot move from {current} to {target}: postponing needs a reason", "reason")
     if target == PLANNED:
         if data.at is None:
-            raise LifecycleError(f"cannot move from {current} to {target}: an appointment date and time is needed")
+            raise MissingData(f"cannot move from {current} to {target}: an appointment date and time is needed", "at")
         if data.at.tzinfo is None or data.at.utcoffset() is None:
-            raise LifecycleError(f"cannot move from {current} to {target}: the appointment needs a time zone")
+            raise MissingData(f"cannot move from {current} to {target}: the appointment needs a time zone", "at")
     if target == SOLVED and not (data.solution or "").strip():
-        raise LifecycleError(f"cannot move from {current} to {target}: a solution description is needed")
+        raise MissingData(f"cannot move from {current} to {target}: a solution description is needed", "solution")
     if target == APPROVAL:
         if process not in APPROVAL_PROCESSES:
-            raise LifecycleError(
-                f"cannot move from {current} to {target}: only Service Requests and Changes need approval"
-            )
+            raise TransitionRefused(
+                f"cannot move from {current} to {target}: only Service Requests and Changes need approval",
+                current, target)
         if not (data.approval_text or "").strip():
-            raise LifecycleError(f"cannot move from {current} to {target}: say what is to be approved")
+            raise MissingData(f"cannot move from {current} to {target}: say what is to be approved", "approval_text")
     if current == SOLVED and target == IN_PROGRESS and not (data.note or "").strip():
-        raise LifecycleError(
-            f"cannot move from {current} to {target}: reopening a solved ticket needs a comment saying why"
-        )
+        raise MissingData(
+            f"cannot move from {current} to {target}: reopening a solved ticket needs a comment saying why", "note")

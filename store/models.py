@@ -279,3 +279,40 @@ class AuditEntry(SQLModel, table=True):
     after: str | None = Field(default=None, sa_column=Column(Text))
     # The client's address, for a change made over HTTP.
     client: str = ""
+
+
+class ApiToken(SQLModel, table=True):
+    """A token the HTTP API accepts (revision 0011): only the SHA-256 of the token is kept
+    (the token itself is shown once, when made: store.api_tokens), its role says what it
+    may do, a revoked one is refused from the next request on."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True)
+    role: str  # read | agent | admin
+    token_hash: str = Field(unique=True, index=True)  # hex SHA-256 of the whole token
+    prefix: str = ""  # the token's first characters, to tell tokens apart in a list
+    created_at: datetime = Field(default_factory=utcnow)
+    last_used_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+class WebhookEvent(SQLModel, table=True):
+    """One event for one configured webhook (revision 0011), written in the transaction of
+    the change it tells about (store.webhooks.queue), delivered by the deliverer with the
+    same ``event_id`` (its ``webhook-id``) on every attempt until the receiver answers 2xx
+    or the schedule is exhausted."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: str = Field(unique=True, index=True)  # msg_...: the webhook-id header
+    url: str  # the [[webhooks]] entry it is for
+    event: str  # ticket.created, ticket.status_changed, ...
+    payload: str = Field(sa_column=Column(Text, nullable=False))  # the JSON body, as sent
+    # pending | delivered | failed
+    state: str = Field(default="pending", index=True)
+    attempts: int = 0
+    next_attempt_at: datetime = Field(default_factory=utcnow, index=True)
+    last_answer: str | None = Field(default=None, sa_column=Column(Text))
+    created_at: datetime = Field(default_factory=utcnow)
+    delivered_at: datetime | None = None
+    claimed_by: str | None = None
+    claimed_until: datetime | None = None

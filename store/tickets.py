@@ -8,7 +8,7 @@ row in the same session before committing, so that both land or neither does.
 from __future__ import annotations
 
 from contextvars import ContextVar
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import bindparam, func, insert, or_, update
@@ -241,16 +241,48 @@ def search_tickets(
 
     With no status given, Closed tickets are left out (manual §2).
     """
+    return find_tickets(session, TicketQuery(statuses=(status,) if status else (), text=text,
+                                             include_closed=include_closed, limit=None))
+
+
+@dataclass(frozen=True)
+class TicketQuery:
+    """A search of tickets: every field given narrows it.  ``text`` is the manual's search
+    (number, title, status, name, e-mail or personal reference); ``person`` an e-mail or a
+    name of the reporting or affected person; ranges are inclusive.  With no status,
+    Closed tickets are left out unless ``include_closed``.  ``after_id``: the page after
+    that ticket (in id order); ``limit`` None: all."""
+
+    text: str | None = None
+    number: str | None = None
+    title: str | None = None
+    statuses: tuple[str, ...] = ()
+    person: str | None = None
+    reference: str | None = None
+    process: str | None = None
+    created_from: datetime | None = None
+    created_to: datetime | None = None
+    updated_from: datetime | None = None
+    updated_to: datetime | None = None
+    include_closed: bool = False
+    after_id: int | None = None
+    limit: int | None = 50
+
+
+def _people_like(like: str):
+    return select(Person.id).where(or_(Person.name.ilike(like), Person.email.ilike(like)))  # type: ignore[attr-defined]
+
+
+def find_tickets(session: Session, q: TicketQuery) -> list[Ticket]:
+    """The tickets ``q`` asks for, in id order (ValueError, LifecycleError: a bad status)."""
     query = select(Ticket)
-    if status:
-        query = query.where(Ticket.status == lifecycle.canonical_status(status))
-    elif not include_closed:
+    if q.statuses:
+        query = query.where(col(Ticket.status).in_([lifecycle.canonical_status(s) for s in q.statuses]))
+    elif not q.include_closed:
         query = query.where(Ticket.status != lifecycle.CLOSED)
-    if text:
-        like = f"%{text.strip().lower()}%"
-        people = select(Person.id).where(
-            or_(Person.name.ilike(like), Person.email.ilike(like))  # type: ignore[attr-defined]
-        )
+    if q.text:
+        like = f"%{q.text.strip().lower()}%"
+        people = _people_like(like)
         query = query.where(
             or_(
                 col(Ticket.number).ilike(like),
@@ -261,4 +293,27 @@ def search_tickets(
                 col(Ticket.affected_person_id).in_(people),
             )
         )
-    return list(session.exec(query.order_by(col(Ticket.id))))
+    if q.number:
+        query = query.where(Ticket.number == q.number.strip().upper())
+    if q.title:
+        query = query.where(col(Ticket.title).ilike(f"%{q.title.strip()}%"))
+    if q.reference:
+        query = query.where(func.lower(Ticket.personal_reference) == q.reference.strip().strip("#").lower())
+    if q.process:
+        query = query.where(Ticket.process == q.process)
+    if q.person:
+        people = _people_like(f"%{q.person.strip().lower()}%")
+        query = query.where(or_(col(Ticket.reporting_person_id).in_(people),
+                                col(Ticket.affected_person_id).in_(people)))
+    for column, low, high in ((Ticket.created_at, q.created_from, q.created_to),
+                              (Ticket.updated_at, q.updated_from, q.updated_to)):
+        if low is not None:
+            query = query.where(col(column) >= low)
+        if high is not None:
+            query = query.where(col(column) <= high)
+    if q.after_id is not None:
+        query = query.where(col(Ticket.id) > q.after_id)
+    query = query.order_by(col(Ticket.id))
+    if q.limit is not None:
+        query = query.limit(q.limit)
+    return list(session.exec(query))

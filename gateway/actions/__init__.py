@@ -10,8 +10,15 @@ store.lifecycle.LifecycleError for what the rules refuse, each with a message a 
 can read; the faces turn them into an exit status, an HTTP status or a message on a page.
 
 - ``tickets``: create, move, comment, convert, close (the manual's rules, store.lifecycle)
-- ``inbound``: mail received: reprocess what was quarantined
-- ``outbox``: notifications: send again
+- ``inbound``: mail received: list, show, raw bytes, reprocess what was quarantined
+- ``outbox``: notifications: list, show with every attempt, send again
+- ``people``: people and companies: add, update, import, a company's language
+- ``templates``: the templates in use, a preview, the check of every case
+- ``views``: a ticket as the faces show it (mails, comments, attachments, history)
+
+A face that acts for someone (the API for a token) passes ``Actor``: the action writes
+the audit entry in its own transaction (store.audit).  Webhook events (store.webhooks)
+are queued there too, with the change.
 """
 
 from gateway.actions.tickets import (Done, _locked, close_solved, comment, convert_to_change, create_ticket,

@@ -1,4 +1,5 @@
-"""Mail received: process quarantined mail again once the cause is fixed.
+"""Mail received: list, show (the outcome and its reason, the parser's findings among
+them), the raw bytes, and process quarantined mail again once the cause is fixed.
 
 Only quarantined mail: a processed one already did its work, and doing it again would
 act twice.  Never a too-large IMAP message's row: it holds the header only (the mail was
@@ -16,6 +17,62 @@ from gateway.ingest.imap import TOO_LARGE
 from gateway.ingest.process import Outcome
 from store.db import session_for
 from store.models import InboundMessage
+
+STATES = ("received", "processed", "quarantined")
+
+
+def inbound_json(row: InboundMessage) -> dict:
+    return {
+        "id": row.id,
+        "received_at": row.received_at.isoformat() if row.received_at else None,
+        "source": row.source,
+        "mail_from": row.mail_from,
+        "rcpt_to": [r for r in row.rcpt_to.split(",") if r],
+        "message_id": row.message_id,
+        "size": row.size,
+        "sha256": row.sha256,
+        "state": row.state,
+        "outcome": row.outcome,
+        "ticket": row.ticket_number,
+        "detail": row.detail,
+        "attempts": row.attempts,
+        "processed_at": row.processed_at.isoformat() if row.processed_at else None,
+    }
+
+
+def listing(app, *, state: str | None = None, outcome: str | None = None, before_id: int | None = None,
+            limit: int = 100) -> list[dict]:
+    """Received mail, newest first."""
+    with session_for(app.engine) as session:
+        query = select(InboundMessage)
+        if state:
+            query = query.where(InboundMessage.state == state)
+        if outcome:
+            query = query.where(InboundMessage.outcome == outcome)
+        if before_id is not None:
+            query = query.where(col(InboundMessage.id) < before_id)
+        return [inbound_json(r) for r in session.exec(query.order_by(col(InboundMessage.id).desc()).limit(limit))]
+
+
+def _row(session, inbound_id: int) -> InboundMessage:
+    row = session.get(InboundMessage, inbound_id)
+    if row is None:
+        raise NotFound(f"no received mail #{inbound_id}")
+    return row
+
+
+def show(app, inbound_id: int) -> dict:
+    """One received mail: envelope, state, outcome and its reason (``detail``: the
+    quarantine's reason, the parser's findings)."""
+    with session_for(app.engine) as session:
+        return inbound_json(_row(session, inbound_id))
+
+
+def raw(app, inbound_id: int) -> bytes:
+    """The mail's bytes as received."""
+    with session_for(app.engine) as session:
+        sha = _row(session, inbound_id).sha256
+    return app.blobs.get(sha)
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,10 @@ from datetime import datetime
 from sqlmodel import Session, select
 
 from gateway import metrics
-from store import lifecycle
+from store import audit, lifecycle, webhooks
 from store.db import PROCESS_PREFIX, session_for
 from store.lifecycle import LifecycleError, StatusData
-from store.models import Person, Ticket, TicketMessage, utcnow
+from store.models import Attachment, Person, Ticket, TicketMessage, utcnow
 from store.notifications import Queued, queue
 from store.tickets import change_status, create_ticket as store_create_ticket, get_or_create_person, get_ticket, \
     solved_due
@@ -42,6 +42,29 @@ class Done:
                 "recipients": list(self.recipients), "linked": self.linked, **self.extra}
 
 
+@dataclass(frozen=True)
+class Actor:
+    """Who acts through a face that writes the audit log (the API: ``token:NAME``) and
+    from which client address; written in the transaction of the change."""
+
+    name: str
+    client: str = ""
+
+
+def _audit(session: Session, actor: Actor | None, action: str, target: str, before=None, after=None) -> None:
+    if actor is not None:
+        audit.record(session, actor.name, action, target, before=before, after=after, client=actor.client)
+
+
+@dataclass(frozen=True)
+class NewFile:
+    """A file given with a comment: its name (cleaned as a mail's attachment's), type and bytes."""
+
+    filename: str
+    content_type: str
+    data: bytes
+
+
 def _queued(copies: list[Queued]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The events queued (once each, in order) and their recipients."""
     events = tuple(dict.fromkeys(c.event for c in copies))
@@ -58,7 +81,8 @@ def _check_email(value: str, what: str) -> str:
 
 
 def create_ticket(app, *, process: str, reporter: str, title: str, description: str, affected: str | None = None,
-                  reference: str | None = None, by: str = "agent", now: datetime | None = None) -> Done:
+                  reference: str | None = None, by: str = "agent", now: datetime | None = None,
+                  actor: Actor | None = None) -> Done:
     """Register a ticket given by phone (or typed in by an agent) and send the confirmation.
 
     Unknown people are created with no language, so that their company's or the
@@ -80,6 +104,10 @@ def create_ticket(app, *, process: str, reporter: str, title: str, description: 
                                      reporter=reporting, affected=affected_person, reference=reference,
                                      reference_source="agent" if reference else None, by=by, now=now)
         copies = queue(session, app.notices, ticket, "new", now=now)
+        webhooks.queue(session, app.config.webhooks, "ticket.created",
+                       webhooks.ticket_data(ticket, channel="phone", by=by), now=now)
+        _audit(session, actor, "ticket.create", ticket.number,
+               after={"process": process, "reporter": reporter, "affected": affected, "title": title})
         session.commit()
         metrics.ticket_created(process)
         mails, people = _queued(copies)
@@ -101,6 +129,9 @@ def _move(app, session: Session, ticket: Ticket, target: str, data: StatusData, 
           now: datetime) -> list[Queued]:
     """Change the status and queue its mail, in ``session`` (the caller commits)."""
     change = change_status(session, ticket, target, data, by=by, now=now)
+    webhooks.queue(session, app.config.webhooks, "ticket.status_changed",
+                   webhooks.ticket_data(ticket, from_status=change.from_status, to_status=change.to_status, by=by),
+                   now=now)
     if change.from_status == lifecycle.SOLVED and change.to_status == lifecycle.IN_PROGRESS:
         # The manual's mandatory comment when a solution is refused is part of the ticket.
         session.add(TicketMessage(ticket_id=ticket.id, direction="note", internal=False, from_addr=by,
@@ -113,13 +144,16 @@ def _move(app, session: Session, ticket: Ticket, target: str, data: StatusData, 
 
 
 def set_status(app, number: str, status: str, data: StatusData, *, by: str = "agent",
-               now: datetime | None = None) -> Done:
+               now: datetime | None = None, actor: Actor | None = None) -> Done:
     """Move ticket ``number`` to ``status`` with ``data``; mail the customer when the
     manual says so, in the same transaction."""
     now = now or utcnow()
     with session_for(app.engine) as session:
         ticket = _locked(session, number)
+        before = ticket.status
         copies = _move(app, session, ticket, status, data, by=by, now=now)
+        _audit(session, actor, "ticket.status", ticket.number, before={"status": before},
+               after={"status": ticket.status, **{k: v for k, v in vars(data).items() if v is not None}})
         session.commit()
         mails, people = _queued(copies)
         log.info("%s -> %s by %s%s", ticket.number, ticket.status, by,
@@ -128,23 +162,44 @@ def set_status(app, number: str, status: str, data: StatusData, *, by: str = "ag
 
 
 def comment(app, number: str, text: str, *, internal: bool = False, by: str = "agent",
-            now: datetime | None = None) -> Done:
+            now: datetime | None = None, files: list[NewFile] | tuple = (), actor: Actor | None = None) -> Done:
     """Add a comment: public ones are shown to the customer as the latest update (in the
-    Waiting and Postponed mails); internal ones never leave the service desk."""
+    Waiting and Postponed mails); internal ones never leave the service desk.  ``files``
+    are kept as the comment's attachments, under the limits of a mail's."""
+    from gateway.ingest.parse import clean_filename
+
     text = (text or "").strip()
     if not text:
         raise LifecycleError("a comment needs a text")
+    limits = app.config.limits
+    if len(files) > limits.max_parts:
+        raise LifecycleError(f"at most {limits.max_parts} files with a comment ({len(files)} given)")
+    total = sum(len(f.data) for f in files)
+    if total > app.config.smtp.max_message_size:
+        raise LifecycleError(f"the files make {total} bytes, more than a mail may ([smtp] max_message_size, "
+                             f"{app.config.smtp.max_message_size} bytes)")
+    kept = [(clean_filename(f.filename, f"attachment-{i + 1}.bin"), (f.content_type or "").split(";")[0].strip().lower()
+             or "application/octet-stream", app.blobs.put(f.data), len(f.data)) for i, f in enumerate(files)]
     now = now or utcnow()
     with session_for(app.engine) as session:
         ticket = _locked(session, number)
         if ticket.status == lifecycle.CLOSED:
-            raise LifecycleError(f"{ticket.number} is Closed: a Closed ticket is final")
-        session.add(TicketMessage(ticket_id=ticket.id, direction="note", internal=internal, from_addr=by,
-                                  body_text=text, created_at=now))
+            raise lifecycle.TicketClosed(f"{ticket.number} is Closed: a Closed ticket is final")
+        note = TicketMessage(ticket_id=ticket.id, direction="note", internal=internal, from_addr=by,
+                             body_text=text, created_at=now)
+        session.add(note)
+        session.flush()
+        for filename, content_type, sha, size in kept:
+            session.add(Attachment(message_id=note.id, filename=filename, content_type=content_type, size=size,
+                                   sha256=sha))
         ticket.updated_at = now
         session.add(ticket)
+        webhooks.queue(session, app.config.webhooks, "ticket.comment_added",
+                       webhooks.ticket_data(ticket, internal=internal, by=by, attachments=len(kept)), now=now)
+        _audit(session, actor, "ticket.note" if internal else "ticket.comment", ticket.number,
+               after={"internal": internal, "attachments": [name for name, *_ in kept]})
         session.commit()
-        return Done(ticket.number, ticket.status, extra={"internal": internal})
+        return Done(ticket.number, ticket.status, extra={"internal": internal, "message_id": note.id})
 
 
 def convert_to_change(app, number: str, *, by: str = "agent", note: str | None = None,

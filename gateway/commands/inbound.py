@@ -6,14 +6,10 @@ from __future__ import annotations
 import json
 import sys
 
-from sqlmodel import col, select
-
 from gateway.app import App
 from gateway.errors import CommandError
-from store.db import session_for
-from store.models import InboundMessage
 
-STATES = ("received", "processed", "quarantined")
+from gateway.actions.inbound import STATES, inbound_json  # noqa: E402,F401 - the rules live there
 
 
 def register(sub, common) -> None:
@@ -39,35 +35,10 @@ def register(sub, common) -> None:
     s.set_defaults(func=cmd_reprocess)
 
 
-def inbound_json(row: InboundMessage) -> dict:
-    return {
-        "id": row.id,
-        "received_at": row.received_at.isoformat() if row.received_at else None,
-        "source": row.source,
-        "mail_from": row.mail_from,
-        "rcpt_to": [r for r in row.rcpt_to.split(",") if r],
-        "message_id": row.message_id,
-        "size": row.size,
-        "sha256": row.sha256,
-        "state": row.state,
-        "outcome": row.outcome,
-        "ticket": row.ticket_number,
-        "detail": row.detail,
-        "attempts": row.attempts,
-        "processed_at": row.processed_at.isoformat() if row.processed_at else None,
-    }
-
-
 def cmd_list(config, args) -> int:
-    app = App(config)
-    with session_for(app.engine) as session:
-        query = select(InboundMessage)
-        if args.state:
-            query = query.where(InboundMessage.state == args.state)
-        if args.outcome:
-            query = query.where(InboundMessage.outcome == args.outcome)
-        rows = [inbound_json(r) for r in session.exec(query.order_by(col(InboundMessage.id).desc())
-                                                      .limit(max(1, args.limit)))]
+    from gateway.actions import inbound
+
+    rows = inbound.listing(App(config), state=args.state, outcome=args.outcome, limit=max(1, args.limit))
     if args.json:
         print(json.dumps(rows, ensure_ascii=False, indent=2))
         return 0
@@ -79,21 +50,14 @@ def cmd_list(config, args) -> int:
     return 0
 
 
-def _get(session, inbound_id: int) -> InboundMessage:
-    row = session.get(InboundMessage, inbound_id)
-    if row is None:
-        raise CommandError(f"no received mail #{inbound_id}")
-    return row
-
-
 def cmd_show(config, args) -> int:
+    from gateway.actions import inbound
+
     app = App(config)
-    with session_for(app.engine) as session:
-        row = _get(session, args.id)
-        data = inbound_json(row)
     if args.raw:
-        sys.stdout.buffer.write(app.blobs.get(data["sha256"]))
+        sys.stdout.buffer.write(inbound.raw(app, args.id))
         return 0
+    data = inbound.show(app, args.id)
     if args.json:
         print(json.dumps(data, ensure_ascii=False, indent=2))
         return 0

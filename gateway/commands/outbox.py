@@ -5,12 +5,8 @@ from __future__ import annotations
 import json
 import sys
 
-from sqlmodel import col, select
-
 from gateway.app import App
 from gateway.outbound.outbox import deliver_pending
-from store.db import session_for
-from store.models import DeliveryAttempt, Outbox, Ticket
 
 
 def register(sub, common) -> None:
@@ -35,29 +31,13 @@ def register(sub, common) -> None:
     s.set_defaults(func=cmd_retry)
 
 
-def outbox_json(row: Outbox, number: str | None) -> dict:
-    return {
-        "id": row.id,
-        "ticket": number,
-        "event": row.event,
-        "to": [row.recipient],
-        "language": row.language,
-        "subject": row.subject,
-        "message_id": row.message_id,
-        "state": row.state,
-        "attempts": row.attempts,
-        "next_attempt_at": row.next_attempt_at.isoformat() if row.state == "pending" else None,
-        "last_answer": row.last_answer,
-    }
+from gateway.actions.outbox import outbox_json  # noqa: E402,F401 - the views live there
 
 
 def cmd_list(config, args) -> int:
-    app = App(config)
-    with session_for(app.engine) as session:
-        query = select(Outbox, Ticket.number).join(Ticket, col(Ticket.id) == col(Outbox.ticket_id), isouter=True)
-        if args.state:
-            query = query.where(Outbox.state == args.state)
-        rows = [outbox_json(o, n) for o, n in session.exec(query.order_by(col(Outbox.id)))]
+    from gateway.actions import outbox
+
+    rows = outbox.listing(App(config), state=args.state)
     if args.json:
         print(json.dumps(rows, ensure_ascii=False, indent=2))
         return 0
@@ -76,19 +56,14 @@ def cmd_flush(config, args) -> int:
 
 
 def cmd_show(config, args) -> int:
-    app = App(config)
-    with session_for(app.engine) as session:
-        row = session.get(Outbox, args.id)
-        if row is None:
-            print(f"no outbox mail {args.id}", file=sys.stderr)
-            return 1
-        ticket = session.get(Ticket, row.ticket_id) if row.ticket_id else None
-        data = outbox_json(row, ticket.number if ticket else None)
-        data["attempts_log"] = [
-            {"at": a.at.isoformat(), "outcome": a.outcome, "answer": a.answer}
-            for a in session.exec(select(DeliveryAttempt).where(DeliveryAttempt.outbox_id == row.id)
-                                  .order_by(col(DeliveryAttempt.at), col(DeliveryAttempt.id)))
-        ]
+    from gateway.actions import outbox
+    from gateway.errors import NotFound
+
+    try:
+        data = outbox.show(App(config), args.id)
+    except NotFound:
+        print(f"no outbox mail {args.id}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(data, ensure_ascii=False, indent=2))
         return 0

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 from sqlmodel import col, select
 
 from gateway.app import App
 from gateway.errors import CommandError
 from gateway.outbound.render import LANGUAGES
-from store.addresses import key as address_key
 from store.db import session_for
-from store.models import Company, Person
+from store.models import Person
 
-CSV_COLUMNS = ("email", "name", "language", "company", "timezone")
+from gateway.actions.people import CSV_COLUMNS, BadRow, person_json  # noqa: F401 - the rules live there
 
 
 def register(sub, common) -> None:
@@ -50,62 +47,11 @@ def register(sub, common) -> None:
     s.set_defaults(func=cmd_company)
 
 
-class BadRow(ValueError):
-    pass
-
-
-def _checked(email: str, name, language, company, timezone) -> dict:
-    """The fields given (None: leave as is), checked; raises BadRow saying what is wrong."""
-    email = (email or "").strip()
-    local, _, domain = email.rpartition("@")
-    if not local or not domain:
-        raise BadRow(f"{email!r} is not an e-mail address")
-    if language is not None:
-        language = language.strip().lower()
-        if language and language not in LANGUAGES:
-            raise BadRow(f"language {language!r} is not one of {', '.join(LANGUAGES)} (or empty)")
-    if timezone is not None:
-        timezone = timezone.strip()
-        if timezone:
-            try:
-                ZoneInfo(timezone)
-            except Exception:
-                raise BadRow(f"unknown time zone {timezone!r}") from None
-    fields = {"name": name, "language": language, "company": company, "timezone": timezone}
-    return {"email": email, **{k: v.strip() if isinstance(v, str) else v for k, v in fields.items()}}
-
-
-def _upsert(session, row: dict) -> tuple[Person, bool]:
-    person = session.exec(select(Person).where(Person.email == address_key(row["email"]))).first()
-    created = person is None
-    if created:
-        # A person entered without a language takes their company's (then the default).
-        person = Person(email=address_key(row["email"]), language="")
-    for key in ("name", "language", "company", "timezone"):
-        if row[key] is not None and (row[key] or key != "timezone"):  # an empty zone keeps the default
-            setattr(person, key, row[key])
-    session.add(person)
-    if person.company and session.get(Company, person.company) is None:
-        session.add(Company(name=person.company))
-    session.flush()
-    return person, created
-
-
-def person_json(p: Person) -> dict:
-    return {"email": p.email, "name": p.name, "language": p.language, "company": p.company,
-            "timezone": p.timezone, "undeliverable": p.undeliverable, "hard_bounces": p.hard_bounces}
-
-
 def cmd_add(config, args) -> int:
-    try:
-        row = _checked(args.email, args.name, args.language, args.company, args.timezone)
-    except BadRow as exc:
-        raise CommandError(str(exc)) from None
-    app = App(config)
-    with session_for(app.engine) as session:
-        person, created = _upsert(session, row)
-        session.commit()
-        data = person_json(person)
+    from gateway.actions import people
+
+    data, created = people.save(App(config), args.email, name=args.name, language=args.language,
+                                company=args.company, timezone=args.timezone)
     if args.json:
         print(json.dumps({**data, "created": created}, ensure_ascii=False, indent=2))
     else:
@@ -114,45 +60,22 @@ def cmd_add(config, args) -> int:
 
 
 def cmd_import(config, args) -> int:
-    """Every good row is imported in one transaction; bad rows are listed with their line
-    number and nothing of them is kept, so the file can be fixed and imported again."""
+    """Every good row is imported, bad ones listed (gateway.actions.people.import_csv)."""
+    from gateway.actions import people
+
     path = Path(args.path)
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise CommandError(f"cannot read {path}: {exc}") from None
-    reader = csv.DictReader(text.splitlines())
-    header = [h.strip().lower() for h in (reader.fieldnames or [])]
-    if "email" not in header:
-        raise CommandError(f"{path}: the first line must name the columns ({','.join(CSV_COLUMNS)}); no 'email'")
-    unknown = [h for h in header if h not in CSV_COLUMNS]
-    if unknown:
-        raise CommandError(f"{path}: unknown column {unknown[0]!r}; columns are {','.join(CSV_COLUMNS)}")
-    reader.fieldnames = header
-    app = App(config)
-    added, updated, errors = 0, 0, []
-    with session_for(app.engine) as session:
-        for line, raw in enumerate(reader, start=2):
-            try:
-                # An empty cell leaves the stored value as it is.
-                cell = {k: (v if isinstance(v, str) and v.strip() else None) for k, v in raw.items()}
-                row = _checked(cell.get("email") or "", cell.get("name"), cell.get("language"),
-                               cell.get("company"), cell.get("timezone"))
-            except BadRow as exc:
-                errors.append({"line": line, "error": str(exc)})
-                continue
-            _person, created = _upsert(session, row)
-            added += created
-            updated += not created
-        session.commit()
-    result = {"added": added, "updated": updated, "errors": errors}
+    result = people.import_csv(App(config), text, source=str(path))
     if args.json:
-        print(json.dumps(result, ensure_ascii=False, indent=2))
+        print(json.dumps(result.as_dict(), ensure_ascii=False, indent=2))
     else:
-        print(f"{added} added, {updated} updated, {len(errors)} refused")
-        for e in errors:
+        print(f"{result.added} added, {result.updated} updated, {len(result.errors)} refused")
+        for e in result.errors:
             print(f"  {path}:{e['line']}: {e['error']}")
-    return 1 if errors else 0
+    return 1 if result.errors else 0
 
 
 def cmd_list(config, args) -> int:
@@ -173,12 +96,9 @@ def cmd_list(config, args) -> int:
 
 
 def cmd_company(config, args) -> int:
-    app = App(config)
-    with session_for(app.engine) as session:
-        company = session.get(Company, args.name) or Company(name=args.name)
-        company.language = args.language
-        session.add(company)
-        session.commit()
+    from gateway.actions import people
+
+    people.set_company_language(App(config), args.name, args.language)
     if args.json:
         print(json.dumps({"company": args.name, "language": args.language}))
     else:

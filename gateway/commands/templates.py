@@ -6,13 +6,8 @@ import json
 import sys
 
 from gateway.app import App
-from gateway.errors import CommandError
-from gateway.outbound.notify import sample_context
-from gateway.actions.preview import NobodyToMail, preview_sample, preview_ticket
-from gateway.outbound.render import EVENTS, LANGUAGES, TICKETLESS, RenderError, check_templates, compile_catalogs, template_files
-from store.db import session_for
+from gateway.outbound.render import EVENTS, LANGUAGES, compile_catalogs
 from store.lifecycle import WAITING_REASONS
-from store.tickets import NotFound, get_ticket
 
 
 def register(sub, common) -> None:
@@ -47,12 +42,9 @@ def register(sub, common) -> None:
 
 
 def cmd_list(config, args) -> int:
-    renderer = App(config).renderer
-    rows = []
-    for event, kind, path in template_files(renderer):
-        origin = None if path is None else (
-            "override" if renderer.override_dir and path.parent == renderer.override_dir else "shipped")
-        rows.append({"event": event, "kind": kind, "path": str(path) if path else None, "origin": origin})
+    from gateway.actions import templates
+
+    rows = templates.listing(App(config))
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -63,23 +55,11 @@ def cmd_list(config, args) -> int:
 
 def cmd_preview(config, args) -> int:
     """The mail as the customer gets it, made by the outbox's own composition
-    (gateway.actions.preview): the same bytes but the Date and the Message-ID."""
-    app = App(config)
-    try:
-        if args.ticket and args.event in TICKETLESS:
-            raise CommandError(f"{args.event} is about no ticket: preview it without --ticket")
-        if args.ticket:
-            with session_for(app.engine) as session:
-                try:
-                    composed = preview_ticket(app.notifier, session, args.ticket, args.event)
-                except (NotFound, NobodyToMail) as exc:
-                    raise CommandError(str(exc)) from None
-                finally:
-                    session.rollback()  # a preview writes nothing
-        else:
-            composed = preview_sample(app.notifier, args.event, args.lang, args.waiting_reason)
-    except RenderError as exc:
-        raise CommandError(f"cannot render {args.event}: {exc}") from None
+    (gateway.actions.templates.preview): the same bytes but the Date and the Message-ID."""
+    from gateway.actions import templates
+
+    composed = templates.preview(App(config), args.event, args.lang, ticket=args.ticket,
+                                 waiting_reason=args.waiting_reason)
     mail, msg = composed.mail, composed.message
     if args.raw:
         sys.stdout.flush()
@@ -87,11 +67,7 @@ def cmd_preview(config, args) -> int:
         sys.stdout.buffer.flush()
         return 0
     if args.json:
-        headers = {k: str(v) for k, v in msg.items() if not k.lower().startswith("content-")}
-        print(json.dumps({"event": mail.event, "language": mail.language, "headers": headers,
-                          "subject": str(msg["Subject"]), "action": mail.action, "text": mail.text,
-                          "html": mail.html, "raw": composed.raw.decode("utf-8", "replace")},
-                         ensure_ascii=False, indent=2))
+        print(json.dumps(templates.preview_json(composed), ensure_ascii=False, indent=2))
         return 0
     for key, value in msg.items():
         if not key.lower().startswith("content-") and key.lower() != "mime-version":
@@ -105,15 +81,17 @@ def cmd_preview(config, args) -> int:
 
 
 def run_check(app: App, events: tuple[str, ...] = EVENTS):
-    notifier = app.notifier
-    return check_templates(app.renderer, lambda e, lang, reason: sample_context(notifier, e, lang, reason),
-                           events=events, waiting_reasons=WAITING_REASONS)
+    from gateway.actions import templates
+
+    return templates.check(app, events)
 
 
 def cmd_check(config, args) -> int:
+    from gateway.actions import templates
+
     app = App(config)
     failures = run_check(app)
-    cases = sum(len(WAITING_REASONS) if e == "waiting" else 1 for e in EVENTS) * len(LANGUAGES)
+    cases = templates.cases()
     if args.json:
         print(json.dumps({"cases": cases, "failures": [
             {"event": f.event, "language": f.language, "waiting_reason": f.waiting_reason, "error": f.error}

@@ -25,6 +25,7 @@ from sqlalchemy.engine import Engine
 
 from gateway import health
 from gateway.config import Config
+from store import webhooks
 from store.db import reader
 from store.models import utcnow
 
@@ -109,6 +110,7 @@ class OpsCollector:
                 relay = health.relay_figures(session, config.monitoring.relay_failures)
                 procs = health.processes(session, now, config.monitoring.heartbeat_interval)
                 polls = health.mailbox_polls(session, [box.name for box in config.mailboxes])
+                hooks = webhooks.counts(session)
         except Exception as exc:  # noqa: BLE001 - a scrape says the database is down, it does not fail
             log.warning("metrics: the database could not be read: %s", exc)
             up.add_metric([], 0)
@@ -161,6 +163,11 @@ class OpsCollector:
             poll_ok.add_metric([name], poll.last_success_at.timestamp() if poll.last_success_at else 0)
         yield poll_failing
         yield poll_ok
+        events = GaugeMetricFamily("gateway_webhook_events", "Webhook events by state: pending (to be delivered), "
+                                   "delivered, failed (the schedule exhausted)", labels=["state"])
+        for state, count in hooks.items():
+            events.add_metric([state], count)
+        yield events
         journal = health.journal_state(config.data_dir / "spool", now)
         journal_age = GaugeMetricFamily("gateway_journal_oldest_seconds", "Age of the oldest mail answered 250 and "
                                         "not yet recorded in the database (the door's journal); 0 when none")

@@ -18,6 +18,7 @@ from gateway.ingest.gather import UNKNOWN
 from gateway.ingest.parse import ParsedMail
 from gateway.ingest.statements import INSERT_RECEIVED, MARK, RECENT_FROM
 from gateway.ingest.threads import dmarc_passed
+from store import webhooks
 from store.addresses import key as address_key
 from store.models import Attachment, InboundMessage, Outbox, Person, Ticket, TicketMessage, utcnow
 from store.notifications import KnownThread, queue
@@ -162,9 +163,16 @@ class Apply:
                          internal=reply.action in (NEEDS_COMMENT, HOLD))
         ticket.updated_at = utcnow()
         session.add(ticket)
+        hooks = self.config.webhooks  # the integrations told of a reply and what it moved (store.webhooks)
+        if hooks:
+            webhooks.queue(session, hooks, "ticket.comment_added", webhooks.ticket_data(
+                ticket, internal=reply.action in (NEEDS_COMMENT, HOLD), by=by, channel="mail"))
         effects = reply_effects(reply, by, mail.from_name)
         if effects.status is not None:
-            change_status(session, ticket, effects.status, effects.data, by=by)
+            change = change_status(session, ticket, effects.status, effects.data, by=by)
+            if hooks:
+                webhooks.queue(session, hooks, "ticket.status_changed", webhooks.ticket_data(
+                    ticket, from_status=change.from_status, to_status=change.to_status, by=by, channel="mail"))
         if effects.notice is not None:
             only = {"only": [self._person(session, mail, sender)]} if effects.to_sender_only else {}
             extra = {"extra": effects.extra} if effects.extra is not None else {}

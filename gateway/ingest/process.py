@@ -28,6 +28,7 @@ from gateway.ingest.gather import Gather
 from gateway.ingest.parse import Limits, ParsedMail, parse
 from gateway.ingest.statements import CLAIM, PARENT_LOOKUPS, PARENT_WAITING, InboundRow
 from gateway.ingest.too_large import TooLarge
+from store import webhooks
 from store.addresses import key as address_key
 from store.blobs import BlobStore
 from store.db import session_for
@@ -104,6 +105,7 @@ class Processor(Gather, Apply, Batches, TooLarge):
             except Quarantine as exc:
                 outcome = self.mark(session, inbound, Outcome(inbound.source, inbound.message_id,
                                                                QUARANTINED, None, exc.reason), QUARANTINED)
+                webhooks.mail_processed(session, self.config.webhooks, inbound.id, QUARANTINED, None, exc.reason)
                 savepoint.commit()
                 self._done.append((inbound.id, QUARANTINED, None, inbound.received_at, False))
                 return outcome
@@ -121,6 +123,8 @@ class Processor(Gather, Apply, Batches, TooLarge):
                 outcome = replace(outcome, detail=with_defects(outcome.detail, mail.defects))
             state = QUARANTINED if outcome.outcome == QUARANTINED else PROCESSED
             outcome = self.mark(session, inbound, outcome, state)
+            webhooks.mail_processed(session, self.config.webhooks, inbound.id, outcome.outcome, outcome.ticket,
+                                    outcome.detail)
             savepoint.commit()
             self._done.append((inbound.id, outcome.outcome, outcome.ticket, inbound.received_at, False))
             return outcome
@@ -163,6 +167,7 @@ class Processor(Gather, Apply, Batches, TooLarge):
             inbound.state = inbound.outcome = QUARANTINED
             inbound.ticket_number = None
             inbound.processed_at = utcnow()
+            webhooks.mail_processed(session, self.config.webhooks, inbound_id, "quarantined", None, detail)
         inbound.detail = detail
         session.add(inbound)
         session.flush()

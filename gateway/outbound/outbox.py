@@ -50,7 +50,7 @@ from gateway.outbound.transports import SendResult, Transport
 from gateway.tokens import bounce_address
 from store.addresses import key as address_key
 from store.db import session_for
-from store.models import DeliveryAttempt, Outbox, Person, TicketMessage, aware, utcnow
+from store.models import DeliveryAttempt, Outbox, Person, Ticket, TicketMessage, aware, utcnow
 from store.vocabulary import FAILED, PENDING, SENT
 
 log = logging.getLogger("gateway.outbound")
@@ -240,7 +240,8 @@ def _failures_since(session: Session, row: Outbox, since: datetime) -> int:
     return sum(1 for at in attempts if aware(at) >= since)
 
 
-def record(engine: Engine, policy: RetryPolicy, delivery: Delivery, result: SendResult, now: datetime) -> str:
+def record(engine: Engine, policy: RetryPolicy, delivery: Delivery, result: SendResult, now: datetime,
+           hooks=()) -> str:
     """Commit the outcome of one attempt: the attempt row and the outbox row's new state,
     its claim ended in the same transaction; return that state."""
     if result.outcome == "sent":
@@ -268,6 +269,8 @@ def record(engine: Engine, policy: RetryPolicy, delivery: Delivery, result: Send
                 row.last_answer = f"gave up after {row.attempts} attempts: {result.answer}"
             else:
                 row.next_attempt_at = when
+        if row.state == FAILED:
+            _failed_event(session, hooks, row, now)
         session.add(row)
         session.commit()
         return row.state
@@ -281,7 +284,19 @@ _SENT = (update(_OUTBOX).where(_OUTBOX.c.id == bindparam("b_id"))
                  sent_at=bindparam("sent_at"), claimed_by=None, claimed_until=None))
 
 
-def _fail(engine: Engine, outbox_id: int, answer: str, now: datetime) -> None:
+def _failed_event(session: Session, hooks, row: Outbox, now: datetime) -> None:
+    """The notification.failed webhook event, in the transaction that fails the row."""
+    if not hooks:
+        return
+    from store import webhooks
+
+    number = session.exec(select(Ticket.number).where(Ticket.id == row.ticket_id)).first() if row.ticket_id else None
+    webhooks.queue(session, hooks, "notification.failed",
+                   {"outbox_id": row.id, "ticket": number, "event": row.event, "recipient": row.recipient,
+                    "attempts": row.attempts, "answer": row.last_answer}, now=now)
+
+
+def _fail(engine: Engine, outbox_id: int, answer: str, now: datetime, hooks=()) -> None:
     """Fail a row for good without sending it (its recipient is undeliverable, its
     template cannot be rendered), with the reason as its answer."""
     with session_for(engine) as session:
@@ -291,6 +306,7 @@ def _fail(engine: Engine, outbox_id: int, answer: str, now: datetime) -> None:
         row.state = FAILED
         row.last_answer = answer
         row.claimed_by = row.claimed_until = None
+        _failed_event(session, hooks, row, now)
         session.add(row)
         session.commit()
 
@@ -356,12 +372,13 @@ def _deliver_claimed(engine: Engine, config: Config, transport: Transport, notif
         delivery = Delivery(row.id, row.message_id, row.ticket_id, row.event, row.recipient,
                             row.recipient in skipped, raw if isinstance(raw, bytes) else b"", aware(row.created_at))
         if not isinstance(raw, bytes):
-            _fail(engine, row.id, f"{NOT_SENT}{raw}", now)
+            _fail(engine, row.id, f"{NOT_SENT}{raw}", now, config.webhooks)
             metrics.notification("failed")
             left.remove(row.id)
             continue
         if delivery.undeliverable:
-            _fail(engine, row.id, f"{NOT_SENT}the recipient is undeliverable ({row.recipient})", now)
+            _fail(engine, row.id, f"{NOT_SENT}the recipient is undeliverable ({row.recipient})", now,
+                  config.webhooks)
             metrics.notification("failed")
             left.remove(row.id)
             log.info("outbox %s %s <%s>: failed, recipient %s undeliverable", row.id, row.event, row.message_id,
@@ -372,7 +389,7 @@ def _deliver_claimed(engine: Engine, config: Config, transport: Transport, notif
         result = transport.send(sender, [row.recipient], delivery.raw, f"{row.id:06d}-{row.message_id}")
         answered_at = utcnow()
         try:
-            state = record(engine, policy, delivery, result, now)
+            state = record(engine, policy, delivery, result, now, config.webhooks)
         except Exception:
             transport.unrecorded[row.id] = (delivery, result, now)
             log.exception("outbox %s <%s> ticket=%s: %s but not recorded; recorded at the next run, "
