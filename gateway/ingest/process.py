@@ -198,6 +198,16 @@ class Processor:
         # Mails given an outcome in the open transaction: (inbound id, outcome, ticket,
         # received at, whether the attempt failed), counted (gateway.metrics) once it commits.
         self._done: list[tuple[int, str, str | None, object, bool]] = []
+        self.verifier = None  # gateway.ingest.verify.Verifier, made on first use
+
+    def checked(self, inbound_id: int, raw: bytes) -> bytes:
+        """The stored mail as processing reads it: with the gateway's own verdict on its
+        sender on top when it verifies ([auth], gateway.ingest.verify)."""
+        if self.verifier is None:
+            from gateway.ingest.verify import Verifier  # its libraries only where used
+
+            self.verifier = Verifier(self.config, self.engine)
+        return self.verifier.stamp(inbound_id, raw)
 
     # Facts ----------------------------------------------------------------------------
     def route(self, inbound: InboundMessage, mail: ParsedMail) -> str:
@@ -226,7 +236,7 @@ class Processor:
         stale = (self._stale_request(session, ticket, mail, recipients)
                  if ticket.status == lifecycle.APPROVAL else None)
         return ThreadHit(ticket.number, ticket.status, via, may.allowed, ticket.waiting_reason,
-                         may.approver, may.why, dmarc_failed(mail, self.config.gateway.authserv_id), stale)
+                         may.approver, may.why, dmarc_failed(mail, self.config.trusted_authserv_id), stale)
 
     def _stale_request(self, session: Session, ticket: Ticket, mail: ParsedMail, recipients: list[str]) -> str | None:
         """When the mail answers one of the ticket's approval requests that is not open:
@@ -528,7 +538,7 @@ class Processor:
             direction="in",
             internal=internal,
             # Whether its To and Cc may join the thread (threading.permission).
-            authenticated=dmarc_passed(mail, self.config.gateway.authserv_id),
+            authenticated=dmarc_passed(mail, self.config.trusted_authserv_id),
             from_addr=mail.from_addr,
             to_addrs=",".join(mail.to),
             cc_addrs=",".join(mail.cc),
@@ -783,7 +793,7 @@ class Processor:
             quarantine: Quarantine | None = None
             if state == "received":
                 try:
-                    mail = parse(self.blobs.get(sha), self.limits, blobs=self.blobs)
+                    mail = parse(self.checked(inbound_id, self.blobs.get(sha)), self.limits, blobs=self.blobs)
                     for att in mail.attachments:
                         if att.blob is None:  # a large one was stored while parsed
                             self.blobs.put(att.data)
@@ -817,7 +827,8 @@ class Processor:
                 if quarantine is not None:
                     raise quarantine
                 if mail is None:
-                    mail = parse(self.blobs.get(inbound.sha256), self.limits, blobs=self.blobs)
+                    mail = parse(self.checked(inbound.id, self.blobs.get(inbound.sha256)), self.limits,
+                                 blobs=self.blobs)
             except Quarantine as exc:
                 outcome = self._mark(session, inbound, Outcome(inbound.source, inbound.message_id,
                                                                "quarantined", None, exc.reason), "quarantined")
