@@ -23,7 +23,7 @@ from sqlmodel import Session, col, select
 
 from gateway import metrics
 from gateway.config import Config
-from gateway.errors import Quarantine
+from gateway.errors import Quarantine, Wait
 from gateway.ingest.automatic import TEXT_KEY_CHARS, Automatic, classify, subject_key, text_key
 from gateway.ingest.bounces import Report
 from gateway.ingest.answers import first_statement
@@ -198,15 +198,20 @@ class Processor:
         # Mails given an outcome in the open transaction: (inbound id, outcome, ticket,
         # received at, whether the attempt failed), counted (gateway.metrics) once it commits.
         self._done: list[tuple[int, str, str | None, object, bool]] = []
-        self.verifier = None  # gateway.ingest.verify.Verifier, made on first use
+        self.verifier = self.scanner = None  # gateway.ingest.verify and .scan, made on first use
 
     def checked(self, inbound_id: int, raw: bytes) -> bytes:
-        """The stored mail as processing reads it: with the gateway's own verdict on its
-        sender on top when it verifies ([auth], gateway.ingest.verify)."""
+        """The stored mail as processing reads it: scanned for viruses ([scan],
+        gateway.ingest.scan), with the gateway's own verdict on its sender on top when it
+        verifies ([auth], gateway.ingest.verify)."""
         if self.verifier is None:
+            from gateway.ingest.scan import Scanner
             from gateway.ingest.verify import Verifier  # its libraries only where used
 
             self.verifier = Verifier(self.config, self.engine)
+            self.scanner = Scanner(self.config) if self.config.scan.clamd else None
+        if self.scanner is not None:
+            self.scanner.scan(raw)  # before anything of it is kept (Quarantine, or Wait)
         return self.verifier.stamp(inbound_id, raw)
 
     # Facts ----------------------------------------------------------------------------
@@ -797,8 +802,11 @@ class Processor:
                     for att in mail.attachments:
                         if att.blob is None:  # a large one was stored while parsed
                             self.blobs.put(att.data)
-                except Quarantine as exc:
+                except (Quarantine, Wait) as exc:
                     quarantine = exc
+                    if isinstance(exc, Wait):  # the others would wait too: left for the next batch
+                        prepared.append((inbound_id, mail, quarantine))
+                        break
                 except Exception:  # noqa: BLE001 - done again, and counted, in the transaction
                     mail = None
             prepared.append((inbound_id, mail, quarantine))
@@ -829,6 +837,9 @@ class Processor:
                 if mail is None:
                     mail = parse(self.checked(inbound.id, self.blobs.get(inbound.sha256)), self.limits,
                                  blobs=self.blobs)
+            except Wait as exc:  # not an attempt: the row stays received, tried again
+                savepoint.commit()
+                return Outcome(inbound.source, inbound.message_id, "busy", None, exc.reason)
             except Quarantine as exc:
                 outcome = self._mark(session, inbound, Outcome(inbound.source, inbound.message_id,
                                                                "quarantined", None, exc.reason), "quarantined")
