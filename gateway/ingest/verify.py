@@ -19,6 +19,7 @@ from acting as one with ``dmarc=fail`` is.
 from __future__ import annotations
 
 import contextvars
+import importlib.resources
 import logging
 import re
 import time
@@ -30,7 +31,7 @@ import dkim
 import dns.exception
 import dns.resolver
 import spf
-from authheaders.dmarc_lookup import get_org_domain as _listed_org_domain
+from publicsuffix2 import PublicSuffixList
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import select
@@ -168,10 +169,19 @@ def _domain(address: str) -> str:
     return address.rpartition("@")[2].strip().strip(">").lower().rstrip(".")
 
 
+_PSL: PublicSuffixList | None = None
+
+
 def get_org_domain(domain: str) -> str:
-    """The organisational domain (RFC 7489 §3.2): the public suffix list's, and under a
-    suffix the list does not know (its default rule "*", e.g. .test) one label more."""
-    org = _listed_org_domain(domain)
+    """The organisational domain (RFC 7489 §3.2): the public suffix list's (the copy
+    authheaders ships, read once a process: reading it takes most of a second), and
+    under a suffix the list does not know (its default rule "*", e.g. .test) one label more."""
+    global _PSL
+    if _PSL is None:
+        with importlib.resources.as_file(importlib.resources.files("authheaders") / "public_suffix_list.txt") as path:
+            with open(path, encoding="utf-8") as listed:
+                _PSL = PublicSuffixList(listed)
+    org = _PSL.get_public_suffix(domain) or domain
     if "." not in org:
         org = ".".join(domain.split(".")[-2:])
     return org
