@@ -244,3 +244,18 @@ def test_the_seven_ways_into_a_ticket_hold_with_no_mta_in_front(tmp_path, databa
         assert [x for x in {"INC-000001", TITLE, *ids} if x in text] == [], sent["Subject"]
     for sent in desk.mails_to(DANA):
         assert EVE not in sent.as_string()
+
+
+def test_verification_is_on_by_default_only_without_an_mta_in_front():
+    from gateway.config import ConfigError, load_config
+
+    alone = load_config(None, env={})
+    assert alone.verifying and alone.trusted_authserv_id == "localhost"  # the Message-ID domain
+    behind = load_config(None, env={"GATEWAY_GATEWAY_AUTHSERV_ID": "mx.example.com"})
+    assert not behind.verifying and behind.trusted_authserv_id == "mx.example.com"
+    both = load_config(None, env={"GATEWAY_GATEWAY_AUTHSERV_ID": "mx.example.com", "GATEWAY_AUTH_VERIFY": "on",
+                                  "GATEWAY_AUTH_AUTHSERV_ID": OURS})
+    assert both.verifying and both.trusted_authserv_id == OURS
+    assert not load_config(None, env={"GATEWAY_AUTH_VERIFY": "off"}).verifying
+    with pytest.raises(ConfigError, match="auth.verify"):
+        load_config(None, env={"GATEWAY_AUTH_VERIFY": "yes"})

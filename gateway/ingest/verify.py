@@ -255,9 +255,14 @@ class Verifier:
             spf_client = (peer, helo) if source == "smtp" else ("", "")
             kept = self.verify(raw, *spf_client, mail_from).header(self.config.own_authserv_id)
             with session_for(self.engine) as session:
-                session.exec(update(InboundMessage).where(InboundMessage.id == inbound_id)
-                             .values(authentication=kept))
-                session.commit()
+                # Kept unless a worker's transaction holds the row (PostgreSQL; the caller's
+                # own, when processing parses in it): then it is checked again next time.
+                free = session.exec(select(InboundMessage.id).where(InboundMessage.id == inbound_id)
+                                    .with_for_update(skip_locked=True)).first()
+                if free is not None:
+                    session.exec(update(InboundMessage).where(InboundMessage.id == inbound_id)
+                                 .values(authentication=kept))
+                    session.commit()
         return b"Authentication-Results: " + kept.encode("utf-8", "replace") + b"\r\n" + raw
 
     # The checks ----------------------------------------------------------------------
