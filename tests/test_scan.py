@@ -25,8 +25,10 @@ from gateway.config import load_config
 from harness.clamd import SIGNATURE, Clamd, eicar
 from store.db import session_for
 from store.models import Attachment, InboundMessage, Outbox, Ticket
-from test_imap import dovecot_ok, make_dovecot  # noqa: F401 - the real Dovecot's fixtures
-from test_mail_to_ticket import Service, service_config, wait_until
+from harness.dovecot import dovecot_ok, make_dovecot  # noqa: F401 (fixtures)
+from harness.imap import Running, config_text
+from harness.imap import wait_until as imap_wait
+from harness.service import Service, service_config, wait_until
 
 
 @pytest.fixture
@@ -118,8 +120,6 @@ def test_smtp_infected_quarantined_clean_kept_and_a_stopped_scanner_holds_mail(t
 
 
 def test_imap_infected_quarantined_clean_kept(tmp_path, make_dovecot, clamd):
-    from test_imap import Running, config_text, wait_until as imap_wait
-
     dovecot = make_dovecot()
     path = tmp_path / "config.toml"
     path.write_text(config_text(dovecot, top=f'[scan]\nclamd = "{clamd.socket}"\n'))

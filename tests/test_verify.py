@@ -21,8 +21,8 @@ from conftest import free_port
 from harness.dns import DnsServer
 from store.db import session_for
 from store.models import InboundMessage, StatusChange, Ticket, TicketMessage
-from test_isolation import DANA, EVE, REFERENCE, TITLE, Desk, mail
-from test_mail_to_ticket import Service, service_config
+from harness.desk import DANA, EVE, REFERENCE, TITLE, Desk, mail
+from harness.service import Service, service_config, wait_until
 
 OURS = "helpdesk.test"  # the gateway's own authserv-id in these tests
 DANA_MX, EVE_MX, LIST_MX, SLOW_MX = "127.0.0.2", "127.0.0.1", "127.0.0.3", "127.0.0.4"
@@ -76,7 +76,6 @@ class Door(Desk):
                           source_address=(client, 0)) as smtp:
             assert smtp.sendmail(mail_from, [rcpt], raw) == {}
         self.sent += 1
-        from test_mail_to_ticket import wait_until
         wait_until(self.settled, timeout=60)
 
     def verdicts(self) -> list[str]:
