@@ -86,7 +86,7 @@ def test_smtp_infected_quarantined_clean_kept_and_a_stopped_scanner_holds_mail(t
              "mallory@evil.test")
         send(with_attachment("marie@client.test", "Rapport", "rapport.pdf", PDF, "application/pdf"),
              "marie@client.test")
-        wait_until(lambda: done("mallory@evil.test") and done("marie@client.test"), timeout=60)
+        wait_until(lambda: done("mallory@evil.test") and done("marie@client.test"), timeout=180)
         (infected,) = rows(app, "mallory@evil.test")
         assert infected.state == "quarantined" and SIGNATURE in infected.detail
         (clean,) = rows(app, "marie@client.test")
@@ -109,7 +109,7 @@ def test_smtp_infected_quarantined_clean_kept_and_a_stopped_scanner_holds_mail(t
         (waiting,) = rows(app, "jan@client.test")
         assert waiting.state == "received" and waiting.attempts == 0
         clamd.start()
-        wait_until(lambda: done("jan@client.test"), timeout=60)
+        wait_until(lambda: done("jan@client.test"), timeout=180)
         (back,) = rows(app, "jan@client.test")
         assert back.outcome == "created"
         with session_for(app.engine) as s:
@@ -129,7 +129,7 @@ def test_imap_infected_quarantined_clean_kept(tmp_path, make_dovecot, clamd):
         with_attachment("marie@client.test", "Rapport", "rapport.pdf", PDF, "application/pdf")])
     with Running(app):
         imap_wait(lambda: not dovecot.message_ids("INBOX") and len(rows_from(app)) == 2
-                  and all(r.state != "received" for r in rows_from(app)), timeout=60)
+                  and all(r.state != "received" for r in rows_from(app)), timeout=180)
     states = {r.state: r for r in rows_from(app)}
     assert set(states) == {"quarantined", "processed"}
     assert SIGNATURE in states["quarantined"].detail

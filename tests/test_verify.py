@@ -76,7 +76,7 @@ class Door(Desk):
                           source_address=(client, 0)) as smtp:
             assert smtp.sendmail(mail_from, [rcpt], raw) == {}
         self.sent += 1
-        wait_until(self.settled, timeout=60)
+        wait_until(self.settled, timeout=180)  # the first mail waits for the workers to start
 
     def verdicts(self) -> list[str]:
         with session_for(self.app.engine) as s:
@@ -90,7 +90,7 @@ class Door(Desk):
 def start(tmp_path, database_url, zone, extra: str = ""):
     port = free_port()
     service_config(tmp_path, port, database_url,
-                   extra=f'[auth]\nauthserv_id = "{OURS}"\ndns_server = "{zone.address}"\ntime_limit = 2.0\n'
+                   extra=f'[auth]\nauthserv_id = "{OURS}"\ndns_server = "{zone.address}"\ntime_limit = 8.0\n'
                          f'arc_forwarders = ["lists.test"]\n{extra}')
     return Service(tmp_path, port), Door(tmp_path, port)
 
