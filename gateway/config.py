@@ -283,6 +283,41 @@ class WebhookSection:
 
 
 @dataclass(frozen=True)
+class AuthSection:
+    # The gateway checks SPF, DKIM and DMARC itself (gateway.ingest.verify): "on", "off",
+    # or "" (the default): on when gateway.authserv_id is empty, i.e. no MTA in front
+    # whose Authentication-Results are trusted.
+    verify: str = ""
+    # The authserv-id of the gateway's own Authentication-Results header; empty: the
+    # domain of its Message-IDs.
+    authserv_id: str = ""
+    # Also verify mail read from IMAP mailboxes or by gateway ingest, which has no
+    # connecting address: DKIM and DMARC only (SPF is "none"), so a domain that signs
+    # nothing and publishes p=reject is held.
+    other_sources: bool = False
+    # DNS server to ask ("192.0.2.53" or "192.0.2.53:5353"); empty: the system's resolver.
+    dns_server: str = ""
+    # Seconds all of one mail's DNS questions may take together; past it the checks
+    # still open are "temperror", which never counts as a pass.
+    time_limit: float = 10.0
+    # Domains whose ARC seal is trusted (a mailing list, Microsoft 365's
+    # "microsoft.com"...): a mail they forwarded, whose DKIM they broke, passes DMARC
+    # when their seal validates and their ARC-Authentication-Results said dmarc=pass.
+    arc_forwarders: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ScanSection:
+    # clamd's address: the path of its UNIX socket, or host:port; empty: no scanning.
+    clamd: str = ""
+    # Seconds to wait for clamd's answer on one mail.
+    timeout: float = 60.0
+    # When clamd does not answer, the mail waits (retried).  true: it is processed
+    # unscanned instead (a warning in the log).
+    pass_unscanned: bool = False
+
+
+@dataclass(frozen=True)
 class Config:
     gateway: GatewaySection = field(default_factory=GatewaySection)
     database: DatabaseSection = field(default_factory=DatabaseSection)
@@ -298,6 +333,8 @@ class Config:
     http: HttpSection = field(default_factory=HttpSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
     monitoring: MonitoringSection = field(default_factory=MonitoringSection)
+    auth: AuthSection = field(default_factory=AuthSection)
+    scan: ScanSection = field(default_factory=ScanSection)
     mailboxes: tuple[MailboxSection, ...] = ()
     webhooks: tuple[WebhookSection, ...] = ()
     # Directory relative paths are resolved against (not a key of the file).
@@ -337,6 +374,21 @@ class Config:
     def message_id_domain(self) -> str:
         return self.gateway.message_id_domain or self.helpdesk_address.rpartition("@")[2] or "localhost"
 
+    @property
+    def verifying(self) -> bool:
+        """Whether the gateway checks SPF, DKIM and DMARC itself ([auth] verify)."""
+        return self.auth.verify == "on" or (self.auth.verify == "" and not self.gateway.authserv_id)
+
+    @property
+    def own_authserv_id(self) -> str:
+        return self.auth.authserv_id or self.message_id_domain
+
+    @property
+    def trusted_authserv_id(self) -> str:
+        """The authserv-id whose Authentication-Results the decisions read: the
+        gateway's own when it verifies, else the MTA's (gateway.authserv_id)."""
+        return self.own_authserv_id if self.verifying else self.gateway.authserv_id
+
     def notice_settings(self):
         """What queueing a notification needs (store.notifications.Settings)."""
         from store.notifications import Settings
@@ -359,6 +411,7 @@ _CHOICES = {
     ("routing", "default_process"): PROCESSES,
     ("gateway", "default_language"): LANGUAGES,
     ("logging", "format"): ("text", "json"),
+    ("auth", "verify"): ("", "on", "off"),
 }
 
 # GATEWAY_* variables that are not keys, yet allowed: the config file's path, and those

@@ -25,6 +25,15 @@ class Quarantine(GatewayError):
         self.reason = reason
 
 
+class Wait(GatewayError):
+    """Not now: something the mail needs is not there (the virus scanner does not
+    answer).  The mail stays received and is tried again; no attempt is counted."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
 class StoreFailed(GatewayError):
     """The raw mail could not be stored durably: the sender must try again (451)."""
 

@@ -71,6 +71,8 @@ class _Metrics:
                                 "delivered, failed (for good) or retry (to be tried again)", ["state"], registry=None)
         self.processing = Histogram("gateway_processing_seconds", "From a mail's 250 (or storing) to the commit of "
                                     "its processing", buckets=PROCESSING_BUCKETS, registry=None)
+        self.infected = Counter("gateway_mails_infected", "Mails the virus scanner (ClamAV) found infected, "
+                                "quarantined", registry=None)
         self.delivery = Histogram("gateway_delivery_seconds", "From a notification's queueing to the relay's 250",
                                   buckets=DELIVERY_BUCKETS, registry=None)
 
@@ -162,6 +164,12 @@ def processed(outcome: str, ticket: str | None, seconds: float | None) -> None:
         ticket_created(PROCESSES.get(ticket.split("-", 1)[0], "incident"))
     if seconds is not None:
         _metrics.processing.observe(max(seconds, 0.0))
+
+
+def infected(signature: str) -> None:
+    """A mail the virus scanner found infected (``signature``: its name, in the log)."""
+    if _metrics is not None:
+        _metrics.infected.inc()
 
 
 def processing_failed() -> None:

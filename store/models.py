@@ -102,6 +102,12 @@ class InboundMessage(SQLModel, table=True):
     source: str = ""  # smtp, ingest:<path>, imap:<name>
     mail_from: str = ""
     rcpt_to: str = ""  # comma separated envelope recipients
+    # The door's client: its address and HELO name (revision 0012), for SPF
+    # (gateway.ingest.verify); "" for mail that came another way (IMAP, gateway ingest).
+    peer: str = Field(default="", sa_column_kwargs={"server_default": ""})
+    helo: str = Field(default="", sa_column_kwargs={"server_default": ""})
+    # The gateway's own Authentication-Results header for this mail, once verified.
+    authentication: str | None = Field(default=None, sa_column=Column(Text))
     # Process chosen by the door (a mailbox's setting); None: routing by address.
     process: str | None = None
     message_id: str = Field(default="", index=True)  # normalised, "" when absent

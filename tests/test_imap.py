@@ -20,35 +20,10 @@ from harness.dovecot import USER
 
 from gateway.app import App
 from gateway.config import load_config
-from gateway.ingest import imap
 from harness.dovecot import dovecot, dovecot_ok, make_dovecot  # noqa: F401 (fixtures)
-from harness.imap import ENV, config_text, ids, inbound, mail, make_app, tickets, wait_until
+from harness.imap import ENV, Running, config_text, ids, inbound, mail, make_app, tickets, wait_until
 
 # Fixtures -----------------------------------------------------------------------------------
-class Running:
-    """A poller in a thread of its own, stopped at the end."""
-
-    def __init__(self, app: App, *, process=True, backoff_start=0.2, wrap=None):
-        self.stop = threading.Event()
-        fn = app.processor.process if process else None
-        if wrap is not None:
-            fn = wrap(fn)
-        box = app.config.mailboxes[0]
-        self.poller = imap.Poller(imap.Importer(box, app.engine, app.blobs, process=fn,
-                                                max_size=app.config.smtp.max_message_size),
-                                  env=ENV, backoff_start=backoff_start, backoff_max=2.0)
-        self.thread = threading.Thread(target=self.poller.run, args=(self.stop,), daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join(timeout=20)
-        assert not self.thread.is_alive(), "the poller did not stop"
-
-
 # Tests ---------------------------------------------------------------------------------------
 def test_appended_mails_become_tickets_and_end_in_processed(tmp_path, dovecot, database_url):
     tag = uuid.uuid4().hex[:8]

@@ -67,7 +67,7 @@ class Apply:
             direction="in",
             internal=internal,
             # Whether its To and Cc may join the thread (threads.permission).
-            authenticated=dmarc_passed(mail, self.config.gateway.authserv_id),
+            authenticated=dmarc_passed(mail, self.config.trusted_authserv_id),
             from_addr=mail.from_addr,
             to_addrs=",".join(mail.to),
             cc_addrs=",".join(mail.cc),

@@ -11,7 +11,7 @@ from typing import Callable
 from sqlmodel import col, select
 
 from gateway import metrics
-from gateway.errors import Quarantine
+from gateway.errors import Quarantine, Wait
 from gateway.ingest import faults
 from gateway.ingest.apply import Outcome
 from gateway.ingest.parse import ParsedMail, parse
@@ -148,13 +148,16 @@ class Batches:
             quarantine: Quarantine | None = None
             if state == RECEIVED:
                 try:
-                    mail = parse(self.blobs.get(sha), self.limits, blobs=self.blobs)
+                    mail = parse(self.checked(inbound_id, self.blobs.get(sha)), self.limits, blobs=self.blobs)
                     faults.test_hook(mail.message_id)
                     for att in mail.attachments:
                         if att.blob is None:  # a large one was stored while parsed
                             self.blobs.put(att.data)
-                except Quarantine as exc:
+                except (Quarantine, Wait) as exc:
                     quarantine = exc
+                    if isinstance(exc, Wait):  # the others would wait too: left for the next batch
+                        prepared.append((inbound_id, mail, quarantine))
+                        break
                 except Exception:  # noqa: BLE001 - done again, and counted, in the transaction
                     mail = None
             prepared.append((inbound_id, mail, quarantine))

@@ -67,7 +67,7 @@ class Gather:
                                                                            TicketMessage.direction == "out")))
                     if ticket.status == lifecycle.CLOSED and may.allowed else ())
         return ThreadHit(ticket.number, ticket.status, via, may.allowed, ticket.waiting_reason,
-                         may.approver, may.why, dmarc_failed(mail, self.config.gateway.authserv_id), stale,
+                         may.approver, may.why, dmarc_failed(mail, self.config.trusted_authserv_id), stale,
                          ticket.title, subjects)
 
     def _stale_request(self, session: Session, ticket: Ticket, mail: ParsedMail, recipients: list[str]) -> str | None:

@@ -55,13 +55,15 @@ def store_raw(
     mail_from: str = "",
     rcpt_to: tuple[str, ...] | list[str] = (),
     process: str | None = None,
+    peer: str = "",
+    helo: str = "",
 ) -> Stored:
     """Store ``raw`` durably; raise StoreFailed if it could not be."""
     message_id = header_message_id(raw)
     try:
         sha = blobs.put(raw)
         return record_inbound(engine, sha, len(raw), message_id, source=source, mail_from=mail_from,
-                              rcpt_to=rcpt_to, process=process)
+                              rcpt_to=rcpt_to, process=process, peer=peer, helo=helo)
     except StoreFailed:
         raise
     except Exception as exc:
@@ -80,6 +82,8 @@ def record_inbound(
     process: str | None = None,
     received_at: datetime | None = None,
     quarantined: tuple[str, str] | None = None,
+    peer: str = "",
+    helo: str = "",
 ) -> Stored:
     """The inbound row of a mail whose blob is stored already (a large mail the SMTP door
     wrote to the blob store as it arrived, or a journaled one); a duplicate gets the
@@ -96,6 +100,8 @@ def record_inbound(
                 sha256=sha,
                 size=size,
                 received_at=received_at or utcnow(),
+                peer=peer[:500],
+                helo=helo[:500],
             )
             if quarantined is not None:
                 row.state, (row.outcome, row.detail), row.processed_at = QUARANTINED, quarantined, utcnow()

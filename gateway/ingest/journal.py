@@ -119,7 +119,8 @@ def recover_journals(folder: Path, engine: Engine, blobs: BlobStore) -> int:
                                         str(entry.get("message_id", "")), source=str(entry.get("source", "smtp")),
                                         mail_from=str(entry.get("mail_from", "")),
                                         rcpt_to=tuple(entry.get("rcpt_to", ())),
-                                        received_at=_when(entry.get("received_at")))
+                                        received_at=_when(entry.get("received_at")),
+                                        peer=str(entry.get("peer", "")), helo=str(entry.get("helo", "")))
                 count += not stored.duplicate
             handle.truncate(0)
             os.fsync(handle.fileno())

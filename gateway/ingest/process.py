@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from gateway.config import Config
-from gateway.errors import Quarantine
+from gateway.errors import Quarantine, Wait
 from gateway.ingest import faults
 from gateway.ingest.apply import Apply, Outcome, with_defects
 from gateway.ingest.batch import BATCH_BYTES, BATCH_MAILS, Batches
@@ -73,6 +73,21 @@ class Processor(Gather, Apply, Batches, TooLarge):
         # Mails given an outcome in the open transaction: (inbound id, outcome, ticket,
         # received at, whether the attempt failed), counted (gateway.metrics) once it commits.
         self._done: list[tuple[int, str, str | None, object, bool]] = []
+        self.verifier = self.scanner = None  # gateway.ingest.verify and .scan, made on first use
+
+    def checked(self, inbound_id: int, raw: bytes) -> bytes:
+        """The stored mail as processing reads it: scanned for viruses ([scan],
+        gateway.ingest.scan), with the gateway's own verdict on its sender on top when it
+        verifies ([auth], gateway.ingest.verify)."""
+        if self.verifier is None:
+            from gateway.ingest.scan import Scanner
+            from gateway.ingest.verify import Verifier  # its libraries only where used
+
+            self.verifier = Verifier(self.config, self.engine)
+            self.scanner = Scanner(self.config) if self.config.scan.clamd else None
+        if self.scanner is not None:
+            self.scanner.scan(raw)  # before anything of it is kept (Quarantine, or Wait)
+        return self.verifier.stamp(inbound_id, raw)
 
     def process(self, inbound_id: int) -> Outcome:
         """Process one stored mail; the result is committed with the inbound row's state."""
@@ -101,7 +116,11 @@ class Processor(Gather, Apply, Batches, TooLarge):
                 if quarantine is not None:
                     raise quarantine
                 if mail is None:
-                    mail = parse(self.blobs.get(inbound.sha256), self.limits, blobs=self.blobs)
+                    mail = parse(self.checked(inbound.id, self.blobs.get(inbound.sha256)), self.limits,
+                                 blobs=self.blobs)
+            except Wait as exc:  # not an attempt: the row stays received, tried again
+                savepoint.commit()
+                return Outcome(inbound.source, inbound.message_id, "busy", None, exc.reason)
             except Quarantine as exc:
                 outcome = self.mark(session, inbound, Outcome(inbound.source, inbound.message_id,
                                                                QUARANTINED, None, exc.reason), QUARANTINED)

@@ -113,7 +113,7 @@ class Door:
                 spooled.abort()
             return self._short_of_space(short)
         if spooled is not None:
-            return await self._handle_spooled(envelope, spooled)
+            return await self._handle_spooled(envelope, spooled, session)
         raw = envelope.original_content or envelope.content
         if isinstance(raw, str):
             raw = raw.encode("utf-8", "surrogateescape")
@@ -132,14 +132,14 @@ class Door:
             # 250 only once the batch holding this mail is committed and its blob fsynced.
             stored = await asyncio.wrap_future(
                 self.spool.submit(raw, source=self.source, mail_from=envelope.mail_from or "",
-                                  rcpt_to=tuple(envelope.rcpt_tos)))
+                                  rcpt_to=tuple(envelope.rcpt_tos), **client(session)))
         except StoreFailed as exc:
             log.error("could not store a mail from %s: %s", envelope.mail_from, exc)
             metrics.refused("store-failed")
             return "451 4.3.0 Could not store the message; please try again later"
         return self._stored(envelope, stored, len(raw))
 
-    async def _handle_spooled(self, envelope: Envelope, writer: BlobWriter) -> str:
+    async def _handle_spooled(self, envelope: Envelope, writer: BlobWriter, session: Session) -> str:
         """A large mail, already in a temporary file of the blob store (see SpoolingSMTP):
         the same checks and the same group commit, without holding it in memory."""
         loop = asyncio.get_running_loop()
@@ -158,7 +158,7 @@ class Door:
         try:
             stored = await asyncio.wrap_future(
                 self.spool.submit_written(writer, message_id, source=self.source, mail_from=envelope.mail_from or "",
-                                          rcpt_to=tuple(envelope.rcpt_tos)))
+                                          rcpt_to=tuple(envelope.rcpt_tos), **client(session)))
         except StoreFailed as exc:
             log.error("could not store a mail from %s: %s", envelope.mail_from, exc)
             metrics.refused("store-failed")
@@ -177,6 +177,13 @@ class Door:
         if self.on_stored is not None:
             self.on_stored(stored)
         return f"250 2.0.0 Stored as #{stored.id}"
+
+
+def client(session: Session) -> dict[str, str]:
+    """The connecting client as the inbound row keeps it (``peer``, ``helo``): SPF is
+    checked on them in processing (gateway.ingest.verify), after the 250."""
+    peer = session.peer[0] if isinstance(session.peer, tuple) and session.peer else ""
+    return {"peer": str(peer), "helo": str(session.host_name or "")}
 
 
 def _control_character(address: str) -> bool:

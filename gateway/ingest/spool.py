@@ -66,6 +66,8 @@ class _Item:
     size: int = 0
     message_id: str = ""
     received_at: datetime = field(default_factory=utcnow)
+    peer: str = ""  # the client's address and HELO name (SPF, gateway.ingest.verify)
+    helo: str = ""
 
 
 class Spool:
@@ -119,7 +121,8 @@ class Spool:
         except Exception:  # noqa: BLE001 - the database busy or down: the first mail will say so
             log.debug("spool warm-up skipped", exc_info=True)
 
-    def submit(self, raw: bytes, *, source: str, mail_from: str = "", rcpt_to=()) -> Future:
+    def submit(self, raw: bytes, *, source: str, mail_from: str = "", rcpt_to=(), peer: str = "",
+               helo: str = "") -> Future:
         """A future that resolves to ``Stored`` once the mail is committed (or to StoreFailed).
 
         The blob is written (and fsynced) first, in the blob pool; only then does the mail
@@ -127,7 +130,7 @@ class Spool:
         the commit of small ones that arrived after it."""
         if self._closed:
             raise StoreFailed("the spool is closed")
-        item = _Item(raw, source, mail_from, tuple(rcpt_to), size=len(raw))
+        item = _Item(raw, source, mail_from, tuple(rcpt_to), size=len(raw), peer=peer, helo=helo)
         if self.journal is None:
             return self._after(self.blobs.put, raw, item=item)
         if len(raw) <= INLINE_BLOB:
@@ -145,14 +148,15 @@ class Spool:
         return sha
 
     def submit_written(self, writer: BlobWriter, message_id: str, *, source: str, mail_from: str = "",
-                       rcpt_to=()) -> Future:
+                       rcpt_to=(), peer: str = "", helo: str = "") -> Future:
         """Like ``submit``, for a large mail the door wrote to a temporary blob as it
         arrived (its memory stays bounded): the blob is committed (fsynced, renamed) in
         the blob pool, then the mail joins the next commit."""
         if self._closed:
             writer.abort()
             raise StoreFailed("the spool is closed")
-        item = _Item(None, source, mail_from, tuple(rcpt_to), size=writer.size, message_id=message_id)
+        item = _Item(None, source, mail_from, tuple(rcpt_to), size=writer.size, message_id=message_id, peer=peer,
+                     helo=helo)
         return self._after(writer.commit, item=item)
 
     def _after(self, write_blob, *args, item: _Item) -> Future:
@@ -277,10 +281,12 @@ class Spool:
                     if item.raw is None:  # its blob is stored: the row alone
                         results.append(record_inbound(self.engine, item.sha, item.size, item.message_id,
                                                       source=item.source, mail_from=item.mail_from,
-                                                      rcpt_to=item.rcpt_to, received_at=item.received_at))
+                                                      rcpt_to=item.rcpt_to, received_at=item.received_at,
+                                                      peer=item.peer, helo=item.helo))
                     else:
                         results.append(store_raw(self.engine, self.blobs, item.raw, source=item.source,
-                                                 mail_from=item.mail_from, rcpt_to=item.rcpt_to))
+                                                 mail_from=item.mail_from, rcpt_to=item.rcpt_to,
+                                                 peer=item.peer, helo=item.helo))
                 except Exception as exc:  # noqa: BLE001 - handed to the waiting command
                     results.append(exc)
         except Exception as exc:  # noqa: BLE001 - every waiting command is told
@@ -327,7 +333,7 @@ def _inbound_row(item: _Item, message_id: str, sha: str) -> dict:
     return dict(received_at=item.received_at, source=item.source[:500], mail_from=item.mail_from[:500],
                 rcpt_to=",".join(item.rcpt_to)[:2000], message_id=message_id, sha256=sha, size=item.size,
                 process=None, state=RECEIVED, outcome=None, ticket_number=None, detail=None, attempts=0,
-                processed_at=None)
+                processed_at=None, peer=item.peer[:500], helo=item.helo[:500], authentication=None)
 
 
 def _take(source: queue.SimpleQueue, most: int) -> tuple[list, bool]:
@@ -351,4 +357,4 @@ def _take(source: queue.SimpleQueue, most: int) -> tuple[list, bool]:
 def _entry(item: _Item) -> dict:
     return {"sha256": item.sha, "size": item.size, "message_id": item.message_id, "source": item.source,
             "mail_from": item.mail_from, "rcpt_to": list(item.rcpt_to),
-            "received_at": item.received_at.isoformat()}
+            "received_at": item.received_at.isoformat(), "peer": item.peer, "helo": item.helo}

@@ -141,9 +141,10 @@ def dmarc_failed(mail: ParsedMail, authserv_id: str) -> bool:
 
     Only Authentication-Results headers that carry our authserv-id count: anyone can write
     the header, and RFC 8601 §5 has our MTA remove forged ones with its id.  No result, or
-    no id configured, is not a failure: the permission check still applies.
+    no id configured, is not a failure: the permission check still applies.  A
+    ``temperror`` (the DNS did not answer in time) is held as a failure: it is never a pass.
     """
-    return "fail" in _our_results(mail, authserv_id)
+    return any(result in ("fail", "temperror") for result in _our_results(mail, authserv_id))
 
 
 def dmarc_passed(mail: ParsedMail, authserv_id: str) -> bool:

@@ -4,7 +4,10 @@ from here (and from conftest), never from another test module (tests/test_harnes
 - door.py: the SMTP door on a free port; a raw-socket SMTP dialogue
 - relay.py: a scripted SMTP relay for outbound delivery, its config
 - service.py: `gateway serve` in a subprocess
-- dovecot.py: a real Dovecot IMAP server (and its fixtures); imap.py: a gateway reading it
+- dovecot.py: a real Dovecot IMAP server (and its fixtures); imap.py: a gateway reading it, a poller in a thread
+- desk.py: the isolation stories' desk: Thunderbird's mails over SMTP to `gateway serve`, its outbox, the agent
+- dns.py: a real DNS server on loopback (UDP) with the test domains' SPF, DKIM and DMARC records
+- clamd.py: a real ClamAV daemon with a test signature database, the EICAR test file
 - postfix.py: a Postfix instance of its own
 - browser.py: headless Chromium for the pages
 - ingest.py: a gateway on a database, mails stored and processed as the door would

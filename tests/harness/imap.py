@@ -3,6 +3,7 @@ append, and what the database holds afterwards."""
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from sqlmodel import select
 from conftest import write_config
 from gateway.app import App
 from gateway.config import load_config
+from gateway.ingest import imap
 from harness.dovecot import PASSWORD, USER, Dovecot
 from store.db import session_for
 from store.models import InboundMessage, Ticket
@@ -74,3 +76,27 @@ def tickets(app: App) -> list[Ticket]:
 def inbound(app: App) -> list[InboundMessage]:
     with session_for(app.engine) as s:
         return list(s.exec(select(InboundMessage)))
+
+
+class Running:
+    """A poller in a thread of its own, stopped at the end."""
+
+    def __init__(self, app: App, *, process=True, backoff_start=0.2, wrap=None):
+        self.stop = threading.Event()
+        fn = app.processor.process if process else None
+        if wrap is not None:
+            fn = wrap(fn)
+        box = app.config.mailboxes[0]
+        self.poller = imap.Poller(imap.Importer(box, app.engine, app.blobs, process=fn,
+                                                max_size=app.config.smtp.max_message_size),
+                                  env=ENV, backoff_start=backoff_start, backoff_max=2.0)
+        self.thread = threading.Thread(target=self.poller.run, args=(self.stop,), daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(timeout=20)
+        assert not self.thread.is_alive(), "the poller did not stop"
