@@ -6,12 +6,10 @@ import json
 import sys
 from pathlib import Path
 
-from gateway import metrics
-from gateway.app import App
 from gateway.errors import StoreFailed
-from gateway.ingest.inbound import store_raw
-from gateway.ingest.process import Outcome
-from gateway.outbound.outbox import deliver_pending
+
+# What a command needs is imported when it runs (``gateway --help`` and the parser of
+# another command import none of it).
 
 
 def register(sub, common) -> None:
@@ -50,6 +48,11 @@ def _print_outcome(outcome: Outcome, as_json: bool) -> None:
 
 
 def cmd_ingest(config, args) -> int:
+    from gateway import metrics
+    from gateway.app import App
+    from gateway.ingest.inbound import store_raw
+    from gateway.ingest.process import Outcome
+
     app = App(config)
     status = 0
     for path in args.paths:
@@ -81,11 +84,16 @@ def cmd_ingest(config, args) -> int:
             outcome = Outcome(source, outcome.message_id, outcome.outcome, outcome.ticket, outcome.detail)
         _print_outcome(outcome, args.json)
     if not args.no_deliver:
+        from gateway.outbound.outbox import deliver_pending
+
         deliver_pending(app.engine, app.config, app.transport())
     return status
 
 
 def cmd_process(config, args) -> int:
+    from gateway.app import App
+    from gateway.outbound.outbox import deliver_pending
+
     app = App(config)
     for outcome in app.processor.process_pending(limit=10_000):
         _print_outcome(outcome, args.json)
