@@ -808,12 +808,12 @@ def main(argv: list[str] | None = None) -> int:
         for db in ("sqlite", "postgres"):
             if db == "postgres" and "pg" not in parts:
                 continue
-            if "e2e" in parts or db == "postgres":
+            if "e2e" in parts or (db == "postgres" and not args.only):
                 res.setdefault(db, {})["e2e"] = {str(c): e2e_series(db, mixed, bodies, c, db == "sqlite")
                                                  for c in conns_list}
-            if "small" in parts or db == "postgres":
-                res.setdefault(db, {})["small_8"] = e2e_series(db, small, small_bodies, 8, db == "sqlite")
-            if "ingest" in parts or db == "postgres":
+            if "small" in parts or (db == "postgres" and not args.only):
+                res.setdefault(db, {})["small_8"] = e2e_series(db, small, small_bodies, 8, True)
+            if "ingest" in parts or (db == "postgres" and not args.only):
                 runs = [ingest_once(db, files) for _ in range(args.runs)]
                 log(f"{db} ingest: {[round(r['mails_per_s'], 1) for r in runs]}/s")
                 res.setdefault(db, {})["ingest"] = {"mails_per_s": summary([r["mails_per_s"] for r in runs]),
@@ -910,9 +910,11 @@ def render_table(res: dict) -> str:
     e, p = sq.get("small_8"), pg.get("small_8")
     if e or p:
         row("small only, 8 conn: end to end mails/s", fmt(e and e["mails_per_s"]), fmt(p and p["mails_per_s"]), "≥ 250")
-        if e:
-            row("small only, 8 conn: ceiling mails/s", fmt(e["ceiling"]["mails_per_s"]))
-            row("small only, 8 conn: end to end ÷ ceiling", fmt(e["ratio"], 2))
+        # The ceiling (no database) runs just before each end to end run, of either database.
+        row("small only, 8 conn: ceiling mails/s (bare aiosmtpd + fsync, beside each run)",
+            fmt(e and e.get("ceiling", {}).get("mails_per_s")), fmt(p and p.get("ceiling", {}).get("mails_per_s")))
+        row("small only, 8 conn: end to end ÷ ceiling", fmt(e and e.get("ratio"), 2), fmt(p and p.get("ratio"), 2),
+            "≥ 0.5 SQLite, ≥ 0.4 PostgreSQL")
         row("small only, 8 conn: DATA→250 p99 ms", fmt(e and e["accept_p99_ms"]), fmt(p and p["accept_p99_ms"]),
             "< 100")
         row("small only, 8 conn: CPU ms a mail (median), door / worker(s) / deliverer", cpu_row(e), cpu_row(p))
