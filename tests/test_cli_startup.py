@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import ROOT, run_gateway, write_config
+from conftest import ROOT, run_gateway, write_config
 
 HEAVY = ("sqlalchemy", "sqlmodel", "pydantic", "jinja2", "babel", "aiosmtpd", "imapclient", "nh3", "psycopg",
          "fastapi", "uvicorn", "alembic", "gateway.app", "gateway.ingest.process", "store.models")

@@ -75,7 +75,7 @@ def cmd_ingest(config, args) -> int:
     stored and processed alone, read back from its blob (not two copies of it)."""
     from gateway import metrics
     from gateway.app import App
-    from gateway.ingest.inbound import store_raw
+    from gateway.ingest.inbound import Stored, store_raw
     from gateway.ingest.process import BATCH_BYTES, BATCH_MAILS, Outcome
     from gateway.ingest.spool import Spool
 
@@ -98,15 +98,28 @@ def cmd_ingest(config, args) -> int:
                 if spool is None:
                     spool = Spool(app.engine, app.blobs, max_batch=BATCH_MAILS)
                 waiting = []
+                first: dict[bytes, int] = {}  # the same bytes twice in a batch: the first is stored
                 for source, raw, error in batch:
                     if raw is None:
                         waiting.append((source, None, error, 0))
+                    elif raw in first:
+                        waiting.append((source, first[raw], None, len(raw)))
                     else:
+                        first[raw] = len(waiting)
                         waiting.append((source, spool.submit(raw, source=f"ingest:{source}"), None, len(raw)))
                 batch.clear()
+                first.clear()
                 for source, future, error, size in waiting:
                     if future is None:
                         stored.append((source, Outcome(source, "", "error", None, error)))
+                        continue
+                    if isinstance(future, int):  # a copy of an earlier mail of the batch
+                        earlier = stored[future]
+                        if len(earlier) == 2:
+                            stored.append((source, Outcome(source, "", "error", None, earlier[1].detail)))
+                        else:
+                            one = earlier[1]
+                            stored.append((source, Stored(one.id, True, one.message_id, one.sha256), size))
                         continue
                     try:
                         stored.append((source, future.result(), size))
