@@ -63,6 +63,7 @@ def _read_batches(paths: list[str], most: int, most_bytes: int):
             batch, size = [], 0
         batch.append((source, raw, None))
         size += len(raw)
+        raw = None  # the batch holds it: once the command lets go of a large one, it is freed
     if batch:
         yield batch
 
