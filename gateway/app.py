@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 
 from gateway.config import Config, ConfigError
-from gateway.ingest.process import Processor
-from gateway.outbound.notify import Notifier, renderer_for
-from gateway.outbound.render import Renderer
-from gateway.outbound.transports import Transport, make_transport
 from store.blobs import BlobStore
 from store.db import init_db, make_engine
-from store.notifications import Settings
+
+if TYPE_CHECKING:
+    from gateway.ingest.process import Processor
+    from gateway.outbound.notify import Notifier
+    from gateway.outbound.render import Renderer
+    from gateway.outbound.transports import Transport
+    from store.notifications import Settings
+
+# Each part imports its modules when first asked for: a command that takes mail in
+# needs no templates (Jinja2, Babel) and no transport.
 
 
 class App:
@@ -57,10 +63,14 @@ class App:
 
     @cached_property
     def renderer(self) -> Renderer:
+        from gateway.outbound.notify import renderer_for
+
         return renderer_for(self.loaded)
 
     @cached_property
     def notifier(self) -> Notifier:
+        from gateway.outbound.notify import Notifier
+
         return Notifier(self.config, self.renderer)
 
     @cached_property
@@ -70,9 +80,13 @@ class App:
 
     @cached_property
     def processor(self) -> Processor:
+        from gateway.ingest.process import Processor
+
         return Processor(self.config, self.engine, self.blobs)
 
     def transport(self) -> Transport:
+        from gateway.outbound.transports import make_transport
+
         return make_transport(self.config)
 
 

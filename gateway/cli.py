@@ -9,7 +9,6 @@ import sys
 
 from gateway.config import ConfigError, load_config
 from gateway.errors import CommandError
-from store.schema import SchemaError
 
 # Command groups, each a module of gateway.commands with register(subparsers).
 # Commands that take mail in, process it, make tickets or deliver: they add to the
@@ -18,8 +17,49 @@ COUNTED = ("ingest", "process", "ticket", "outbox", "imap", "close-solved")
 COMMAND_MODULES = ("core", "status", "inbound", "tickets", "outbox", "persons", "templates", "imap", "db",
                    "api_tokens", "webhooks")
 
+# Every command: the module that registers it, and its line in ``gateway --help``.  Only
+# the module of the command being run is imported (a command module imports the
+# database, the templates or the SMTP server: ~1.5 s of CPU for all of them), so
+# ``gateway --help`` lists the others from here; tests/test_cli_startup.py checks that
+# this table says what the modules register.
+COMMANDS = {
+    "serve": ("core", "run the SMTP listener and the worker"),
+    "ingest": ("core", "feed raw messages from files or stdin (-)"),
+    "process": ("core", "process stored mail that is waiting, now"),
+    "status": ("status", "is mail flowing: what came in and went out last, what waits; exit 1 if stuck"),
+    "inbound": ("inbound", "mail received: outcome, quarantine, replay"),
+    "ticket": ("tickets", "show and work on tickets"),
+    "close-solved": ("tickets", "close Solved tickets older than lifecycle.close_after_days, now"),
+    "outbox": ("outbox", "notifications waiting, sent or failed"),
+    "persons": ("persons", "people and companies (language, time zone)"),
+    "templates": ("templates", "list, preview, check and compile the mail templates"),
+    "imap": ("imap", "mailboxes read over IMAP"),
+    "db": ("db", "the database's schema: upgrade, current, check"),
+}
+_VALUED = ("--config", "--log-level")  # the top-level options that take a value
 
-def build_parser() -> argparse.ArgumentParser:
+
+def command_in(argv: list[str]) -> str | None:
+    """The command named in ``argv`` (the first word that is neither an option nor an
+    option's value), or None."""
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word == "--":
+            return argv[i + 1] if i + 1 < len(argv) else None
+        if word in _VALUED:
+            i += 2
+            continue
+        if not word.startswith("-"):
+            return word
+        i += 1
+    return None
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for ``argv``: the full parser of the command it names (its module
+    imported), a one-line entry for every other command.  Without ``argv``, every
+    command's module is imported and registered (the whole parser)."""
     # The options are accepted before and after the command; SUPPRESS keeps a
     # subcommand from overwriting a value given before it.
     common = argparse.ArgumentParser(add_help=False)
@@ -32,14 +72,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in COMMAND_MODULES:
-        module = importlib.import_module(f"gateway.commands.{name}")
-        module.register(sub, common)
+    if argv is None:
+        wanted = set(COMMAND_MODULES)
+    else:
+        command = command_in(argv)
+        wanted = {COMMANDS[command][0]} if command in COMMANDS else set()
+    registered: set[str] = set()
+    for name, (module_name, help_text) in COMMANDS.items():
+        if module_name in wanted:
+            if module_name not in registered:
+                importlib.import_module(f"gateway.commands.{module_name}").register(sub, common)
+                registered.add(module_name)
+        else:
+            sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
@@ -66,8 +117,12 @@ def main(argv: list[str] | None = None) -> int:
         # a password the config names is not there, the secret kept in the data folder.
         print(f"gateway: configuration error: {exc}", file=sys.stderr)
         return 2
-    except SchemaError as exc:
+    except Exception as exc:
         # The database is newer than this code, or its old tables are not the baseline's:
-        # no command (and no start-up) may go on.
+        # no command (and no start-up) may go on.  (store.schema is imported by what opens
+        # a database: not before, for a command that needs none.)
+        schema = sys.modules.get("store.schema")
+        if schema is None or not isinstance(exc, schema.SchemaError):
+            raise
         print(f"gateway: database: {exc}", file=sys.stderr)
         return 1

@@ -6,12 +6,10 @@ import json
 import sys
 from pathlib import Path
 
-from gateway import metrics
-from gateway.app import App
 from gateway.errors import StoreFailed
-from gateway.ingest.inbound import store_raw
-from gateway.ingest.process import Outcome
-from gateway.outbound.outbox import deliver_pending
+
+# What a command needs is imported when it runs (``gateway --help`` and the parser of
+# another command import none of it).
 
 
 def register(sub, common) -> None:
@@ -49,43 +47,123 @@ def _print_outcome(outcome: Outcome, as_json: bool) -> None:
         print(" ".join(parts), flush=True)
 
 
-def cmd_ingest(config, args) -> int:
-    app = App(config)
-    status = 0
-    for path in args.paths:
+def _read_batches(paths: list[str], most: int, most_bytes: int):
+    """The paths in batches: at most ``most`` mails and ``most_bytes`` of raw mail (at
+    least one mail); each item (source, raw or None, why it could not be read)."""
+    batch, size = [], 0
+    for path in paths:
         source = "stdin" if path == "-" else path
         try:
             raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
         except OSError as exc:
-            _print_outcome(Outcome(source, "", "error", None, f"cannot read: {exc.strerror}"), args.json)
-            status = 1
+            batch.append((source, None, f"cannot read: {exc.strerror}"))
             continue
-        size = len(raw)
-        try:
-            stored = store_raw(app.engine, app.blobs, raw, source=f"ingest:{source}")
-            metrics.received("ingest")
-        except StoreFailed as exc:
-            _print_outcome(Outcome(source, "", "error", None, str(exc)), args.json)
-            status = 1
-            continue
-        finally:
-            # Processing reads the mail back from its blob: not two copies of a large one.
-            raw = None
-        # A new row is known to wait: processing need not read it back first.
-        known = None if stored.duplicate else {stored.id: (stored.sha256, size)}
-        outcome = app.processor.process_batch([stored.id], known=known)[0]
-        if stored.duplicate:
-            outcome = Outcome(source, stored.message_id, "duplicate", outcome.ticket,
-                              f"already stored as #{stored.id}")
-        else:
-            outcome = Outcome(source, outcome.message_id, outcome.outcome, outcome.ticket, outcome.detail)
-        _print_outcome(outcome, args.json)
+        if batch and (len(batch) >= most or size + len(raw) > most_bytes):
+            yield batch
+            batch, size = [], 0
+        batch.append((source, raw, None))
+        size += len(raw)
+        raw = None  # the batch holds it: once the command lets go of a large one, it is freed
+    if batch:
+        yield batch
+
+
+def cmd_ingest(config, args) -> int:
+    """Mails are taken as the service's worker takes them: a batch of them stored in one
+    commit (their blobs fsynced first), then processed in one transaction
+    (Processor.process_batch), then their outcomes printed; the next batch is read only
+    then (a reply finds the ticket of a mail before it).  A mail larger than a batch is
+    stored and processed alone, read back from its blob (not two copies of it)."""
+    from gateway import metrics
+    from gateway.app import App
+    from gateway.ingest.inbound import Stored, store_raw
+    from gateway.ingest.process import BATCH_BYTES, BATCH_MAILS, Outcome
+    from gateway.ingest.spool import Spool
+
+    app = App(config)
+    status = 0
+    spool: Spool | None = None
+    try:
+        for batch in _read_batches(args.paths, BATCH_MAILS, BATCH_BYTES):
+            # Store: (source, Stored, size) or (source, Outcome of the failure)
+            stored: list[tuple] = []
+            if len(batch) == 1 and batch[0][1] is not None and len(batch[0][1]) > BATCH_BYTES:
+                source, raw, _ = batch.pop()
+                size = len(raw)
+                try:
+                    stored.append((source, store_raw(app.engine, app.blobs, raw, source=f"ingest:{source}"), size))
+                except StoreFailed as exc:
+                    stored.append((source, Outcome(source, "", "error", None, str(exc))))
+                del raw
+            else:
+                if spool is None:
+                    spool = Spool(app.engine, app.blobs, max_batch=BATCH_MAILS)
+                waiting = []
+                first: dict[bytes, int] = {}  # the same bytes twice in a batch: the first is stored
+                for source, raw, error in batch:
+                    if raw is None:
+                        waiting.append((source, None, error, 0))
+                    elif raw in first:
+                        waiting.append((source, first[raw], None, len(raw)))
+                    else:
+                        first[raw] = len(waiting)
+                        waiting.append((source, spool.submit(raw, source=f"ingest:{source}"), None, len(raw)))
+                batch.clear()
+                first.clear()
+                for source, future, error, size in waiting:
+                    if future is None:
+                        stored.append((source, Outcome(source, "", "error", None, error)))
+                        continue
+                    if isinstance(future, int):  # a copy of an earlier mail of the batch
+                        earlier = stored[future]
+                        if len(earlier) == 2:
+                            stored.append((source, Outcome(source, "", "error", None, earlier[1].detail)))
+                        else:
+                            one = earlier[1]
+                            stored.append((source, Stored(one.id, True, one.message_id, one.sha256), size))
+                        continue
+                    try:
+                        stored.append((source, future.result(), size))
+                    except StoreFailed as exc:
+                        stored.append((source, Outcome(source, "", "error", None, str(exc))))
+            # Process, in one transaction (more if the batch's mails are larger than a batch).
+            ids = [entry[1].id for entry in stored if len(entry) == 3]
+            known = {entry[1].id: (entry[1].sha256, entry[2]) for entry in stored
+                     if len(entry) == 3 and not entry[1].duplicate}
+            outcomes: dict[int, Outcome] = {}
+            todo = list(dict.fromkeys(ids))
+            while todo:
+                done = app.processor.process_batch(todo, known=known)
+                outcomes.update(zip(todo, done))
+                todo = todo[len(done):]
+            for entry in stored:
+                if len(entry) == 2:
+                    _print_outcome(entry[1], args.json)
+                    status = 1
+                    continue
+                source, one, _size = entry
+                metrics.received("ingest")
+                outcome = outcomes[one.id]
+                if one.duplicate:
+                    outcome = Outcome(source, one.message_id, "duplicate", outcome.ticket,
+                                      f"already stored as #{one.id}")
+                else:
+                    outcome = Outcome(source, outcome.message_id, outcome.outcome, outcome.ticket, outcome.detail)
+                _print_outcome(outcome, args.json)
+    finally:
+        if spool is not None:
+            spool.close()
     if not args.no_deliver:
+        from gateway.outbound.outbox import deliver_pending
+
         deliver_pending(app.engine, app.config, app.transport())
     return status
 
 
 def cmd_process(config, args) -> int:
+    from gateway.app import App
+    from gateway.outbound.outbox import deliver_pending
+
     app = App(config)
     for outcome in app.processor.process_pending(limit=10_000):
         _print_outcome(outcome, args.json)

@@ -24,6 +24,7 @@ from store.models import InboundMessage, utcnow
 from store.vocabulary import QUARANTINED
 
 
+_HEAD_END = re.compile(rb"\n\r?\n")
 _MID = re.compile(rb"^message-id:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
 
 
@@ -37,8 +38,8 @@ class Stored:
 
 def header_message_id(raw: bytes) -> str:
     """The Message-ID of a raw mail, read from its header block only."""
-    end = raw.find(b"\n\n")
-    head = raw if end < 0 else raw[: end + 1]
+    end = _HEAD_END.search(raw)  # LF LF or CRLF CRLF: the first empty line
+    head = raw if end is None else raw[: end.start() + 1]
     m = _MID.search(head)
     if not m:
         return ""
