@@ -35,6 +35,8 @@ COMMANDS = {
     "templates": ("templates", "list, preview, check and compile the mail templates"),
     "imap": ("imap", "mailboxes read over IMAP"),
     "db": ("db", "the database's schema: upgrade, current, check"),
+    "tokens": ("api_tokens", "tokens of the HTTP API (/api/v1)"),
+    "webhooks": ("webhooks", "webhook events: pending, delivered, failed"),
 }
 _VALUED = ("--config", "--log-level")  # the top-level options that take a value
 
