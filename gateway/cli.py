@@ -16,7 +16,7 @@ from store.schema import SchemaError
 # Commands that take mail in, process it, make tickets or deliver: they add to the
 # service's metrics (gateway.metrics) as its own processes do.
 COUNTED = ("ingest", "process", "ticket", "outbox", "imap", "close-solved")
-COMMAND_MODULES = ("core", "status", "inbound", "tickets", "outbox", "persons", "templates", "imap", "db")
+COMMAND_MODULES = ("core", "status", "inbound", "tickets", "outbox", "persons", "templates", "imap", "db", "admins")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,7 +2,8 @@
 one router per area, as the URL's first word names it:
 
 - ``ops``: /healthz, /readyz, /metrics, for the operators' monitoring (gateway.http.ops);
-- later: /api/v1 (the API), /admin (the console), the customers' pages.
+- ``admin``: /admin, the admins' console (gateway.http.admin);
+- later: /api/v1 (the API), the customers' pages.
 
 Every area but ops acts through ``gateway.http.deps.gateway_app`` (the process's App)
 and the actions layer (gateway.actions), never on the database by itself.
@@ -18,6 +19,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from gateway import __version__
+from gateway.http.admin import router as admin_router
 from gateway.http.ops import Ops
 from gateway.http.ops import router as ops_router
 
@@ -31,4 +33,5 @@ def create_app(ops: Ops, config=None) -> FastAPI:
     app.state.ops = ops
     app.state.config = config if config is not None else ops.config
     app.include_router(ops_router)
+    app.include_router(admin_router)
     return app
