@@ -87,3 +87,13 @@ def test_a_new_password_ends_the_admins_sessions_and_short_passwords_are_refused
         admins.add_admin(gw, "bob@example.com", "short")
     with pytest.raises(Refused, match="not an e-mail address"):
         admins.add_admin(gw, "bob at example", PASSWORD)
+
+
+def test_sign_in_attempts_of_one_client_are_capped_per_minute():
+    from gateway.http.admin.auth import Attempts
+
+    attempts = Attempts()
+    assert all(attempts.allow("192.0.2.1", 3, now=100.0 + i) for i in range(3))
+    assert not attempts.allow("192.0.2.1", 3, now=103.0)
+    assert attempts.allow("192.0.2.2", 3, now=103.0)  # another client is not held up
+    assert attempts.allow("192.0.2.1", 3, now=160.5)  # the first attempt is a minute old

@@ -245,13 +245,14 @@ def test_a_template_with_an_undefined_variable_is_refused_with_its_line(page, co
     _edit_waiting_fr(page, console)
     text = page.input_value("#txt")
     lines = text.split("\n")
-    lines.insert(3, "{{ customer_shoe_size }}")
+    body = next(i for i, line in enumerate(lines) if line.startswith("{% block body %}"))
+    lines.insert(body + 1, "{{ customer_shoe_size }}")  # inside a block: outside, a child's text is never rendered
     page.fill("#txt", "\n".join(lines))
     with page.expect_navigation() as answer:
         page.click("#save")
     assert answer.value.status == 422
     errors = page.text_content("#errors")
-    assert "fr/waiting.txt.j2:4: UndefinedError: 'customer_shoe_size' is undefined" in errors
+    assert f"fr/waiting.txt.j2:{body + 2}: UndefinedError: 'customer_shoe_size' is undefined" in errors
     assert "customer-feedback" in errors and "third-party" in errors  # every waiting reason was rendered
     assert "customer_shoe_size" not in (console.folder / "overrides" / "fr" / "waiting.txt.j2").read_text() \
         if (console.folder / "overrides" / "fr" / "waiting.txt.j2").exists() else True
@@ -315,11 +316,16 @@ def test_reprocess_a_quarantined_mail(page, console, shots):
 def test_every_other_page_renders(page, console, shots):
     sign_in(page, console)
     for name, path in (("outbox", "/admin/outbox"), ("instances", "/admin/instances"),
-                       ("languages", "/admin/languages"), ("preview", "/admin/notifications/new/de")):
+                       ("languages", "/admin/languages"), ("wording", "/admin/wording"),
+                       ("preview", "/admin/notifications/new/de")):
         answer = page.goto(url(console, path))
         assert answer.status == 200, path
         shot(page, shots, name)
-    assert page.locator("#checks").count() == 1
+        if name == "instances":
+            assert page.locator("#checks").count() == 1
+        if name == "wording":  # the catalogs side by side: the shipped French of a sentence
+            row = page.locator("#wording tr", has_text="Kind regards,").first
+            assert "Cordialement," in row.text_content()
 
 
 def test_a_script_in_a_previewed_template_shows_and_runs_nothing(page, console, shots):

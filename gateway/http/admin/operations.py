@@ -135,3 +135,45 @@ def languages(request: Request, q: str = "", who: admins.Current = Depends(web.s
         companies = list(session.exec(select(Company).order_by(col(Company.name))))
     return web.page(request, "languages.html.j2", who=who, people=people, companies=companies, q=q,
                     default=app.config.gateway.default_language)
+
+
+@router.get("/wording")
+def wording(request: Request, only: str = "", who: admins.Current = Depends(web.signed_in)) -> Response:
+    """The mails' catalogs side by side (shipped, with the override catalog's words where
+    it has them), each language's missing and fuzzy messages marked."""
+    from babel.messages.pofile import read_po
+
+    from gateway.outbound.render import LANGUAGES as MAIL_LANGUAGES
+
+    renderer = gateway_app(request).renderer
+    catalogs, problems = {}, {}
+    for lang in MAIL_LANGUAGES:
+        merged = {}
+        for folder in (renderer.shipped_dir, renderer.override_dir):
+            po = folder / "locale" / lang / "LC_MESSAGES" / "mail.po" if folder else None
+            if po is None or not po.is_file():
+                continue
+            try:
+                with open(po, "rb") as fh:
+                    for message in read_po(fh, locale=lang):
+                        if message.id:
+                            merged[message.id if isinstance(message.id, str) else message.id[0]] = message
+            except Exception as exc:  # noqa: BLE001 - an admin's broken catalog is shown, not raised
+                problems[lang] = f"{po}: {exc}"
+        catalogs[lang] = merged
+    with open(renderer.shipped_dir / "locale" / "mail.pot", "rb") as fh:
+        ids = [m.id if isinstance(m.id, str) else m.id[0] for m in read_po(fh) if m.id]
+    rows = []
+    for msgid in ids:
+        cells = {}
+        for lang in MAIL_LANGUAGES:
+            message = catalogs[lang].get(msgid)
+            text = (message.string if isinstance(message.string, str) else message.string[0]) if message else ""
+            state = "missing" if not text and lang != "en" else ("fuzzy" if message is not None and message.fuzzy
+                                                                  else "ok")
+            cells[lang] = (text, state)
+        if only and not any(state == only for _, state in cells.values()):
+            continue
+        rows.append((msgid, cells))
+    return web.page(request, "wording.html.j2", who=who, rows=rows, languages=MAIL_LANGUAGES, only=only,
+                    problems=problems)
