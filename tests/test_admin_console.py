@@ -20,7 +20,10 @@ import html
 import json
 import os
 import re
+import signal
 import smtplib
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -30,15 +33,43 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, run_gateway
+from conftest import ROOT, free_port, run_gateway, wait_for_port
 from harness.browser import browser, shot
-from test_http_ops import Service
-from test_mail_to_ticket import wait_until
+from harness.service import wait_until
 
 PASSWORD = "a console password, long enough"
 ADMIN = "ann.admin@example.com"
 OTHER = "bob.admin@example.com"
 SENTENCE = "Merci de nous envoyer la référence imprimée sous votre écran."
+
+
+class Console:
+    """`gateway serve` in a subprocess, its SMTP door and HTTP server on ports of their own."""
+
+    def __init__(self, folder: Path, smtp_port: int, http_port: int):
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env.pop("GATEWAY_CONFIG", None)
+        env.pop("GATEWAY_HTTP_PORT", None)  # the config's port (conftest sets a free one for other tests)
+        self.folder, self.smtp_port, self.http_port = folder, smtp_port, http_port
+        self.log = open(folder / "service.out", "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "gateway", "--config", str(folder / "config.toml"),
+                                      "serve"], cwd=folder, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        wait_for_port(smtp_port, timeout=120, proc=self.proc)
+        wait_for_port(http_port, timeout=120, proc=self.proc)
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/readyz", timeout=30) as answer:
+                return answer.status == 200
+        except (OSError, urllib.error.HTTPError):  # 503, or a busy machine's late answer: ask again
+            return False
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        self.log.close()
 
 
 @pytest.fixture(scope="module")
@@ -74,19 +105,12 @@ heartbeat_interval = 1
     run_gateway("admins", "add", OTHER, cwd=folder, input=(PASSWORD + "\n").encode())
     run_gateway("persons", "add", "marie.dupont@example.fr", "--name", "Marie Dupont", "--language", "fr",
                 cwd=folder)
-    service = Service(folder, smtp_port, http_port)
+    service = Console(folder, smtp_port, http_port)
     try:
-        wait_until(lambda: _ready(service), timeout=240, interval=0.5)
+        wait_until(service.ready, timeout=240, interval=0.5)
         yield service
     finally:
         service.kill()
-
-
-def _ready(service) -> bool:
-    try:
-        return service.ready()[0] == 200
-    except OSError:  # a busy machine: the answer is late, ask again
-        return False
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """The notifications: every mail × language (× waiting reason), each as the customer gets
 it, and the editor of an admin's override of one event in one language.
 
-The preview is the outbox's own composition (gateway.outbound.preview: the bytes the
+The preview is the outbox's own composition (gateway.actions.preview: the bytes the
 deliverer would send, on the sample ticket or a real one); a draft being edited is a
 layer in front of the override folder (gateway.outbound.render.Renderer's ``layers``),
 kept per session under ``<data_dir>/admin-drafts/``.  Saving checks first
@@ -24,7 +24,7 @@ from gateway.http.admin import web
 from gateway.http.deps import gateway_app
 from gateway.outbound import overrides
 from gateway.outbound.notify import Notifier, sample_context
-from gateway.outbound.preview import NobodyToMail, preview_ticket, sample_row
+from gateway.actions.preview import NobodyToMail, preview_ticket, sample_row
 from gateway.outbound.render import EVENTS, LANGUAGES, TICKETLESS, Renderer, RenderError, check_templates
 from store import audit
 from store.db import session_for
