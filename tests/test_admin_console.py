@@ -236,6 +236,20 @@ def test_edit_the_french_waiting_mail_preview_save_and_the_next_real_mail_says_i
     assert SENTENCE in page.text_content("#diff-txt")
     shot(page, shots, "edit-saved")
     assert SENTENCE in (console.folder / "overrides" / "fr" / "waiting.txt.j2").read_text()
+    # "Send me a test": through the outbox and the configured transport, to the admin.
+    with page.expect_navigation():
+        page.click("#send-test")
+    assert page.text_content("#notice").strip() == f"A test mail is queued to {ADMIN}."
+
+    def test_mail():
+        for path in (console.folder / "sent").glob("*.eml"):
+            message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+            if ADMIN in str(message["To"]):
+                return message
+        return None
+
+    sample = wait_until(test_mail, timeout=60, interval=0.3)
+    assert SENTENCE in sample.get_body(("plain",)).get_content() and sample["Content-Language"] == "fr"
     page.goto(url(console, "/admin/notifications"))
     assert page.text_content("#cell-waiting-customer-feedback-fr") == "overridden"
     assert page.text_content("#cell-waiting-customer-feedback-nl") == "shipped"
