@@ -11,6 +11,7 @@ cookie is worth nothing afterwards, even replayed.
 from __future__ import annotations
 
 import hmac
+import shutil
 import threading
 import time
 from collections import defaultdict, deque
@@ -21,6 +22,7 @@ from fastapi.responses import Response
 from gateway.actions import admins
 from gateway.errors import Refused
 from gateway.http.admin import web
+from gateway.http.admin.notifications import draft_dir as drafts
 from gateway.http.deps import gateway_app
 
 router = APIRouter()
@@ -103,7 +105,9 @@ async def _run(func, *args, **kwargs):
 @router.post("/sign-out")
 def sign_out(request: Request, fields: dict = Depends(web.form),
              who: admins.Current = Depends(web.signed_in)) -> Response:
-    admins.sign_out(gateway_app(request), who, client=web.client(request))
+    app = gateway_app(request)
+    admins.sign_out(app, who, client=web.client(request))
+    shutil.rmtree(drafts(app, who), ignore_errors=True)  # the session's unsaved drafts go with it
     response = web.redirect(f"{web.PATH}/sign-in")
     web.clear_session(response, request)
     return response

@@ -35,18 +35,18 @@ from store.tickets import NotFound as TicketNotFound
 router = APIRouter()
 
 
-def _draft_dir(app, who: admins.Current) -> Path:
+def draft_dir(app, who: admins.Current) -> Path:
     return app.config.data_dir / "admin-drafts" / str(who.session_id)
 
 
 def _has_draft(app, who, event: str, lang: str) -> bool:
-    folder = _draft_dir(app, who) / lang
+    folder = draft_dir(app, who) / lang
     return all((folder / overrides.name(event, kind)).is_file() for kind in overrides.KINDS)
 
 
 def _renderer(app, who, event: str, lang: str, draft: bool) -> Renderer:
     base = app.renderer
-    layers = (_draft_dir(app, who),) if draft and _has_draft(app, who, event, lang) else ()
+    layers = (draft_dir(app, who),) if draft and _has_draft(app, who, event, lang) else ()
     return Renderer(base.shipped_dir, base.override_dir, layers=layers)
 
 
@@ -137,7 +137,7 @@ def _editor(request: Request, who, event: str, lang: str, reason: str | None, *,
     renderer = app.renderer
     if texts is None:
         if draft and _has_draft(app, who, event, lang):
-            folder = _draft_dir(app, who) / lang
+            folder = draft_dir(app, who) / lang
             texts = {k: (folder / overrides.name(event, k)).read_text(encoding="utf-8") for k in overrides.KINDS}
         else:
             draft = False
@@ -174,7 +174,7 @@ def _where(event: str, lang: str, reason: str | None, **more) -> str:
 def preview_draft(request: Request, event: str, lang: str, fields: dict = Depends(web.form),
                   who: admins.Current = Depends(web.signed_in)) -> Response:
     event, lang, reason = _case(event, lang, fields.get("reason"))
-    overrides.write_draft(_draft_dir(gateway_app(request), who), event, lang, _texts(fields))
+    overrides.write_draft(draft_dir(gateway_app(request), who), event, lang, _texts(fields))
     return web.redirect(_where(event, lang, reason, draft="1"))
 
 
@@ -191,7 +191,7 @@ def save(request: Request, event: str, lang: str, fields: dict = Depends(web.for
     notifier = app.notifier
     failures = overrides.check(app.renderer, lambda e, lg, r: sample_context(notifier, e, lg, r), event, lang, texts)
     if failures:
-        overrides.write_draft(_draft_dir(app, who), event, lang, texts)
+        overrides.write_draft(draft_dir(app, who), event, lang, texts)
         return _editor(request, who, event, lang, reason, texts=texts, draft=True, errors=failures, status=422)
     before = overrides.save(folder, event, lang, texts)
     with session_for(app.engine) as session:
@@ -199,7 +199,7 @@ def save(request: Request, event: str, lang: str, fields: dict = Depends(web.for
                      after={k: overrides.source(app.renderer, event, lang, k)[0] for k in overrides.KINDS},
                      client=web.client(request))
         session.commit()
-    shutil.rmtree(_draft_dir(app, who) / lang, ignore_errors=True)
+    shutil.rmtree(draft_dir(app, who) / lang, ignore_errors=True)
     return web.redirect(_where(event, lang, reason, done="saved"))
 
 
@@ -225,7 +225,7 @@ def revert(request: Request, event: str, lang: str, fields: dict = Depends(web.f
                      after={"version": chosen, **{k: overrides.source(app.renderer, event, lang, k)[0]
                                                   for k in overrides.KINDS}}, client=web.client(request))
         session.commit()
-    shutil.rmtree(_draft_dir(app, who) / lang, ignore_errors=True)
+    shutil.rmtree(draft_dir(app, who) / lang, ignore_errors=True)
     return web.redirect(_where(event, lang, reason, done="reverted"))
 
 
@@ -235,7 +235,7 @@ def send_test(request: Request, event: str, lang: str, fields: dict = Depends(we
     """The draft (as in the form) on the sample ticket, to the admin, through the outbox."""
     event, lang, reason = _case(event, lang, fields.get("reason"))
     app = gateway_app(request)
-    overrides.write_draft(_draft_dir(app, who), event, lang, _texts(fields))
+    overrides.write_draft(draft_dir(app, who), event, lang, _texts(fields))
     notifier = Notifier(app.config, _renderer(app, who, event, lang, draft=True))
     try:
         composed, values = sample_row(notifier, event, lang, reason, to=("", who.email))
