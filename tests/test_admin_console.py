@@ -236,6 +236,10 @@ def test_edit_the_french_waiting_mail_preview_save_and_the_next_real_mail_says_i
     assert SENTENCE in page.text_content("#diff-txt")
     shot(page, shots, "edit-saved")
     assert SENTENCE in (console.folder / "overrides" / "fr" / "waiting.txt.j2").read_text()
+    listed = {(r["event"], r["kind"]): r["overridden_in"]
+              for r in json.loads(gateway(console, "templates", "list", "--json"))}
+    assert listed[("waiting", "txt")] == ["fr"] and listed[("waiting", "html")] == ["fr"]
+    assert listed[("new", "txt")] == []
     # "Send me a test": through the outbox and the configured transport, to the admin.
     with page.expect_navigation():
         page.click("#send-test")

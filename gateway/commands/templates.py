@@ -52,12 +52,17 @@ def cmd_list(config, args) -> int:
     for event, kind, path in template_files(renderer):
         origin = None if path is None else (
             "override" if renderer.override_dir and path.parent == renderer.override_dir else "shipped")
-        rows.append({"event": event, "kind": kind, "path": str(path) if path else None, "origin": origin})
+        # The languages an admin overrode it in alone (<override_dir>/<lang>/, the console's).
+        alone = [lang for lang in LANGUAGES if renderer.override_dir
+                 and (renderer.override_dir / lang / f"{event}.{kind}.j2").is_file()]
+        rows.append({"event": event, "kind": kind, "path": str(path) if path else None, "origin": origin,
+                     "overridden_in": alone})
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     for r in rows:
-        print(f"{r['event']:<22} {r['kind']:<5} {r['origin'] or 'MISSING':<9} {r['path'] or ''}")
+        alone = f"  (override in {', '.join(r['overridden_in'])})" if r["overridden_in"] else ""
+        print(f"{r['event']:<22} {r['kind']:<5} {r['origin'] or 'MISSING':<9} {r['path'] or ''}{alone}")
     return 0
 
 
