@@ -15,7 +15,7 @@ from gateway.errors import CommandError
 # service's metrics (gateway.metrics) as its own processes do.
 COUNTED = ("ingest", "process", "ticket", "outbox", "imap", "close-solved")
 COMMAND_MODULES = ("core", "status", "inbound", "tickets", "outbox", "persons", "templates", "imap", "db",
-                   "api_tokens", "webhooks")
+                   "api_tokens", "webhooks", "admins")
 
 # Every command: the module that registers it, and its line in ``gateway --help``.  Only
 # the module of the command being run is imported (a command module imports the
@@ -37,6 +37,7 @@ COMMANDS = {
     "db": ("db", "the database's schema: upgrade, current, check"),
     "tokens": ("api_tokens", "tokens of the HTTP API (/api/v1)"),
     "webhooks": ("webhooks", "webhook events: pending, delivered, failed"),
+    "admins": ("admins", "accounts of the admin console (/admin)"),
 }
 _VALUED = ("--config", "--log-level")  # the top-level options that take a value
 

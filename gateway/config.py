@@ -225,6 +225,23 @@ class HttpSection:
 
 
 @dataclass(frozen=True)
+class AdminSection:
+    # The admin console (/admin on the [http] server; accounts: gateway admins add EMAIL).
+    # Hours a signed-in session lasts; after them the admin signs in again.
+    session_hours: int = 8
+    # Cookies marked Secure (sent over HTTPS only): "auto" when the request came over TLS
+    # or, with trust_proxy, a proxy says X-Forwarded-Proto: https; "always"; "never".
+    secure_cookies: str = "auto"
+    # Believe the X-Forwarded-Proto and X-Forwarded-For headers of the proxy in front.
+    trust_proxy: bool = False
+    # Failed sign-ins in a row that lock an account, and for how many minutes.
+    max_failures: int = 5
+    lock_minutes: int = 15
+    # Sign-in attempts one client address may make a minute (any account).
+    attempts_per_minute: int = 10
+
+
+@dataclass(frozen=True)
 class LoggingSection:
     # text: one line a record, for a person; json: one JSON object a line (time, level,
     # logger, message and, where known, ticket, message_id, inbound_id, outcome).
@@ -331,6 +348,7 @@ class Config:
     store: StoreSection = field(default_factory=StoreSection)
     routing: RoutingSection = field(default_factory=RoutingSection)
     http: HttpSection = field(default_factory=HttpSection)
+    admin: AdminSection = field(default_factory=AdminSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
     monitoring: MonitoringSection = field(default_factory=MonitoringSection)
     auth: AuthSection = field(default_factory=AuthSection)
@@ -412,6 +430,7 @@ _CHOICES = {
     ("gateway", "default_language"): LANGUAGES,
     ("logging", "format"): ("text", "json"),
     ("auth", "verify"): ("", "on", "off"),
+    ("admin", "secure_cookies"): ("auto", "always", "never"),
 }
 
 # GATEWAY_* variables that are not keys, yet allowed: the config file's path, and those

@@ -322,3 +322,33 @@ class WebhookEvent(SQLModel, table=True):
     delivered_at: datetime | None = None
     claimed_by: str | None = None
     claimed_until: datetime | None = None
+
+
+class AdminUser(SQLModel, table=True):
+    """An admin of the console (revision 0013, gateway.actions.admins): the address they
+    sign in with, an argon2 hash of the password (never the password), the console's
+    language, and the failed sign-ins that lock the account for a while."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(unique=True)
+    password_hash: str
+    language: str = "en"
+    disabled: bool = False
+    failures: int = 0  # failed sign-ins in a row
+    locked_until: datetime | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class AdminSession(SQLModel, table=True):
+    """A signed-in admin (revision 0013): the cookie holds a random token, the database
+    only its SHA-256 (a leaked table signs nobody in).  Every instance reads the same
+    rows, so a sign-out ends the session everywhere; ``ended_at`` set: never valid again."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    token_hash: str = Field(unique=True)
+    admin_id: int = Field(foreign_key="adminuser.id", index=True)
+    csrf: str  # the token every form of the session carries
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime
+    ended_at: datetime | None = None
+    client: str = ""

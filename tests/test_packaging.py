@@ -122,6 +122,12 @@ def test_the_sdist_and_the_wheel_carry_templates_catalogs_and_migrations(install
     assert "templates/mail/locale/mail.pot" in in_sdist and "gateway/templates/mail/locale/mail.pot" in in_wheel
     for name in migration_files():
         assert name in in_sdist and name in in_wheel, name
+    # The admin console's pages, static files and catalogs (gateway.http.admin.web.admin_dir).
+    console = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "templates" / "admin").rglob("*")
+                     if p.is_file() and p.suffix in (".j2", ".css", ".js", ".po", ".pot"))
+    assert len(console) > 15
+    for name in console:
+        assert name in in_sdist and f"gateway/{name}" in in_wheel, name
     # Nothing of the checkout that is not the gateway's.
     assert not [n for n in in_wheel if n.startswith(("tests/", "bench/", "templates/"))]
 

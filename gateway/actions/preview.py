@@ -32,15 +32,24 @@ class NobodyToMail(Exception):
     """Every recipient of the ticket is undeliverable."""
 
 
-def preview_sample(notifier: Notifier, event: str, lang: str, waiting_reason: str | None = None) -> Composed:
-    """The mail of ``event`` in ``lang`` on the sample ticket."""
+def preview_sample(notifier: Notifier, event: str, lang: str, waiting_reason: str | None = None,
+                   to: tuple[str, str] | None = None) -> Composed:
+    """The mail of ``event`` in ``lang`` on the sample ticket; ``to`` (name, address): to
+    someone else than the sample person (the console's "send me a test")."""
+    composed, _ = sample_row(notifier, event, lang, waiting_reason, to)
+    return composed
+
+
+def sample_row(notifier: Notifier, event: str, lang: str, waiting_reason: str | None = None,
+               to: tuple[str, str] | None = None) -> tuple[Composed, dict]:
+    """``preview_sample``'s mail and the outbox row's values it was composed from."""
     settings = notifier.config.notice_settings()
     if event in TICKETLESS:
         ticket, person = sample_ticket(event, waiting_reason, lang)
-        values = notice_values(settings, event, to=(person.name, person.email), language=lang,
+        values = notice_values(settings, event, to=to or (person.name, person.email), language=lang,
                                in_reply_to="sample-1@client.example", now=SAMPLE_NOW,
                                extra=sample_extra(event, ticket, person, lang))
-        return notifier.compose(Outbox(**values), safe=False)
+        return notifier.compose(Outbox(**values), safe=False), values
     engine = create_engine("sqlite://", poolclass=StaticPool)
     try:
         SQLModel.metadata.create_all(engine)
@@ -51,7 +60,10 @@ def preview_sample(notifier: Notifier, event: str, lang: str, waiting_reason: st
                         extra=extra, now=SAMPLE_NOW + timedelta(hours=2))
     finally:
         engine.dispose()
-    return notifier.compose(Outbox(**rows[-1]), safe=False)  # the sample person is deliverable
+    values = dict(rows[-1])  # the sample person is deliverable
+    if to is not None:
+        values["recipient_name"], values["recipient"] = to
+    return notifier.compose(Outbox(**values), safe=False), values
 
 
 def _sample_ticket(session: Session, notifier: Notifier, event: str, lang: str,
@@ -93,10 +105,10 @@ def _sample_ticket(session: Session, notifier: Notifier, event: str, lang: str,
 
 
 def preview_ticket(notifier: Notifier, session: Session, number: str, event: str,
-                   now: datetime | None = None) -> Composed:
+                   now: datetime | None = None, language: str | None = None) -> Composed:
     """The next mail of ``event`` for ticket ``number``, as it stands, as its Affected
-    Person gets it; writes nothing (the caller rolls the session back).  Raises
-    store.tickets.NotFound, NobodyToMail."""
+    Person gets it (in ``language`` when given, else theirs); writes nothing (the caller
+    rolls the session back).  Raises store.tickets.NotFound, NobodyToMail."""
     ticket = get_ticket(session, number)
     messages = list(session.exec(select(TicketMessage).where(TicketMessage.ticket_id == ticket.id)
                                  .order_by(col(TicketMessage.created_at), col(TicketMessage.id))))
@@ -109,7 +121,10 @@ def preview_ticket(notifier: Notifier, session: Session, number: str, event: str
     if not rows:
         raise NobodyToMail(f"{ticket.number}: nobody to mail (every recipient is undeliverable)")
     # The Affected Person's copy (the last: the Reporting Person's comes first).
-    return notifier.compose(Outbox(**rows[-1]), safe=False)
+    values = dict(rows[-1])
+    if language:
+        values["language"] = language
+    return notifier.compose(Outbox(**values), safe=False)
 
 
 def _extra(session: Session, ticket: Ticket, event: str, received: list[TicketMessage]) -> dict:

@@ -21,7 +21,11 @@ def listing(app) -> list[dict]:
     for event, kind, path in template_files(renderer):
         origin = None if path is None else (
             "override" if renderer.override_dir and path.parent == renderer.override_dir else "shipped")
-        rows.append({"event": event, "kind": kind, "path": str(path) if path else None, "origin": origin})
+        # The languages an admin overrode it in alone (<override_dir>/<lang>/, the console's).
+        alone = [lang for lang in LANGUAGES if renderer.override_dir
+                 and (renderer.override_dir / lang / f"{event}.{kind}.j2").is_file()]
+        rows.append({"event": event, "kind": kind, "path": str(path) if path else None, "origin": origin,
+                     "overridden_in": alone})
     return rows
 
 

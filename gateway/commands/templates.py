@@ -49,7 +49,8 @@ def cmd_list(config, args) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     for r in rows:
-        print(f"{r['event']:<22} {r['kind']:<5} {r['origin'] or 'MISSING':<9} {r['path'] or ''}")
+        alone = f"  (override in {', '.join(r['overridden_in'])})" if r["overridden_in"] else ""
+        print(f"{r['event']:<22} {r['kind']:<5} {r['origin'] or 'MISSING':<9} {r['path'] or ''}{alone}")
     return 0
 
 

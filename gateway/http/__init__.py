@@ -3,7 +3,8 @@ one router per area, as the URL's first word names it:
 
 - ``ops``: /healthz, /readyz, /metrics, for the operators' monitoring (gateway.http.ops);
 - ``api``: /api/v1, the API for agents' tools and integrations (gateway.http.api);
-- later: /admin (the console), the customers' pages.
+- ``admin``: /admin, the admins' console (gateway.http.admin);
+- later: the customers' pages.
 
 Every area but ops acts through ``gateway.http.deps.gateway_app`` (the process's App)
 and the actions layer (gateway.actions), never on the database by itself.
@@ -19,6 +20,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from gateway import __version__
+from gateway.http.admin import router as admin_router
 from gateway.http.ops import Ops
 from gateway.http.ops import router as ops_router
 
@@ -35,4 +37,5 @@ def create_app(ops: Ops, config=None) -> FastAPI:
     from gateway.http import api
 
     api.install(app)
+    app.include_router(admin_router)
     return app

@@ -146,10 +146,19 @@ def _tz(name: str | None):
 
 
 class Renderer:
-    def __init__(self, shipped_dir: Path = SHIPPED_DIR, override_dir: Path | None = None, strict: bool = True):
+    """Search order of a template in language ``lang``: ``<layer>/<lang>/`` then ``<layer>/``
+    for each of ``layers`` (the console's unsaved draft, for its preview), then the
+    override folder's ``<lang>/`` (an admin's override of one language, saved by the
+    console: gateway.outbound.overrides), the override folder itself (every language),
+    the shipped folder.  An environment is made again when the override folder changes
+    (a file added, replaced or removed), so the next mail uses what an admin saved."""
+
+    def __init__(self, shipped_dir: Path = SHIPPED_DIR, override_dir: Path | None = None, strict: bool = True,
+                 layers: tuple[Path, ...] = ()):
         self.shipped_dir = Path(shipped_dir)
         self.override_dir = Path(override_dir) if override_dir else None
         self.strict = strict
+        self.layers = tuple(Path(p) for p in layers)
         self._envs: dict[tuple[str, bool], jinja2.Environment] = {}
         self._translations: dict[tuple[str, bool], Translations] = {}
         self._lock = threading.Lock()
@@ -194,17 +203,36 @@ class Renderer:
     # Environments ---------------------------------------------------------------------
     def environment(self, lang: str, use_override: bool = True) -> jinja2.Environment:
         key = (lang, use_override)
+        stamp = self._stamp(lang) if use_override else None
         with self._lock:
             env = self._envs.get(key)
-            if env is None:
+            if env is None or getattr(env, "gateway_stamp", None) != stamp:
                 env = self._make_env(lang, use_override)
+                env.gateway_stamp = stamp
                 self._envs[key] = env
             return env
+
+    def _stamp(self, lang: str) -> tuple:
+        """When the override folders last changed (a file added, renamed over, removed
+        changes its folder's mtime): Jinja notices an edited file by itself, not one
+        that appears in front of a template it already loaded from further down."""
+        stamp = []
+        for folder in (*self.layers, self.override_dir):
+            if folder is None:
+                continue
+            for path in (folder, folder / lang):
+                try:
+                    stamp.append(path.stat().st_mtime_ns)
+                except OSError:
+                    stamp.append(None)
+        return tuple(stamp)
 
     def _make_env(self, lang: str, use_override: bool) -> jinja2.Environment:
         search = [str(self.shipped_dir)]
         if use_override and self.override_dir:
-            search.insert(0, str(self.override_dir))
+            search[:0] = [str(self.override_dir / lang), str(self.override_dir)]
+        if use_override:
+            search[:0] = [str(p) for layer in self.layers for p in (layer / lang, layer)]
         env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(search),
             autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2", "html"), default_for_string=False),
@@ -337,7 +365,8 @@ def check_templates(renderer: Renderer, context_for, *, events: tuple[str, ...] 
     """Render every event x language (x waiting reason for ``waiting``) with the admin's
     overrides and undefined variables as errors; return the failures, each naming the
     template file and line.  ``context_for(event, lang, waiting_reason)`` gives the data."""
-    strict = renderer if renderer.strict else Renderer(renderer.shipped_dir, renderer.override_dir, strict=True)
+    strict = renderer if renderer.strict else Renderer(renderer.shipped_dir, renderer.override_dir, strict=True,
+                                                        layers=renderer.layers)
     failures = []
     for event in events:
         reasons = waiting_reasons if event == "waiting" and waiting_reasons else (None,)
