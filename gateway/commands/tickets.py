@@ -114,6 +114,10 @@ def ticket_json(session: Session, ticket: Ticket) -> dict:
                for h in session.exec(select(StatusChange).where(StatusChange.ticket_id == ticket.id)
                                      .order_by(col(StatusChange.at), col(StatusChange.id)))]
     linked = session.get(Ticket, ticket.linked_ticket_id) if ticket.linked_ticket_id else None
+    from gateway.actions.portal import assessments
+
+    judged = [{"at": _iso(a.created_at), "by": (session.get(Person, a.person_id) or Person(email="?")).email,
+               "solved": a.solved, "level": a.level, "comment": a.comment} for a in assessments(session, ticket)]
     return {
         "number": ticket.number,
         "process": ticket.process,
@@ -134,6 +138,7 @@ def ticket_json(session: Session, ticket: Ticket) -> dict:
         "created_at": _iso(ticket.created_at),
         "updated_at": _iso(ticket.updated_at),
         "messages": messages,
+        "assessments": judged,
         "history": history,
     }
 
@@ -170,6 +175,12 @@ def cmd_show(config, args) -> int:
               f"{', '.join(m['to'])}  {m['subject']}")
         for a in m["attachments"]:
             print(f"    [attachment] {a['filename']} {a['content_type']} {a['size']} bytes sha256={a['sha256']}")
+    if data["assessments"]:
+        print()
+        print("Assessments:")
+        for a in data["assessments"]:
+            verdict = f"solved, satisfaction {a['level']}/5" if a["solved"] else "NOT SOLVED"
+            print(f"  {a['at']}  {a['by']}: {verdict}" + (f" - {a['comment']}" if a["comment"] else ""))
     print()
     print("History:")
     for h in data["history"]:

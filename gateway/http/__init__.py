@@ -2,7 +2,8 @@
 one router per area, as the URL's first word names it:
 
 - ``ops``: /healthz, /readyz, /metrics, for the operators' monitoring (gateway.http.ops);
-- later: /api/v1 (the API), /admin (the console), the customers' pages.
+- ``portal``: /portal, the customers' pages (gateway.http.portal);
+- later: /api/v1 (the API), /admin (the console).
 
 Every area but ops acts through ``gateway.http.deps.gateway_app`` (the process's App)
 and the actions layer (gateway.actions), never on the database by itself.
@@ -31,4 +32,8 @@ def create_app(ops: Ops, config=None) -> FastAPI:
     app.state.ops = ops
     app.state.config = config if config is not None else ops.config
     app.include_router(ops_router)
+    if app.state.config.portal.enabled:
+        from gateway.http.portal import router as portal_router
+
+        app.include_router(portal_router)
     return app
