@@ -71,11 +71,16 @@ class Pages:
         env.filters["datetime"] = mail.filters["datetime"]
         env.filters["date"] = mail.filters["date"]
         env.filters["filesize"] = mail.filters["filesize"]
+        env.globals["tr"] = tr.gettext  # for the routes' own sentences (Pages.gettext)
         env.globals.update(language=lang, languages=LANGUAGES, language_names=LANGUAGE_NAMES,
                            status_label=lambda s: tr.gettext(STATUS_LABELS.get(s, s)),
                            process_label=lambda p: tr.gettext(PROCESS_LABELS.get(p, p)),
                            waiting_label=lambda r: tr.gettext(WAITING_LABELS[r]) if r in WAITING_LABELS else "")
         return env
+
+    def gettext(self, lang: str):
+        """``lang``'s gettext, for a sentence a route says (a refusal, a problem)."""
+        return self.environment(lang).globals["tr"]
 
     def render(self, name: str, lang: str, **context) -> str:
         return self.environment(lang).get_template(name).render(**context)

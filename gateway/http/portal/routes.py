@@ -110,11 +110,11 @@ class Portal:
         return self.page("problem.html", status, message=message)
 
     def not_found(self) -> HTMLResponse:
-        tr = self.pages.environment(self.lang).globals["gettext"]
+        tr = self.pages.gettext(self.lang)
         return self.problem(404, tr("There is no such page, or it is not yours to see."))
 
     def forbidden(self) -> HTMLResponse:
-        tr = self.pages.environment(self.lang).globals["gettext"]
+        tr = self.pages.gettext(self.lang)
         return self.problem(403, tr("This form is out of date: go back, reload the page and try again."))
 
     def checked(self, token: str) -> bool:
@@ -135,8 +135,8 @@ def _uploads(files: list[UploadFile] | None) -> list[actions.Upload]:
 
 
 # Signing in -----------------------------------------------------------------------------------
-@router.get("", response_class=HTMLResponse)
-@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+@router.api_route("", methods=["GET", "HEAD"], response_class=HTMLResponse)
+@router.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse, include_in_schema=False)
 def home(p: Portal = Depends(portal)):
     if p.session is not None and p.session.everything:
         return see_other("/portal/tickets")
@@ -151,13 +151,13 @@ def ask_sign_in(email: str = Form(""), csrf: str = Form(""), p: Portal = Depends
     try:
         actions.request_sign_in(p.app, email, client=p.client, link_for=lambda t: f"{base}/portal/sign-in/{t}")
     except actions.RateLimited:
-        tr = p.pages.environment(p.lang).globals["gettext"]
+        tr = p.pages.gettext(p.lang)
         return p.problem(429, tr("Too many sign-in requests: please wait a while and try again."))
     # The same answer whether the address is known or not.
     return p.page("sign_in_sent.html", email=email.strip())
 
 
-@router.get("/sign-in/{token}", response_class=HTMLResponse)
+@router.api_route("/sign-in/{token}", methods=["GET", "HEAD"], response_class=HTMLResponse)
 def sign_in_link(token: str, p: Portal = Depends(portal)):
     # A page only: a scanner opening the link spends nothing.
     return p.page("link.html", action=f"/portal/sign-in/{quote(token)}", number=None,
@@ -177,7 +177,7 @@ def use_sign_in_link(token: str, csrf: str = Form(""), p: Portal = Depends(porta
     return response
 
 
-@router.get("/t/{token}", response_class=HTMLResponse)
+@router.api_route("/t/{token}", methods=["GET", "HEAD"], response_class=HTMLResponse)
 def ticket_link(token: str, p: Portal = Depends(portal)):
     found = verified_ticket_link(p.config.gateway.verifying_secrets(), token, p.now)
     if found is None:
@@ -222,7 +222,7 @@ def choose_language(lang: str = Form(""), back: str = Form("/portal"), csrf: str
 
 
 # Tickets --------------------------------------------------------------------------------------
-@router.get("/tickets", response_class=HTMLResponse)
+@router.api_route("/tickets", methods=["GET", "HEAD"], response_class=HTMLResponse)
 def ticket_list(q: str = "", closed: str = "", p: Portal = Depends(portal)):
     if p.session is None or not p.session.everything:
         return see_other("/portal")
@@ -252,12 +252,12 @@ def _ticket_page(p: Portal, number: str, status: int = 200, error: str = "", for
                       solved=ticket.status == lifecycle.SOLVED, levels=actions.LEVELS)
 
 
-@router.get("/tickets/{number}", response_class=HTMLResponse)
+@router.api_route("/tickets/{number}", methods=["GET", "HEAD"], response_class=HTMLResponse)
 def ticket_page(number: str, p: Portal = Depends(portal)):
     return _ticket_page(p, number)
 
 
-@router.get("/tickets/{number}/files/{attachment_id}")
+@router.api_route("/tickets/{number}/files/{attachment_id}", methods=["GET", "HEAD"])
 def download(number: str, attachment_id: int, p: Portal = Depends(portal)):
     if p.session is None or not p.session.allows(number):
         return p.not_found()
@@ -309,7 +309,7 @@ def assess(number: str, answer: str = Form(""), level: str = Form(""), text: str
     return see_other(f"/portal/tickets/{number.upper()}?done=assessment")
 
 
-@router.get("/new", response_class=HTMLResponse)
+@router.api_route("/new", methods=["GET", "HEAD"], response_class=HTMLResponse)
 def new_ticket_form(process: str = "incident", p: Portal = Depends(portal)):
     if p.session is None:
         return see_other("/portal")
@@ -360,7 +360,7 @@ _REFUSALS = {
 
 
 def _said(p: Portal, exc: Exception) -> str:
-    tr = p.pages.environment(p.lang).globals["gettext"]
+    tr = p.pages.gettext(p.lang)
     for start, sentence in _REFUSALS.items():
         if start in str(exc):
             return tr(sentence)
