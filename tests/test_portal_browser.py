@@ -202,11 +202,11 @@ def test_the_pages_in_dutch(desk, page):
     assert page.locator("h1").inner_text() == "Mijn tickets"
     assert page.locator("html").get_attribute("lang") == "nl"
     page.get_by_role("link", name=number).click()
-    assert status_of(page) == "Wachten"
-    assert "wachten op uw feedback" in page.locator("dl.facts").inner_text()
+    assert status_of(page) == "In afwachting"
+    assert "in afwachting van uw antwoord" in page.locator("dl.facts").inner_text()
     assert page.get_by_role("heading", name="Een opmerking toevoegen").is_visible()
     page.get_by_role("link", name="Mijn tickets").click()
-    page.get_by_label(re.compile("Zoeken op")).fill("wachten")  # a status, as the customer reads it
+    page.get_by_label(re.compile("Zoeken op")).fill("afwachting")  # a status, as the customer reads it
     page.get_by_role("button", name="Zoeken").click()
     assert number in page.locator("tbody").inner_text()
 

@@ -183,3 +183,13 @@ def test_no_get_acts_and_no_post_without_its_csrf_token(desk, ticket):
     assert "forged" not in desk.gateway("ticket", "list", "--all")
     assert anna.get("/portal/tickets").status == 200  # still signed in, still in English
     assert "My tickets" in anna.get("/portal/tickets").text
+
+
+def test_nobody_reads_another_person_s_link_in_the_ticket(desk, ticket):
+    """A granted person sees the ticket, never the notifications that carry its people's
+    own links."""
+    number = ticket["number"]
+    carla = signed_in(desk, C)
+    page = carla.get(f"/portal/tickets/{number}")
+    assert page.status == 200 and "/portal/t/" not in page.text
+    assert "The printer on floor 3 shows E52." in page.text

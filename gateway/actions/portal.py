@@ -117,12 +117,15 @@ def my_tickets(session: Session, person: Person, *, text: str = "", statuses: tu
 
 def public_messages(session: Session, ticket: Ticket) -> list[tuple[TicketMessage, list[Attachment]]]:
     """The ticket's messages a customer sees, oldest first, with their attachments: the
-    mails received and accepted on it, the public comments, the mails sent that say
-    something; never an internal note or a held mail."""
+    mails received and accepted on it, the public comments, the mails an agent sent;
+    never an internal note, a held mail, or a notification."""
     rows = list(session.exec(select(TicketMessage).where(TicketMessage.ticket_id == ticket.id,
                                                          col(TicketMessage.internal).is_(False))
                              .order_by(col(TicketMessage.created_at), col(TicketMessage.id))))
-    rows = [m for m in rows if m.direction in ("in", "note") or (m.direction == "out" and m.body_text.strip())]
+    # Our notifications are left out: the customer has them, and each holds its
+    # recipient's own signed link, which nobody else who sees the ticket may read.
+    rows = [m for m in rows if m.direction in ("in", "note")
+            or (m.direction == "out" and m.outbox_id is None and m.body_text.strip())]
     ids = [m.id for m in rows]
     attachments: dict[int, list[Attachment]] = {i: [] for i in ids}
     if ids:

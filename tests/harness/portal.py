@@ -45,6 +45,7 @@ port = {smtp_port}
 
 [http]
 port = {http_port}
+public_url = "http://127.0.0.1:{http_port}"
 
 [monitoring]
 heartbeat_interval = 1
@@ -60,7 +61,8 @@ heartbeat_interval = 1
 
     def gateway(self, *args: str) -> str:
         """The real command line on this desk's config; its standard output."""
-        return run_gateway("--config", str(self.folder / "config.toml"), *args, cwd=self.folder).stdout.decode()
+        return run_gateway("--config", str(self.folder / "config.toml"), *args, cwd=self.folder,
+                           env={"GATEWAY_HTTP_PORT": str(self.service.http_port)}).stdout.decode()
 
     def ticket(self, number: str) -> dict:
         return json.loads(self.gateway("ticket", "show", number, "--json"))
