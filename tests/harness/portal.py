@@ -12,19 +12,48 @@ import email
 import email.policy
 import http.cookiejar
 import json
+import os
 import re
 import secrets
+import signal
 import smtplib
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from email.message import EmailMessage
 from pathlib import Path
 
-from conftest import free_port, run_gateway
-from test_http_ops import Service
-from test_mail_to_ticket import wait_until
+from conftest import ROOT, free_port, run_gateway, wait_for_port
+from harness.service import wait_until
 
 SECRET = "portal-test-secret-of-at-least-32-bytes-0123"
+
+
+class Service:
+    """`gateway serve` in a subprocess: its SMTP door and its HTTP server on ports of their own."""
+
+    def __init__(self, folder: Path, smtp_port: int, http_port: int):
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env.pop("GATEWAY_CONFIG", None)
+        env.pop("GATEWAY_HTTP_PORT", None)  # the config's port (conftest sets one for other tests)
+        self.smtp_port, self.http_port = smtp_port, http_port
+        self.log = open(folder / "service.out", "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "gateway", "--config", str(folder / "config.toml"),
+                                      "serve"], cwd=folder, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        wait_for_port(smtp_port, proc=self.proc)
+        wait_for_port(http_port, timeout=60, proc=self.proc)
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            return self.proc.wait(timeout=10)
+        finally:
+            self.log.close()
 
 
 class Desk:
