@@ -19,7 +19,7 @@ setup(
     packages=CODE + SHIPPED,
     package_dir={"gateway.templates": "templates"},
     package_data={
-        **{name: ["*.j2", "*.po", "*.pot", "*.css", "*.js"] for name in SHIPPED},
+        **{name: ["*.j2", "*.html", "*.po", "*.pot", "*.css", "*.js"] for name in SHIPPED},
         "store.migrations": ["script.py.mako"],
     },
 )

@@ -222,6 +222,26 @@ class HttpSection:
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 8025
+    # The address customers reach these pages at, as the links in mails name it
+    # (https://desk.example.com behind a proxy); empty: http://<host>:<port>.
+    public_url: str = ""
+
+
+@dataclass(frozen=True)
+class PortalSection:
+    # The customers' pages under /portal (gateway.http.portal).
+    enabled: bool = True
+    # Days a ticket's link in a notification opens that ticket for its recipient.
+    link_days: int = 30
+    # Minutes a sign-in link sent by mail is valid (it is used once).
+    sign_in_minutes: int = 15
+    # Sign-in links asked for one address, and from one client (IP address), within
+    # sign_in_window seconds; more are refused (the client) or not sent (the address).
+    sign_ins_per_address: int = 3
+    sign_ins_per_client: int = 20
+    sign_in_window: int = 3600
+    # Hours a signed-in session lasts.
+    session_hours: int = 12
 
 
 @dataclass(frozen=True)
@@ -349,6 +369,7 @@ class Config:
     routing: RoutingSection = field(default_factory=RoutingSection)
     http: HttpSection = field(default_factory=HttpSection)
     admin: AdminSection = field(default_factory=AdminSection)
+    portal: PortalSection = field(default_factory=PortalSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
     monitoring: MonitoringSection = field(default_factory=MonitoringSection)
     auth: AuthSection = field(default_factory=AuthSection)
@@ -407,12 +428,28 @@ class Config:
         gateway's own when it verifies, else the MTA's (gateway.authserv_id)."""
         return self.own_authserv_id if self.verifying else self.gateway.authserv_id
 
+    @property
+    def public_url(self) -> str:
+        """The base of the links in mails: ``[http] public_url``, else the address the
+        HTTP server listens on."""
+        if self.http.public_url:
+            return self.http.public_url.rstrip("/")
+        host = f"[{self.http.host}]" if ":" in self.http.host else self.http.host
+        return f"http://{host}:{self.http.port}"
+
     def notice_settings(self):
-        """What queueing a notification needs (store.notifications.Settings)."""
+        """What queueing a notification needs (store.notifications.Settings): with the
+        signing secret resolved, each copy carries its recipient's link to the ticket."""
+        from functools import partial
+
+        from gateway.tokens import ticket_link
         from store.notifications import Settings
 
+        link = None
+        if self.gateway.secret and self.http.enabled and self.portal.enabled:
+            link = partial(ticket_link, self.gateway.secret, self.public_url, self.portal.link_days)
         return Settings(default_language=self.gateway.default_language, message_id_domain=self.message_id_domain,
-                        helpdesk_address=self.helpdesk_address)
+                        helpdesk_address=self.helpdesk_address, ticket_link=link)
 
     def mailbox(self, name: str) -> MailboxSection:
         for box in self.mailboxes:

@@ -122,3 +122,47 @@ def with_marker(html: str, address: str) -> str:
 def marked_addresses(html: str) -> list[str]:
     """The addresses of the markers in ``html`` (a reply quoting our mails), first first."""
     return list(dict.fromkeys(m.group(1).rstrip(".,;") for m in _MARKED.finditer(html)))
+
+
+# Links to a ticket on the customers' pages (gateway.http.portal): every notification
+# carries one for its recipient, ``<public_url>/portal/t/INC-000001.42.1767225600.<sig>``,
+# naming the ticket, the person (their id) and when the link stops working; the
+# signature (HMAC-SHA256 under the secret, 128 bits) covers all three, so a link
+# altered in any part, or out of date, opens nothing.
+_LINK_TOKEN = re.compile(r"^(?P<number>(?:INC|SR|CHG)-\d{6})\.(?P<person>[1-9]\d{0,11})\.(?P<until>\d{1,12})"
+                         r"\.(?P<sig>[0-9a-f]{32})$")
+
+
+def signature(secret: str, purpose: str, payload: str, length: int = 32) -> str:
+    """HMAC-SHA256 of ``payload`` for ``purpose`` (a word keeping signatures of one kind
+    from being taken for another's) under ``secret``, as ``length`` hex digits."""
+    return hmac.new(_each(secret)[0].encode(), f"{purpose}:{payload}".encode(), hashlib.sha256).hexdigest()[:length]
+
+
+def verified_signature(secrets: Secrets, purpose: str, payload: str, sig: str, length: int = 32) -> bool:
+    return any(hmac.compare_digest(signature(key, purpose, payload, length), sig.lower()) for key in _each(secrets))
+
+
+def ticket_link_token(secret: str, number: str, person_id: int, until: int) -> str:
+    payload = f"{number.upper()}.{person_id}.{until}"
+    return f"{payload}.{signature(secret, 'ticket-link', payload)}"
+
+
+def ticket_link(secret: str, public_url: str, days: int, number: str, person_id: int, now) -> str:
+    """The link to ticket ``number`` for person ``person_id``, valid ``days`` from ``now``."""
+    until = int(now.timestamp()) + days * 86400
+    return f"{public_url.rstrip('/')}/portal/t/{ticket_link_token(secret, number, person_id, until)}"
+
+
+def verified_ticket_link(secrets: Secrets, token: str, now) -> tuple[str, int] | None:
+    """(ticket number, person id) of a link's token; None when it is not one, was
+    altered, or is out of date."""
+    m = _LINK_TOKEN.match(token.strip())
+    if not m:
+        return None
+    payload = f"{m.group('number')}.{m.group('person')}.{m.group('until')}"
+    if not verified_signature(secrets, "ticket-link", payload, m.group("sig")):
+        return None
+    if int(m.group("until")) < now.timestamp():
+        return None
+    return m.group("number"), int(m.group("person"))

@@ -352,3 +352,47 @@ class AdminSession(SQLModel, table=True):
     expires_at: datetime
     ended_at: datetime | None = None
     client: str = ""
+
+
+class SignInToken(SQLModel, table=True):
+    """A sign-in link asked for on the customers' pages (revision 0014): its token's
+    SHA-256 (the token itself is only in the mail), who it signs in, until when, and
+    when it was used (once).  A request for an address nobody has is kept too, with no
+    person: the rate limits count every request, known or not (gateway.actions.portal)."""
+
+    __table_args__ = (Index("ix_signintoken_email_created_at", "email", "created_at"),
+                      Index("ix_signintoken_client_created_at", "client", "created_at"))
+    id: int | None = Field(default=None, primary_key=True)
+    token_hash: str = Field(unique=True)
+    email: str  # as typed, normalised (store.addresses.key)
+    person_id: int | None = Field(default=None, foreign_key="person.id")
+    client: str = ""  # the IP address that asked
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime
+    used_at: datetime | None = None
+
+
+class PortalGrant(SQLModel, table=True):
+    """A person may see every ticket of a company or division (its name in Company,
+    manual §2), granted by an operator (``gateway persons grant``; revision 0014)."""
+
+    __table_args__ = (UniqueConstraint("person_id", "company", name="uq_portalgrant_person_company"),)
+    id: int | None = Field(default=None, primary_key=True)
+    person_id: int = Field(foreign_key="person.id", index=True)
+    company: str
+    granted_by: str = ""
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Assessment(SQLModel, table=True):
+    """A customer's word on a Solved ticket (manual §2.2; revision 0014): solved, with a
+    satisfaction level 1-5 and a comment, or not solved, with the comment that sent it
+    back to In progress."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    ticket_id: int = Field(foreign_key="ticket.id", index=True)
+    person_id: int = Field(foreign_key="person.id")
+    solved: bool = True
+    level: int | None = None  # 1 (not at all satisfied) to 5 (very satisfied); None when not solved
+    comment: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    created_at: datetime = Field(default_factory=utcnow)

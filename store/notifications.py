@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from email.utils import make_msgid
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy import func, insert
 from sqlmodel import Session, col, select
@@ -48,6 +48,9 @@ class Settings:
     default_language: str
     message_id_domain: str
     helpdesk_address: str
+    # (ticket number, person id, now) -> the recipient's signed link to the ticket on the
+    # customers' pages (gateway.tokens.ticket_link); None: mails carry no link.
+    ticket_link: Callable[[str, int, datetime], str] | None = None
 
 
 @dataclass(frozen=True)
@@ -216,6 +219,10 @@ def row_values(settings: Settings, *, event: str, ticket: Ticket | None, recipie
         "change_number": change_number,
         "approval_request": approval_request,
         "extra": extra or {},
+        # The recipient's own link to the ticket (signed for them, dated from now).
+        "link": (settings.ticket_link(ticket.number, recipient.id, now)
+                 if settings.ticket_link is not None and ticket is not None and getattr(recipient, "id", None)
+                 else ""),
     }
     return dict(
         ticket_id=getattr(ticket, "id", None), event=event, recipient=address,

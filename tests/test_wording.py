@@ -171,7 +171,9 @@ def test_every_mail_reads_as_written(sqlite_gw, event, reason, lang):
             assert tr.gettext("Dear %(name)s,") % {"name": recipient.name} in part
             assert not MACHINE_DATES.search(part), MACHINE_DATES.search(part).group(0)
             if lang == "fr":
-                bad = re.search(r"[^\u00a0\u202f][:;?!]|«[^\u00a0]|[^\u00a0]»", part)
+                # A link is no French text: its "http:" keeps its colon.
+                words = re.sub(r"https?://\S+", "", part)
+                bad = re.search(r"[^\u00a0\u202f][:;?!]|«[^\u00a0]|[^\u00a0]»", words)
                 assert not bad, f"{event}/{reason}: {bad.group(0)!r} without its non-breaking space"
             if lang != "en":
                 left = [s for s in ENGLISH_SENTENCES if s in part] + ENGLISH_WORDS.findall(part)
@@ -188,7 +190,8 @@ def test_every_mail_reads_as_written(sqlite_gw, event, reason, lang):
             # Not the other recipient's time: Honolulu is still on the 26th.
             other = next(r for r in RECIPIENTS if r is not recipient)
             assert written(SAMPLE_NOW, other.timezone, lang) not in mail.text
-        assert ctx_title(event, texts) in mail.subject
+        if event != "sign-in":  # about no ticket: "Your sign-in link"
+            assert ctx_title(event, texts) in mail.subject
 
 
 @pytest.mark.parametrize("event, reason", list(cases()))

@@ -82,8 +82,10 @@ def _check_email(value: str, what: str) -> str:
 
 def create_ticket(app, *, process: str, reporter: str, title: str, description: str, affected: str | None = None,
                   reference: str | None = None, by: str = "agent", now: datetime | None = None,
-                  actor: Actor | None = None) -> Done:
-    """Register a ticket given by phone (or typed in by an agent) and send the confirmation.
+                  actor: Actor | None = None, within=None) -> Done:
+    """Register a ticket given by phone (or typed in by an agent, or by the customer on
+    the web) and send the confirmation.  ``within(session, ticket)``, when given, adds to
+    the same transaction (the web's first message and its files).
 
     Unknown people are created with no language, so that their company's or the
     config's default language applies until one is set."""
@@ -103,6 +105,8 @@ def create_ticket(app, *, process: str, reporter: str, title: str, description: 
         ticket = store_create_ticket(session, process=process, title=title, description=description.strip(),
                                      reporter=reporting, affected=affected_person, reference=reference,
                                      reference_source="agent" if reference else None, by=by, now=now)
+        if within is not None:
+            within(session, ticket)
         copies = queue(session, app.notices, ticket, "new", now=now)
         webhooks.queue(session, app.config.webhooks, "ticket.created",
                        webhooks.ticket_data(ticket, channel="phone", by=by), now=now)

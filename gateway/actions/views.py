@@ -42,6 +42,10 @@ def ticket_json(session: Session, ticket: Ticket) -> dict:
                for h in session.exec(select(StatusChange).where(StatusChange.ticket_id == ticket.id)
                                      .order_by(col(StatusChange.at), col(StatusChange.id)))]
     linked = session.get(Ticket, ticket.linked_ticket_id) if ticket.linked_ticket_id else None
+    from gateway.actions.portal import assessments
+
+    judged = [{"at": iso(a.created_at), "by": (session.get(Person, a.person_id) or Person(email="?")).email,
+               "solved": a.solved, "level": a.level, "comment": a.comment} for a in assessments(session, ticket)]
     return {
         "number": ticket.number,
         "process": ticket.process,
@@ -62,5 +66,6 @@ def ticket_json(session: Session, ticket: Ticket) -> dict:
         "created_at": iso(ticket.created_at),
         "updated_at": iso(ticket.updated_at),
         "messages": messages,
+        "assessments": judged,
         "history": history,
     }

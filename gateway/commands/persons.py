@@ -1,4 +1,5 @@
-"""persons add|import|list|company: the people tickets are about, and their companies."""
+"""persons add|import|list|company|grant|revoke: the people tickets are about, their companies, and
+who may see a whole company's tickets on the customers' pages."""
 
 from __future__ import annotations
 
@@ -45,6 +46,14 @@ def register(sub, common) -> None:
     s.add_argument("--language", required=True, choices=LANGUAGES)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_company)
+
+    for name, text in (("grant", "let a person see every ticket of a company or division on the customers' pages"),
+                       ("revoke", "take back what grant gave")):
+        s = psub.add_parser(name, parents=[common], help=text)
+        s.add_argument("email")
+        s.add_argument("--company", required=True, help="the company or division (its name)")
+        s.add_argument("--json", action="store_true")
+        s.set_defaults(func=cmd_grant, revoke=name == "revoke")
 
 
 def cmd_add(config, args) -> int:
@@ -103,4 +112,28 @@ def cmd_company(config, args) -> int:
         print(json.dumps({"company": args.name, "language": args.language}))
     else:
         print(f"{args.name}: {args.language}")
+    return 0
+
+
+def cmd_grant(config, args) -> int:
+    import getpass
+
+    from gateway.actions import portal
+    from gateway.errors import Refused
+
+    app = App(config)
+    try:
+        action = portal.revoke if args.revoke else portal.grant
+        changed = action(app, args.email, args.company, by=f"cli:{getpass.getuser()}")
+    except Refused as exc:
+        raise CommandError(str(exc)) from None
+    if args.json:
+        print(json.dumps({"email": args.email, "company": args.company, "granted": not args.revoke,
+                          "changed": changed}))
+    elif args.revoke:
+        print(f"{args.email} no longer sees the tickets of {args.company}" if changed
+              else f"{args.email} had no grant for {args.company}")
+    else:
+        print(f"{args.email} now sees the tickets of {args.company}" if changed
+              else f"{args.email} already saw the tickets of {args.company}")
     return 0

@@ -116,6 +116,12 @@ def cmd_show(config, args) -> int:
               f"{', '.join(m['to'])}  {m['subject']}")
         for a in m["attachments"]:
             print(f"    [attachment] {a['filename']} {a['content_type']} {a['size']} bytes sha256={a['sha256']}")
+    if data["assessments"]:
+        print()
+        print("Assessments:")
+        for a in data["assessments"]:
+            verdict = f"solved, satisfaction {a['level']}/5" if a["solved"] else "NOT SOLVED"
+            print(f"  {a['at']}  {a['by']}: {verdict}" + (f" - {a['comment']}" if a["comment"] else ""))
     print()
     print("History:")
     for h in data["history"]:

@@ -4,7 +4,7 @@ one router per area, as the URL's first word names it:
 - ``ops``: /healthz, /readyz, /metrics, for the operators' monitoring (gateway.http.ops);
 - ``api``: /api/v1, the API for agents' tools and integrations (gateway.http.api);
 - ``admin``: /admin, the admins' console (gateway.http.admin);
-- later: the customers' pages.
+- ``portal``: /portal, the customers' pages (gateway.http.portal).
 
 Every area but ops acts through ``gateway.http.deps.gateway_app`` (the process's App)
 and the actions layer (gateway.actions), never on the database by itself.
@@ -38,4 +38,8 @@ def create_app(ops: Ops, config=None) -> FastAPI:
 
     api.install(app)
     app.include_router(admin_router)
+    if app.state.config.portal.enabled:
+        from gateway.http.portal import router as portal_router
+
+        app.include_router(portal_router)
     return app

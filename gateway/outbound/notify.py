@@ -60,7 +60,7 @@ class Notifier:
     renderer: Renderer
 
     def context(self, ticket, recipient, lang: str, *, latest_update: str = "", change_number: str = "",
-                extra: dict | None = None) -> dict:
+                extra: dict | None = None, link: str = "") -> dict:
         """Everything a template may use; every key is always present (templates are
         rendered with undefined variables as errors).  ``ticket`` and ``recipient`` are
         the snapshots a row was queued with (or a Ticket and a Person)."""
@@ -90,6 +90,8 @@ class Notifier:
             "approve_word": tr.gettext(APPROVE_WORD),
             "reject_word": tr.gettext(REJECT_WORD),
             "change_number": change_number,
+            # The recipient's signed link to the ticket on the customers' pages ("": none).
+            "link": link,
         }
         ctx.update(extra or {})
         return ctx
@@ -101,12 +103,14 @@ class Notifier:
         snap = load_context(row.context)
         ticket, recipient, lang = snap["ticket"], snap["recipient"], row.language
         if ticket is None:  # a notice about no ticket (store.notifications.queue_notice)
-            ctx = {"recipient": recipient,
+            ctx = {"recipient": recipient, "link": "",
                    "helpdesk": {"name": self.config.gateway.name, "address": self.config.helpdesk_address},
                    **snap["extra"]}
         else:
+            # A row queued before links existed has none: its mail says nothing of the pages.
             ctx = self.context(ticket, recipient, lang, latest_update=snap["latest_update"],
-                               change_number=snap["change_number"], extra=snap["extra"])
+                               change_number=snap["change_number"], extra=snap["extra"],
+                               link=snap.get("link") or "")
         render = self.renderer.render_safe if safe else self.renderer.render
         mail = render(row.event, lang, ctx)
         created = aware(row.created_at)
@@ -188,7 +192,7 @@ SAMPLE_NOW = datetime(2026, 11, 27, 9, 30, tzinfo=timezone.utc)
 SAMPLE_STATUS = {**{event: status for status, event in lifecycle.NOTIFIED.items()},
                  "approval-recorded": lifecycle.IN_PROGRESS, "approval-unclear": lifecycle.APPROVAL,
                  "reopen-needs-comment": lifecycle.SOLVED, "closed-new-ticket": lifecycle.NEW,
-                 "too-large": lifecycle.NEW}
+                 "too-large": lifecycle.NEW, "sign-in": lifecycle.NEW}
 
 # What a customer and an agent would write, per language, so that a preview reads true.
 SAMPLE_TEXT = {
@@ -289,7 +293,8 @@ def sample_context(notifier: Notifier, event: str, lang: str, waiting_reason: st
     ticket, person = sample_ticket(event, waiting_reason, lang)
     return notifier.context(ticket, recipient or person, lang, latest_update=sample_texts(lang)["update"],
                             change_number="CHG-000042" if ticket.waiting_reason == "rfc" else "",
-                            extra=sample_extra(event, ticket, person, lang))
+                            extra=sample_extra(event, ticket, person, lang),
+                            link=f"{notifier.config.public_url}/portal/t/{ticket.number}.1.1767225600.{'0' * 32}")
 
 
 def sample_extra(event: str, ticket: Ticket, person: Person, lang: str) -> dict:
@@ -301,6 +306,8 @@ def sample_extra(event: str, ticket: Ticket, person: Person, lang: str) -> dict:
         return {"statement": sample_texts(lang)["unclear"]}
     if event == "too-large":
         return {"original_subject": ticket.title, "size": 40_055_193, "limit": 25 * 2**20}
+    if event == "sign-in":
+        return {"sign_in_link": f"http://127.0.0.1:8025/portal/sign-in/{'x' * 43}", "minutes": 15}
     if event == "closed-new-ticket":
         closed = Ticket(number="INC-000007", process=ticket.process, status=lifecycle.CLOSED, title=ticket.title,
                         reporting_person_id=0, affected_person_id=0)

@@ -63,9 +63,10 @@ EVENTS = (
     "reopen-needs-comment",  # a reply to a Solved ticket without text cannot reopen it
     "closed-new-ticket",  # a reply to a Closed ticket opened a new one
     "too-large",  # a mail read from a mailbox was above the size limit: no ticket (gateway.ingest.imap)
+    "sign-in",  # a customer asked to sign in to the customers' pages: the link (gateway.actions.portal)
 )
 # Events about no ticket (Notifier.enqueue_notice): no [number] tag, no reply token.
-TICKETLESS = ("too-large",)
+TICKETLESS = ("too-large", "sign-in")
 # Events sent in answer to a customer's mail (gateway.ingest.process: In-Reply-To their
 # mail, Auto-Submitted: auto-replied); "new" too when the ticket came by mail.  The
 # others follow an agent's move (auto-generated).
