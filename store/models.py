@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint, false
+from sqlalchemy import BigInteger, Column, Index, LargeBinary, Text, UniqueConstraint, false
 from sqlmodel import Field, SQLModel
 
 
@@ -271,3 +271,43 @@ class AuditEntry(SQLModel, table=True):
     after: str | None = Field(default=None, sa_column=Column(Text))
     # The client's address, for a change made over HTTP.
     client: str = ""
+
+
+class Blob(SQLModel, table=True):
+    """A raw mail or an attachment kept in the database (revision 0009, ``[store] blobs =
+    "database"``), by its sha256: the bytes are its BlobChunk rows, so that instances on
+    several hosts share nothing but the database (store.dbblobs)."""
+
+    sha256: str = Field(primary_key=True)
+    size: int = Field(sa_column=Column(BigInteger, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class BlobChunk(SQLModel, table=True):
+    """One piece (at most store.dbblobs.CHUNK bytes) of a Blob, in order of ``seq``."""
+
+    sha256: str = Field(primary_key=True)
+    seq: int = Field(primary_key=True)
+    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class Lease(SQLModel, table=True):
+    """Who holds a job that must have one holder at a time across instances (revision
+    0009): the closer, each IMAP mailbox.  Held while ``expires_at`` is ahead and renewed
+    by its holder; taken over by another instance once it has passed (gateway.lease)."""
+
+    name: str = Field(primary_key=True)
+    holder: str
+    expires_at: datetime
+
+
+class ApprovalDecision(SQLModel, table=True):
+    """An approval request decided (revision 0009): one row per request, made in the
+    transaction that approves or refuses, so that a request is decided once whatever
+    instance reads the answer (gateway.ingest.decisions)."""
+
+    ticket_id: int = Field(foreign_key="ticket.id", primary_key=True)
+    request: int = Field(primary_key=True)
+    decision: str
+    inbound_id: int | None = None
+    decided_at: datetime = Field(default_factory=utcnow)
