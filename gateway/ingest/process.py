@@ -26,6 +26,7 @@ from gateway.config import Config
 from gateway.errors import Quarantine
 from gateway.ingest.automatic import TEXT_KEY_CHARS, Automatic, classify, subject_key, text_key
 from gateway.ingest.bounces import Report
+from gateway.ingest import decisions
 from gateway.ingest.answers import first_statement
 from gateway.ingest.decide import (APPROVE, HOLD, NEEDS_COMMENT, REFUSE, REOPEN, RESUME, UNCLEAR, Facts, FollowUp,
                                    Ignore, NewTicket, QuarantineIt, Repeat, ThreadHit, clean_title, decide)
@@ -634,6 +635,7 @@ class Processor:
             person = self._person(session, mail, sender)
             self.notify(session, ticket, "reopen-needs-comment", mail, only=[person])
         elif reply.action in (APPROVE, REFUSE):
+            decisions.spend(session, ticket, reply.action, inbound.id)  # once, whatever instance reads it
             approved = reply.action == APPROVE
             word = "approved" if approved else "refused"
             if approved:
