@@ -130,3 +130,37 @@ def test_two_serves_on_one_mailbox_the_holder_killed_the_other_takes_over(tmp_pa
         for inst in (one, two):
             inst.stop()
         app.engine.dispose()
+
+
+def test_a_dead_hosts_claimed_notifications_are_taken_back_once_its_heartbeat_stops(tmp_path, database_url):
+    """Outbox claims last 15 minutes; a deliverer of another host that died is known by
+    its heartbeat, and its rows are sent by another deliverer without waiting that long."""
+    from datetime import timedelta
+
+    from gateway.outbound.outbox import release_dead_claims
+    from store.models import Outbox, ServiceProcess, utcnow
+    from tests.ingest_helpers import customer_mail, receive
+
+    app = make_app(tmp_path, database_url=database_url)
+    try:
+        receive(app, customer_mail(sender="marie@example.be"))
+        receive(app, customer_mail(sender="jan@example.be"))
+        now = utcnow()
+        with app.engine.begin() as conn:
+            ids = [r[0] for r in conn.execute(select(Outbox.id).order_by(Outbox.id))]
+            assert len(ids) == 2
+            for outbox_id, who in zip(ids, ("far-host:4242", "near-host:77")):
+                conn.execute(Outbox.__table__.update().where(Outbox.id == outbox_id)
+                             .values(claimed_by=who, claimed_until=now + timedelta(minutes=15)))
+            for host, pid, seen in (("far-host", 4242, now - timedelta(minutes=2)), ("near-host", 77, now)):
+                conn.execute(ServiceProcess.__table__.insert().values(
+                    host=host, pid=pid, instance=f"{host}:1", role="deliverer", version="x", started_at=now,
+                    last_seen=seen))
+        assert release_dead_claims(app.engine, timedelta(seconds=30), now=now) == 1
+        with app.engine.connect() as conn:
+            claims = dict(conn.execute(select(Outbox.id, Outbox.claimed_by)).all())
+        assert claims == {ids[0]: None, ids[1]: "near-host:77"}
+        # Without heartbeats to go by, another host's claim is left to its lease.
+        assert release_dead_claims(app.engine) == 0
+    finally:
+        app.engine.dispose()

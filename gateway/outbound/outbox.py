@@ -50,7 +50,8 @@ from gateway.outbound.transports import SendResult, Transport
 from gateway.tokens import bounce_address
 from store.addresses import key as address_key
 from store.db import session_for
-from store.models import DeliveryAttempt, Outbox, Person, TicketMessage, aware, utcnow
+from gateway.heartbeat import MISSED_BEATS
+from store.models import DeliveryAttempt, Outbox, Person, ServiceProcess, TicketMessage, aware, utcnow
 from store.vocabulary import FAILED, PENDING, SENT
 
 log = logging.getLogger("gateway.outbound")
@@ -143,16 +144,29 @@ def _release(engine: Engine, outbox_ids: list[int], me: str) -> None:
                      .values(claimed_by=None, claimed_until=None))
 
 
-def release_dead_claims(engine: Engine) -> int:
-    """Release the claims of deliverers of this host that are no longer running (killed
-    with their rows claimed), so a restarted deliverer sends them now, not when their
-    lease ends.  Returns how many rows were released.  One read of the pending rows'
-    holders (the state index) at each run."""
+def release_dead_claims(engine: Engine, silent_after: timedelta | None = None, now: datetime | None = None) -> int:
+    """Release the claims of deliverers that are no longer running (killed with their
+    rows claimed), so another deliverer sends them now, not when their lease ends: those
+    of this host whose process is gone, and, with ``silent_after``, those of another host
+    whose heartbeat (gateway.heartbeat) says it stopped or has not been heard from for
+    that long (a host that failed: issue 19).  Returns how many rows were released.  One
+    read of the pending rows' holders (the state index) at each run."""
     host = socket.gethostname()
+    now = aware(now or utcnow())
     with session_for(engine) as session:
         holders = set(session.exec(select(Outbox.claimed_by).where(col(Outbox.claimed_by).is_not(None),
                                                                    Outbox.state == PENDING)))
         dead = [h for h in holders if h and h.rpartition(":")[0] == host and not _running(h.rpartition(":")[2])]
+        elsewhere = [h for h in holders if h and h.rpartition(":")[0] != host]
+        if elsewhere and silent_after is not None:
+            for name in elsewhere:
+                their_host, _, pid = name.rpartition(":")
+                if not pid.isdigit():
+                    continue
+                beat = session.exec(select(ServiceProcess.last_seen, ServiceProcess.stopped_at)
+                                    .where(ServiceProcess.host == their_host, ServiceProcess.pid == int(pid))).first()
+                if beat is not None and (beat[1] is not None or aware(beat[0]) < now - silent_after):
+                    dead.append(name)
         if not dead:
             return 0
         result = session.execute(update(_OUTBOX).where(_OUTBOX.c.claimed_by.in_(dead))
@@ -322,9 +336,9 @@ def deliver_pending(
         from gateway.outbound.notify import notifier_for
 
         notifier = notifier_for(config)
-    released = release_dead_claims(engine)
+    released = release_dead_claims(engine, timedelta(seconds=config.monitoring.heartbeat_interval * MISSED_BEATS))
     if released:
-        log.info("took back %d notification(s) claimed by a deliverer of this host that died", released)
+        log.info("took back %d notification(s) claimed by a deliverer that died", released)
     me = holder()
     tried = 0
     with transport:

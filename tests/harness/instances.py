@@ -24,14 +24,16 @@ def free_port() -> int:
 class Instance:
     """One ``gateway serve`` in ``folder`` (its config there, data under folder/var)."""
 
-    def __init__(self, folder: Path, database_url: str, extra: str = "", env: dict | None = None):
+    def __init__(self, folder: Path, database_url: str, extra: str = "", env: dict | None = None,
+                 http: bool = True):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.smtp_port = free_port()
         self.http_port = free_port()
         self.config = self.folder / "config.toml"
         self.config.write_text(f'[database]\nurl = "{database_url}"\n[smtp]\nport = {self.smtp_port}\n'
-                               f'[http]\nport = {self.http_port}\n{extra}')
+                               + (f'[http]\nport = {self.http_port}\n' if http else '[http]\nenabled = false\n')
+                               + extra)
         self.env = dict(os.environ, **(env or {}))
         self.env.pop("GATEWAY_CONFIG", None)
         self.env["PYTHONPATH"] = os.pathsep.join([str(ROOT), self.env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
