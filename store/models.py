@@ -198,6 +198,10 @@ class Outbox(SQLModel, table=True):
     # (several instances) never send one row at once, and a dead one's rows are taken over.
     claimed_by: str | None = None
     claimed_until: datetime | None = None
+    # When its deliverer was about to give the relay the end of the message (revision
+    # 0009): a deliverer that dies after that point leaves a mail the relay has (or is
+    # taking), which is then counted as sent, not sent again (gateway.outbound.outbox).
+    handed_at: datetime | None = None
 
 
 class DeliveryAttempt(SQLModel, table=True):

@@ -164,3 +164,39 @@ def test_a_dead_hosts_claimed_notifications_are_taken_back_once_its_heartbeat_st
         assert release_dead_claims(app.engine) == 0
     finally:
         app.engine.dispose()
+
+
+def test_a_dead_deliverers_mail_is_sent_again_unless_the_relay_was_given_its_end(tmp_path, database_url):
+    """SMTP cannot say whether a mail whose dot went out was taken: the deliverer writes
+    down that it is giving the relay the end, and a mail so marked when its deliverer
+    died counts as sent (one copy at the relay), the others are sent again."""
+    import socket
+    import subprocess
+    import sys
+    from datetime import timedelta
+
+    from gateway.outbound.outbox import release_dead_claims
+    from store.models import DeliveryAttempt, Outbox, utcnow
+    from tests.ingest_helpers import customer_mail, receive
+
+    app = make_app(tmp_path, database_url=database_url)
+    try:
+        receive(app, customer_mail(sender="marie@example.be"))
+        receive(app, customer_mail(sender="jan@example.be"))
+        gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout.strip()  # a pid that no longer runs
+        dead = f"{socket.gethostname()}:{gone}"
+        now = utcnow()
+        with app.engine.begin() as conn:
+            ids = [r[0] for r in conn.execute(select(Outbox.id).order_by(Outbox.id))]
+            conn.execute(Outbox.__table__.update().values(claimed_by=dead, claimed_until=now + timedelta(minutes=15)))
+            conn.execute(Outbox.__table__.update().where(Outbox.id == ids[0]).values(handed_at=now))
+        assert release_dead_claims(app.engine) == 1
+        with app.engine.connect() as conn:
+            rows = {r.id: r for r in conn.execute(select(Outbox.id, Outbox.state, Outbox.claimed_by, Outbox.handed_at))}
+            attempts = conn.execute(select(DeliveryAttempt.outbox_id, DeliveryAttempt.outcome)).all()
+        assert (rows[ids[0]].state, rows[ids[0]].claimed_by, rows[ids[0]].handed_at) == ("sent", None, None)
+        assert (rows[ids[1]].state, rows[ids[1]].claimed_by) == ("pending", None)
+        assert attempts == [(ids[0], "sent")]
+    finally:
+        app.engine.dispose()

@@ -7,7 +7,8 @@ Create Date: 2026-12-02
 Several ``gateway serve`` on several hosts share one PostgreSQL and nothing else (issue
 19): raw mails and attachments may live in the database (blob, blobchunk; ``[store]
 blobs = "database"``), the closer and each IMAP mailbox have one holder at a time (lease),
-and an approval request is decided once (approvaldecision).  New tables only.
+an approval request is decided once (approvaldecision), and a notification whose end the
+relay was given is not sent again by another deliverer (outbox.handed_at).
 """
 from alembic import op
 import sqlalchemy as sa
@@ -46,9 +47,12 @@ def upgrade() -> None:
         sa.Column("inbound_id", sa.Integer(), nullable=True),
         sa.Column("decided_at", when, nullable=False),
     )
+    op.add_column("outbox", sa.Column("handed_at", when, nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("outbox") as batch:
+        batch.drop_column("handed_at")
     op.drop_table("approvaldecision")
     op.drop_table("lease")
     op.drop_table("blobchunk")
