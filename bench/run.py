@@ -253,10 +253,12 @@ def drop_pg_schema(schema: str) -> None:
 class Site:
     """A temporary folder with a config for one database (sqlite or postgres)."""
 
-    def __init__(self, db: str, smtp_extra: str = ""):
+    def __init__(self, db: str, smtp_extra: str = "", url: str | None = None):
         self.dir = Path(tempfile.mkdtemp(prefix="gwbench-"))
         self.schema = None
-        if db == "postgres":
+        if url is not None:  # another site's database (several instances): not ours to drop
+            self.url = url
+        elif db == "postgres":
             self.schema, self.url = make_pg_schema()
         else:
             self.url = f"sqlite:///{self.dir / 'var' / 'gateway.db'}"
@@ -383,6 +385,50 @@ def e2e_once(db: str, mails: list[Mail], bodies: list[bytes], conns: int, timeou
         }
     finally:
         site.close()
+
+
+def instances_once(count: int, mails: list[Mail], bodies: list[bytes], conns: int, timeout: float = 900) -> dict:
+    """The mixed set against ``count`` instances of gateway serve on one PostgreSQL (issue
+    19), each with its own folder and port, the clients spread over their ports: mails a
+    second up to the last one processed, and the 250's latency."""
+    first = Site("postgres", "[http]\nenabled = false\n")
+    sites = [first] + [Site("postgres", "[http]\nenabled = false\n", url=first.url) for _ in range(count - 1)]
+    procs = []
+    try:
+        for site in sites:
+            procs.append(site.serve())
+        engine = first.engine()
+        try:
+            time.sleep(1.0)
+            out = {"latency": [], "size": [], "accepted_at": {}, "failed": []}
+            queue = list(range(len(mails)))[::-1]
+
+            async def main():
+                await asyncio.gather(*(_client(sites[k % count].port, queue, mails, bodies, out)
+                                       for k in range(conns)))
+
+            start_wall = time.time()
+            asyncio.run(main())
+            end = time.monotonic() + timeout
+            while True:
+                total, waiting = first.progress(engine)
+                if total >= len(mails) - len(out["failed"]) and waiting == 0:
+                    break
+                if time.monotonic() > end:
+                    raise TimeoutError(f"{waiting} of {total} mails still waiting after {timeout} s")
+                time.sleep(0.05)
+            done = first.processed(engine)
+        finally:
+            for proc in procs:
+                stop(proc)
+            engine.dispose()
+        return {"instances": count, "mails": len(mails), "failed": len(out["failed"]),
+                "mails_per_s": len(mails) / (max(done.values()) - start_wall),
+                "accept_p50_ms": pct(out["latency"], 50) * 1000, "accept_p99_ms": pct(out["latency"], 99) * 1000}
+    finally:
+        for site in sites[1:]:
+            site.close()
+        first.close()
 
 
 def ceiling_once(mails: list[Mail], bodies: list[bytes], conns: int) -> dict:
@@ -639,7 +685,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3, help="runs per figure (median, min-max); default 3")
     ap.add_argument("--mails", type=int, help="mails in the mixed set (default 200; quick 40)")
     ap.add_argument("--no-postgres", action="store_true", help="skip item 7")
-    ap.add_argument("--only", default="", help="comma list of parts: e2e,small,ingest,threading,notify,memory,memory-pg,pg")
+    ap.add_argument("--only", default="", help="comma list of parts: e2e,small,ingest,threading,notify,memory,memory-pg,pg,instances")
     ap.add_argument("--no-doc", action="store_true", help="do not rewrite the table in BENCHMARKS.md")
     args = ap.parse_args(argv)
     n = args.mails or (40 if args.quick else 200)
@@ -726,6 +772,14 @@ def main(argv: list[str] | None = None) -> int:
             res[key][way] = {k: summary([r[way][k] for r in runs]) for k in ("above_idle_mb", "ratio")}
         log(f"{key}: smtp {res[key]['smtp']['ratio']['median']:.1f}x, "
             f"ingest {res[key]['ingest']['ratio']['median']:.1f}x")
+    if "instances" in parts and not args.no_postgres:
+        res["instances"] = {}
+        for count in (1, 2):
+            runs = [instances_once(count, mixed, bodies, 8) for _ in range(args.runs)]
+            res["instances"][str(count)] = {k: summary([r[k] for r in runs])
+                                            for k in ("mails_per_s", "accept_p50_ms", "accept_p99_ms")}
+            res["instances"][str(count)]["failed"] = sum(r["failed"] for r in runs)
+            log(f"instances {count}: {res['instances'][str(count)]['mails_per_s']['median']:.1f} mails/s")
     res["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     res["machine"]["load_at_end"] = [round(x, 2) for x in os.getloadavg()]
     table = render_table(res)
@@ -820,6 +874,11 @@ def render_table(res: dict) -> str:
                     fmt(t[s]["rate_p50_ms"], 3))
     for lang, s in res.get("notifications_per_s", {}).items():
         row(f"notifications rendered + built as MIME per s, {lang}", fmt(s, 0))
+    for count, figures in res.get("instances", {}).items():
+        row(f"mixed, 8 conn spread over {count} instance(s) of gateway serve, one PostgreSQL: mails/s",
+            "-", fmt(figures["mails_per_s"]), "for the record")
+        row(f"mixed, 8 conn, {count} instance(s): 250 latency p50 / p99, ms", "-",
+            f"{fmt(figures['accept_p50_ms'], 0)} / {fmt(figures['accept_p99_ms'], 0)}")
     mem, mem_pg = res.get("memory"), res.get("memory_pg")
     if mem or mem_pg:
         mb = (mem or mem_pg)["message_bytes"] / 2**20
