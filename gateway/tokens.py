@@ -9,7 +9,7 @@ A token that does not verify counts for nothing.
 An approval request carries the request's place among the ticket's requests in its
 address (``helpdesk+CHG-000001.a2.<token>@…``, the token signing ``CHG-000001.a2``): an
 answer, even one whose mail program dropped In-Reply-To, says which request it decides,
-and only the open one can be decided (gateway.ingest.process, ``_stale_request``).
+and only the open one can be decided (gateway.ingest.gather, ``_stale_request``).
 
 The secret is never the documentation's example (gateway.config), and made at random
 when none is set (gateway.secret).  Verifying takes the secrets still accepted

@@ -9,7 +9,7 @@ import re
 
 import pytest
 from sqlmodel import col
-from ingest_helpers import customer_mail, inbound_rows, make_app, outbox_rows, person, receive, tickets
+from harness.ingest import customer_mail, inbound_rows, make_app, outbox_rows, person, receive, tickets
 
 from gateway.ingest.automatic import classify
 from gateway.ingest.parse import parse

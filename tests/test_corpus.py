@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from corpus_checks import (
+from harness.corpus import (
     check_django_helpdesk,
     check_flufl,
     check_mail_parser,
@@ -222,7 +222,7 @@ def test_text_line_before_the_headers(corpus):
 
 def test_zammad_attachment_hashes_for_a_real_mail(corpus):
     """The content stored is byte-identical to what the sender attached (sha256 and MD5)."""
-    from corpus_checks import load_zammad
+    from harness.corpus import load_zammad
 
     exp = load_zammad(corpus / "zammad" / "mail028.yml")
     mail = parse((corpus / "zammad" / "mail028.box").read_bytes())
@@ -235,7 +235,7 @@ def test_a_sample_of_the_corpus_through_the_whole_processor(corpus, parsed, tmp_
     """Every 8th message (about 120, from every source) stored and processed as the
     running service does: the outcome is what parse() and classify() said, and nothing
     is left for a retry."""
-    from ingest_helpers import make_app, receive
+    from harness.ingest import make_app, receive
 
     app = make_app(tmp_path)
     everything = message_files(corpus)

@@ -170,7 +170,7 @@ def test_door_reads_a_mail_cut_inside_the_end_and_inside_stuffed_lines(tmp_path)
     unstuffed, and the session goes on (NOOP is not taken as DATA)."""
     from sqlmodel import select
 
-    from test_large_mail import _dialogue, _door
+    from harness.door import dialogue, sized_door
 
     from store.db import session_for
     from store.models import InboundMessage
@@ -183,9 +183,9 @@ def test_door_reads_a_mail_cut_inside_the_end_and_inside_stuffed_lines(tmp_path)
     bare = wire.index(b"\n.\r\n")
     end = len(wire) - 5
     cuts = sorted({stuffed + 1, stuffed + 2, bare + 1, bare + 2, end + 1, end + 2, end + 3, end + 4})
-    app, controller, stored = _door(tmp_path)
+    app, controller, stored = sized_door(tmp_path)
     try:
-        replies = _dialogue(controller.port, wire + b"NOOP\r\n", cuts)
+        replies = dialogue(controller.port, wire + b"NOOP\r\n", cuts)
     finally:
         controller.stop()
     assert replies[5].startswith(b"250 2.0.0 Stored as #"), replies
@@ -198,12 +198,12 @@ def test_door_reads_a_mail_cut_inside_the_end_and_inside_stuffed_lines(tmp_path)
 
 
 def test_door_answers_500_for_a_line_too_long_and_keeps_the_session(tmp_path):
-    from test_large_mail import _dialogue, _door
+    from harness.door import dialogue, sized_door
 
     wire = b"Subject: long\r\n\r\n" + b"z" * 3000 + b"\r\nafter\r\n.\r\n"
-    app, controller, stored = _door(tmp_path)
+    app, controller, stored = sized_door(tmp_path)
     try:
-        replies = _dialogue(controller.port, wire, [10, 1200, 2500, len(wire) - 2])
+        replies = dialogue(controller.port, wire, [10, 1200, 2500, len(wire) - 2])
     finally:
         controller.stop()
     assert replies[5].startswith(b"500 Line too long"), replies

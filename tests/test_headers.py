@@ -25,7 +25,7 @@ from store.notifications import queue
 from store.db import session_for
 from store.models import Outbox, Ticket
 from store.tickets import create_ticket, get_or_create_person
-from test_outbound import relay, running_relay  # noqa: F401 - the relay fixture, shared
+from harness.relay import relay, running_relay  # noqa: F401 - the relay fixture, shared
 
 T0 = dt.datetime(2026, 3, 2, 9, 0, tzinfo=dt.timezone.utc)
 

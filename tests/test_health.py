@@ -7,7 +7,7 @@ from __future__ import annotations
 from sqlalchemy import event, text
 
 from gateway import health
-from ingest_helpers import make_app
+from harness.ingest import make_app
 from store.db import reader
 from store.models import utcnow
 

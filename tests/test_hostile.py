@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sqlmodel import select
 
-from ingest_helpers import make_app, receive
+from harness.ingest import make_app, receive
 from store.db import session_for
 from store.models import Ticket, TicketMessage
 
@@ -60,7 +60,7 @@ def test_nul_bytes_in_subject_and_body_make_a_ticket_on_both_databases(tmp_path,
 
 def test_no_reply_and_null_return_path_senders_get_a_ticket_but_no_answer(tmp_path, database_url):
     """Items 40 and 49: a machine's address is never answered (the "ticket trick")."""
-    from ingest_helpers import outbox_rows
+    from harness.ingest import outbox_rows
 
     app = make_app(tmp_path, database_url=database_url)
     a = receive(app, raw("Service <no-reply@signup.example>", "Confirm your account", "Code 123456", mid="n1@s.example"))
@@ -76,7 +76,7 @@ def test_no_reply_and_null_return_path_senders_get_a_ticket_but_no_answer(tmp_pa
 def test_a_subject_that_looks_like_an_unfinished_encoded_word_still_gets_its_confirmation(tmp_path, database_url):
     """Found by the property tests: the standard library decodes such text while folding
     the outgoing Subject and fails; the customer must still get a ticket and a mail."""
-    from ingest_helpers import outbox_rows
+    from harness.ingest import outbox_rows
 
     app = make_app(tmp_path, database_url=database_url)
     out = receive(app, b"From: Hans <hans@example.com>\r\nTo: helpdesk@localhost\r\n"

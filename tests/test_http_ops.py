@@ -23,8 +23,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import ROOT, free_port, run_gateway, wait_for_port
-from test_mail_to_ticket import _children, wait_until
-from test_outbound import running_relay
+from harness.service import children, wait_until
+from harness.relay import running_relay
 from store.schema import HEAD
 
 
@@ -203,7 +203,7 @@ def test_readyz_names_a_killed_worker_until_serve_has_started_another(service, t
     """SIGKILL the worker: serve sees it die, marks its heartbeat, and starts another a
     second later; /readyz is 503 naming worker-0 (and how it died) meanwhile, 200 after,
     and the new worker processes mail."""
-    old = _children(service.proc.pid)
+    old = children(service.proc.pid)
     worker = _pid_of(service.proc.pid, "gw-worker-0")
     os.kill(worker, signal.SIGKILL)
     code, body = wait_until(lambda: (r := service.ready())[0] == 503 and r, timeout=30, interval=0.05)
@@ -211,7 +211,7 @@ def test_readyz_names_a_killed_worker_until_serve_has_started_another(service, t
     assert f"pid {worker} " in body["checks"]["worker-0"]["detail"]
     assert "killed by SIGKILL (signal 9)" in body["checks"]["worker-0"]["detail"]
     wait_until(lambda: service.ready()[0] == 200, timeout=90, interval=0.2)
-    assert _pid_of(service.proc.pid, "gw-worker-0") != worker and set(_children(service.proc.pid)) == set(old)
+    assert _pid_of(service.proc.pid, "gw-worker-0") != worker and set(children(service.proc.pid)) == set(old)
     log = (tmp_path / "gateway.log").read_text()
     assert f"worker-0 (pid {worker}) killed by SIGKILL (signal 9)" in log and "worker-0 started again" in log
     before = service.metrics()

@@ -4,7 +4,7 @@ list and the mail program used; store revision 0004 joins persons stored in both
 
 from __future__ import annotations
 
-from ingest_helpers import make_app, outbox_rows, receive
+from harness.ingest import make_app, outbox_rows, receive
 from sqlalchemy import text
 from sqlmodel import Session, select
 

@@ -1,4 +1,4 @@
-"""IMAP ingestion against a real Dovecot (tests/dovecot.py): mail appended over IMAP
+"""IMAP ingestion against a real Dovecot (tests/harness/dovecot.py): mail appended over IMAP
 becomes tickets and is moved out, a restart mid-batch loses and doubles nothing, a
 UIDVALIDITY reset makes no second ticket, failures end in the failed folder, IDLE is
 fast, backfill reports progress and outcomes, and `imap check` names the failing step."""
@@ -13,97 +13,18 @@ import threading
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 from conftest import free_port, run_gateway, write_config
-from dovecot import PASSWORD, USER, Dovecot
-from sqlmodel import select
+from harness.dovecot import USER
 
 from gateway.app import App
 from gateway.config import load_config
 from gateway.ingest import imap
-from store.db import session_for
-from store.models import InboundMessage, Ticket
-
-ENV = {"TEST_IMAP_PASSWORD": PASSWORD}
-
+from harness.dovecot import dovecot, dovecot_ok, make_dovecot  # noqa: F401 (fixtures)
+from harness.imap import ENV, config_text, ids, inbound, mail, make_app, tickets, wait_until
 
 # Fixtures -----------------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def dovecot_ok() -> None:
-    problem = Dovecot.problem()
-    if problem:
-        if os.environ.get("CI"):
-            pytest.fail(problem + " (CI is set: the IMAP tests must run)")
-        pytest.skip(problem)
-
-
-@pytest.fixture
-def make_dovecot(dovecot_ok):
-    servers: list[Dovecot] = []
-
-    def make(extra: str = "", tls: bool = False, oauth2_tokeninfo_url: str = "") -> Dovecot:
-        if tls and shutil.which("openssl") is None:
-            pytest.skip("openssl is needed to make the test certificate")
-        server = Dovecot(extra, tls=tls, oauth2_tokeninfo_url=oauth2_tokeninfo_url)
-        servers.append(server)
-        try:
-            server.start()
-        except Exception as exc:  # noqa: BLE001
-            if os.environ.get("CI"):
-                pytest.fail(f"Dovecot could not be started (CI is set): {exc}")
-            pytest.skip(f"Dovecot could not be started: {exc}")
-        return server
-
-    yield make
-    for server in servers:
-        server.cleanup()
-
-
-@pytest.fixture
-def dovecot(make_dovecot) -> Dovecot:
-    return make_dovecot()
-
-
-def config_text(server: Dovecot, *, database_url: str = "", port: int | None = None, password_env="TEST_IMAP_PASSWORD",
-                folder="INBOX", process="", poll_interval=60, security="none", host="127.0.0.1",
-                top: str = "", box_extra: str = "") -> str:
-    db = f'[database]\nurl = "{database_url}"\n' if database_url else ""
-    return db + top + f"""
-[[mailboxes]]
-name = "desk"
-host = "{host}"
-port = {port or server.port}
-security = "{security}"
-user = "{USER}"
-password_env = "{password_env}"
-folder = "{folder}"
-process = "{process}"
-poll_interval = {poll_interval}
-{box_extra}"""
-
-
-def make_app(tmp_path: Path, server: Dovecot, **kw) -> App:
-    """An App whose one mailbox, "desk", is ``server``'s INBOX."""
-    return App(load_config(write_config(tmp_path, config_text(server, **kw)), env={}))
-
-
-def mail(i: int, tag: str, *, subject: str | None = None, extra_headers: str = "") -> bytes:
-    return (f"From: User {i} <user{i}@example.org>\r\n"
-            f"To: helpdesk@localhost\r\n"
-            f"Subject: {subject or f'Printer {i} on floor 2 is broken'}\r\n"
-            f"Message-ID: <{tag}-{i}@example.org>\r\n"
-            f"Date: Fri, 27 Nov 2026 10:00:00 +0000\r\n"
-            f"{extra_headers}"
-            f"Content-Type: text/plain; charset=utf-8\r\n\r\n"
-            f"Hello, printer {i} does not print.\r\n").encode()
-
-
-def ids(tag: str, n: int) -> list[str]:
-    return sorted(f"<{tag}-{i}@example.org>" for i in range(n))
-
-
 class Running:
     """A poller in a thread of its own, stopped at the end."""
 
@@ -126,25 +47,6 @@ class Running:
         self.stop.set()
         self.thread.join(timeout=20)
         assert not self.thread.is_alive(), "the poller did not stop"
-
-
-def wait_until(predicate, timeout: float = 30.0, step: float = 0.05) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if predicate():
-            return time.monotonic() - start
-        time.sleep(step)
-    raise AssertionError(f"condition not met within {timeout} s")
-
-
-def tickets(app: App) -> list[Ticket]:
-    with session_for(app.engine) as s:
-        return list(s.exec(select(Ticket)))
-
-
-def inbound(app: App) -> list[InboundMessage]:
-    with session_for(app.engine) as s:
-        return list(s.exec(select(InboundMessage)))
 
 
 # Tests ---------------------------------------------------------------------------------------

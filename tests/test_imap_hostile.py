@@ -20,9 +20,9 @@ import uuid
 import pytest
 from sqlmodel import select
 from conftest import run_gateway, write_config
-from dovecot import USER
-from test_imap import dovecot, dovecot_ok, make_dovecot  # fixtures, shared with test_imap
-from test_imap import ENV, config_text, ids, inbound, make_app, mail, tickets, wait_until
+from harness.dovecot import USER
+from harness.dovecot import dovecot, dovecot_ok, make_dovecot  # noqa: F401 (fixtures)
+from harness.imap import ENV, config_text, ids, inbound, make_app, mail, tickets, wait_until
 
 from gateway.outbound.outbox import render_pending
 from gateway.app import App

@@ -31,7 +31,7 @@ from gateway.app import App
 from gateway.config import load_config
 from store.db import session_for
 from store.models import InboundMessage, Outbox, StatusChange, Ticket, TicketMessage
-from test_mail_to_ticket import Service, service_config, wait_until
+from harness.service import Service, service_config, wait_until
 
 DANA = "dana.martin@acme.test"
 EVE = "eve@evil.test"

@@ -12,6 +12,7 @@ import tracemalloc
 
 from gateway.ingest.parse import LARGE_BODY, parse
 from store.blobs import BlobStore
+from harness.door import dialogue, sized_door
 
 
 def _b64_lines(data: bytes, width: int = 76) -> bytes:
@@ -107,64 +108,6 @@ def test_broken_base64_falls_back_to_the_standard_decoder(tmp_path):
 
 
 # The SMTP door ---------------------------------------------------------------------------
-def _door(tmp_path, max_size: int = 64 * 2**20):
-    from conftest import free_port
-    from ingest_helpers import make_app
-    from test_routing import DoorController
-
-    from gateway.ingest.smtp import Door, make_server_factory
-
-    app = make_app(tmp_path, f"[smtp]\nmax_message_size = {max_size}\n")
-    stored = []
-    door = Door(app.config, app.engine, app.blobs, on_stored=stored.append)
-    controller = DoorController(make_server_factory(app.config, door), free_port())
-    controller.start()
-    return app, controller, stored
-
-
-def _dialogue(port: int, data: bytes, cuts: list[int] | None = None) -> list[bytes]:
-    """One mail over a raw socket: the bytes of DATA exactly as given (no dot-stuffing or
-    line-ending repair by a client library); the replies, in order.  ``cuts``: DATA sent in
-    those pieces, one at a time, with a pause between (the door reads each alone), and the
-    session ends after the reply to it; otherwise in 1 MB writes, then a NOOP."""
-    import socket
-    import time
-
-    replies = []
-    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        reader = sock.makefile("rb")
-
-        def reply() -> bytes:
-            while True:
-                line = reader.readline()
-                if line[3:4] != b"-":
-                    replies.append(line)
-                    return line
-
-        reply()
-        for command in (b"EHLO client.example\r\n", b"MAIL FROM:<alice@example.com>\r\n",
-                        b"RCPT TO:<helpdesk@localhost>\r\n", b"DATA\r\n"):
-            sock.sendall(command)
-            reply()
-        if cuts is None:
-            view = memoryview(data)
-            for i in range(0, len(data), 1 << 20):
-                sock.sendall(view[i:i + (1 << 20)])
-            reply()
-            sock.sendall(b"NOOP\r\n")
-        else:
-            pos = 0
-            for cut in cuts + [len(data)]:
-                sock.sendall(data[pos:cut])
-                pos = cut
-                time.sleep(0.02)
-        reply()
-        sock.sendall(b"QUIT\r\n")
-        reply()
-    return replies
-
-
 def _big_wire_mail(size: int, tricks: bytes = b"") -> tuple[bytes, bytes]:
     """(DATA as sent, the mail as it must be stored) of a mail with a ``size`` attachment;
     ``tricks`` (lines already dot-stuffed on the wire) sit in its text part."""
@@ -188,9 +131,9 @@ def test_door_stores_a_large_mail_exactly_keeping_dot_unstuffing_and_the_only_en
 
     tricks = b"..un point\r\n...\r\nfin\n.\nMAIL FROM:<x@evil.example>\r\nencore\n.\r\nsuite\r\n"
     wire, expected = _big_wire_mail(3_000_000, tricks)
-    app, controller, stored = _door(tmp_path)
+    app, controller, stored = sized_door(tmp_path)
     try:
-        replies = _dialogue(controller.port, wire)
+        replies = dialogue(controller.port, wire)
     finally:
         controller.stop()
     assert replies[5].startswith(b"250 2.0.0 Stored as #"), replies
@@ -211,9 +154,9 @@ def test_door_over_the_size_limit_drains_then_552_and_leaves_nothing(tmp_path):
     from store.models import InboundMessage
 
     wire, _ = _big_wire_mail(3_000_000)
-    app, controller, stored = _door(tmp_path, max_size=2 * 2**20)
+    app, controller, stored = sized_door(tmp_path, max_size=2 * 2**20)
     try:
-        replies = _dialogue(controller.port, wire)
+        replies = dialogue(controller.port, wire)
     finally:
         controller.stop()
     assert replies[5].startswith(b"552"), replies
@@ -229,9 +172,9 @@ def test_door_refuses_a_large_hostile_structure_and_leaves_nothing(tmp_path):
     parts = [_text_part("x" * 100)] * 600  # more than the 500 parts allowed
     raw = _mail(parts + [_attachment("a.bin", "application/octet-stream", "base64",
                                      _b64_lines(random.Random(2).randbytes(2_000_000)))])
-    app, controller, stored = _door(tmp_path)
+    app, controller, stored = sized_door(tmp_path)
     try:
-        replies = _dialogue(controller.port, raw + b".\r\n")
+        replies = dialogue(controller.port, raw + b".\r\n")
     finally:
         controller.stop()
     assert replies[5].startswith(b"552 5.3.4 Message refused: more than 500 MIME parts"), replies
@@ -249,9 +192,9 @@ def test_door_memory_stays_bounded_for_a_30_mb_mail(tmp_path):
     path = tmp_path / "wire.bin"
     path.write_bytes(wire)
     del wire
-    app, controller, stored = _door(tmp_path / "door")
-    client = ("import sys, pathlib; sys.path.insert(0, 'tests'); from test_large_mail import _dialogue; "
-              f"print(_dialogue({controller.port}, pathlib.Path({str(path)!r}).read_bytes())[5])")
+    app, controller, stored = sized_door(tmp_path / "door")
+    client = ("import sys, pathlib; sys.path.insert(0, 'tests'); from harness.door import dialogue; "
+              f"print(dialogue({controller.port}, pathlib.Path({str(path)!r}).read_bytes())[5])")
     tracemalloc.start()
     try:
         out = subprocess.run([sys.executable, "-c", client], capture_output=True, timeout=300, text=True)

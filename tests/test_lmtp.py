@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port, run_gateway
-from test_mail_to_ticket import Service, french_mail, wait_until
+from harness.service import Service, french_mail, wait_until
 
 HELPDESK = "helpdesk@example.com"
 REQUESTS = "requests@example.com"

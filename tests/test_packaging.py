@@ -29,7 +29,7 @@ import pytest
 
 from conftest import ROOT, free_port, wait_for_port
 from harness.readme import readme_block
-from test_mail_to_ticket import french_mail, wait_until
+from harness.service import french_mail, wait_until
 
 from gateway.outbound.render import SHIPPED_DIR, missing_shipped, shipped_files
 

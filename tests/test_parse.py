@@ -8,7 +8,7 @@ import struct
 from email.message import EmailMessage
 
 import pytest
-from ingest_helpers import customer_mail, make_app, person, receive, tickets
+from harness.ingest import customer_mail, make_app, person, receive, tickets
 
 from gateway.ingest.htmltext import html_to_text, sanitize_html
 from gateway.ingest.language import detect_language
@@ -129,7 +129,7 @@ def test_forwarded_mail_kept_as_eml(corpus):
 
 
 def _zammad_attachment(corpus, name: str, suffix: str) -> bytes:
-    from corpus_checks import load_zammad
+    from harness.corpus import load_zammad
 
     exp = load_zammad(corpus / "zammad" / f"{name}.yml")
     data = [a["data"] for a in exp["attachments"] if a["filename"].endswith(suffix)][0]

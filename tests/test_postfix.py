@@ -28,8 +28,8 @@ import pytest
 from conftest import free_port, run_gateway
 from harness.postfix import Postfix, postfix  # noqa: F401 (postfix: fixture)
 from harness.readme import readme_block
-from test_mail_to_ticket import Service, wait_until
-from test_verp import dsn
+from harness.service import Service, wait_until
+from harness.ingest import dsn
 
 from gateway.tokens import bounce_address
 

@@ -14,7 +14,7 @@ import pytest
 from conftest import find_corpus
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from ingest_helpers import make_app, receive
+from harness.ingest import make_app, receive
 
 from gateway.errors import Quarantine
 from gateway.ingest.automatic import classify

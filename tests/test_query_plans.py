@@ -9,18 +9,18 @@ from datetime import datetime, timezone
 import pytest
 from sqlalchemy import text
 
-from gateway.ingest import process
+from gateway.ingest import statements
 from store.db import Prepared
 
 WHEN = datetime(2026, 11, 28, tzinfo=timezone.utc)
 
 # Per statement: parameters to plan it with.
 PER_MAIL = {
-    "rate limit (over_rate)": (process._RECENT_FROM, {"b_from": "marie@example.org", "b_since": WHEN, "b_limit": 21}),
-    "duplicate Message-ID (gather)": (process._SAME_MESSAGE_ID, {"b_mid": "abc@example.org"}),
-    "sender (sender_of)": (process._PERSON_BY_EMAIL, {"b_email": "marie@example.org"}),
-    "claim": (process._CLAIM, {"b_id": 1}),
-    "original still waiting (_parent_waiting)": (process._PARENT_WAITING, {"b_mid": "abc@example.org", "b_id": 9}),
+    "rate limit (over_rate)": (statements.RECENT_FROM, {"b_from": "marie@example.org", "b_since": WHEN, "b_limit": 21}),
+    "duplicate Message-ID (gather)": (statements.SAME_MESSAGE_ID, {"b_mid": "abc@example.org"}),
+    "sender (sender_of)": (statements.PERSON_BY_EMAIL, {"b_email": "marie@example.org"}),
+    "claim": (statements.CLAIM, {"b_id": 1}),
+    "original still waiting (_parent_waiting)": (statements.PARENT_WAITING, {"b_mid": "abc@example.org", "b_id": 9}),
 }
 
 

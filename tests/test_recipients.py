@@ -25,11 +25,11 @@ from sqlmodel import select
 from gateway.app import App
 from gateway.config import load_config
 from gateway.outbound.outbox import deliver_pending
-from ingest_helpers import receive
+from harness.ingest import receive
 from store.addresses import InvalidAddress, key as address_key, mailbox, quote_local
 from store.db import session_for
 from store.models import Outbox, Person, Ticket
-from test_outbound import DroppingSMTP, RelayController, RelayHandler, relay_config
+from harness.relay import DroppingSMTP, RelayController, RelayHandler, relay_config
 
 from conftest import free_port
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 import smtplib
 
 import pytest
-from aiosmtpd.controller import Controller
 from conftest import free_port
-from ingest_helpers import customer_mail, make_app, tickets
+from harness.ingest import customer_mail, make_app, tickets
 
 from gateway.ingest.smtp import Door, make_server_factory
+from harness.door import DoorController
 
 ROUTES = '''
 [gateway]
@@ -20,17 +20,6 @@ catch_all = {catch_all}
 [routing]
 routes = {{ "requests@example.com" = "service-request", "changes@example.com" = "change" }}
 '''
-
-
-class DoorController(Controller):
-    """aiosmtpd's Controller running our own server factory (the one `gateway serve` uses)."""
-
-    def __init__(self, factory, port: int):
-        self._factory = factory
-        super().__init__(None, hostname="127.0.0.1", port=port)
-
-    def factory(self):
-        return self._factory()
 
 
 @pytest.fixture
@@ -112,7 +101,7 @@ def test_over_a_limit_at_smtp_is_a_5xx_and_nothing_is_stored(door):
 
 
 def test_over_a_limit_from_another_path_is_quarantined_with_the_reason(tmp_path):
-    from ingest_helpers import inbound_rows, receive
+    from harness.ingest import inbound_rows, receive
 
     app = make_app(tmp_path)
     outcome = receive(app, _nested(app.config.limits.max_depth + 5), source="imap:test")

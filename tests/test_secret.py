@@ -24,7 +24,7 @@ from gateway.tokens import bounce_address, reply_address, verified_reply
 from gateway.outbound.outbox import render_pending
 from store.db import session_for
 from store.models import Outbox, Secret
-from test_replies import deliver, first_mail, gmail_reply
+from harness.replies import deliver, first_mail, gmail_reply
 
 MARIE = "marie.dupont@client.be"
 
@@ -229,7 +229,7 @@ def test_after_a_rotation_the_previous_secret_is_accepted_until_its_end(tmp_path
 def test_a_bounce_address_of_the_previous_secret_is_recognised_during_the_rotation(tmp_path):
     """[outbound] verp: a bounce to the envelope sender of a mail sent before the rotation
     still names that mail."""
-    from test_verp import dsn, receive
+    from harness.ingest import dsn, receive_bounce
 
     old, new = "0f" * 32, "e1" * 32
     until = (datetime.now(timezone.utc) + timedelta(days=30)).isoformat()
@@ -238,12 +238,12 @@ def test_a_bounce_address_of_the_previous_secret_is_recognised_during_the_rotati
     try:
         deliver(app, first_mail("jane@example.org", "Jane", "VPN", "VPN down.", mid="b1@example.org"))
         (row,) = outbox(app)
-        out = receive(app, dsn(bounce_address(old, "helpdesk@localhost", row.id)),
+        out = receive_bounce(app, dsn(bounce_address(old, "helpdesk@localhost", row.id)),
                       bounce_address(old, "helpdesk@localhost", row.id))
         assert out.outcome == "bounce" and out.ticket == "INC-000001", out
         assert outbox(app)[0].state == "failed"
         # Signed with neither secret: names no mail of ours.
         forged = bounce_address("9a" * 32, "helpdesk@localhost", row.id)
-        assert receive(app, dsn(forged, status="5.1.2"), forged).ticket is None
+        assert receive_bounce(app, dsn(forged, status="5.1.2"), forged).ticket is None
     finally:
         app.engine.dispose()

@@ -5,19 +5,8 @@ from __future__ import annotations
 import smtplib
 import time
 
-from conftest import free_port
-from ingest_helpers import make_app
-from test_routing import DoorController
 
-from gateway.ingest.smtp import Door, make_server_factory
-
-
-def start(tmp_path, extra: str):
-    app = make_app(tmp_path, extra)
-    door = Door(app.config, app.engine, app.blobs)
-    controller = DoorController(make_server_factory(app.config, door), free_port())
-    controller.start()
-    return app, controller
+from harness.door import start
 
 
 def test_connections_over_the_per_ip_cap_get_421_and_a_freed_slot_is_reused(tmp_path):

@@ -8,8 +8,8 @@ import socket
 import time
 from contextlib import contextmanager
 
-from ingest_helpers import inbound_rows
-from test_smtp_caps import start
+from harness.ingest import inbound_rows
+from harness.door import start
 
 MAIL = (b"From: Jos\xc3\xa9 <jos\xc3\xa9@exemple.be>\r\nTo: helpdesk@localhost\r\nSubject: Imprimante\r\n"
         b"Message-ID: <dialogue-1@exemple.be>\r\n\r\nL'imprimante ne marche plus.\r\n")

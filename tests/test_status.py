@@ -9,8 +9,8 @@ import json
 from datetime import timedelta
 
 from conftest import run_gateway
-from ingest_helpers import customer_mail, make_app
-from test_imap import dovecot_ok, make_dovecot  # noqa: F401 (fixtures: a real Dovecot)
+from harness.ingest import customer_mail, make_app
+from harness.dovecot import dovecot_ok, make_dovecot  # noqa: F401 (fixtures: a real Dovecot)
 from sqlmodel import select
 
 from gateway.commands.status import gather
@@ -135,7 +135,7 @@ def test_a_relay_refusing_or_not_answering_its_last_attempts_is_a_problem(tmp_pa
     """A real relay on loopback refuses (554, then 451) three notifications in a row, then
     stops answering at all (its port closed): status fails by default, naming the last
     answer; once a mail goes through, it passes again."""
-    from test_outbound import drain, open_ticket, relay_config, running_relay
+    from harness.relay import drain, open_ticket, relay_config, running_relay
 
     with running_relay() as relay:
         app = make_app(tmp_path, relay_config(tmp_path, relay.port).read_text(), database_url=database_url)
@@ -238,8 +238,8 @@ def test_a_mailbox_whose_last_poll_failed_is_a_problem(tmp_path, make_dovecot):
     with no option; once a pass works again, it passes.  The record outlives the process."""
     import threading
 
-    from test_imap import config_text
-    from test_mail_to_ticket import wait_until
+    from harness.imap import config_text
+    from harness.service import wait_until
 
     from gateway.ingest import imap
     from gateway.health import mailbox_polls
@@ -268,7 +268,7 @@ def test_a_mailbox_whose_last_poll_failed_is_a_problem(tmp_path, make_dovecot):
     problems = problems_at(app, utcnow())
     assert len(problems) == 1 and problems[0].startswith("mailbox desk: its last poll failed at ")
     assert "LoginError" in problems[0] and problems[0].endswith("last one that worked: never: gateway imap check desk")
-    from dovecot import PASSWORD
+    from harness.dovecot import PASSWORD
 
     poll_with(PASSWORD, lambda poll: not poll.failing and poll.last_success_at is not None)
     assert problems_at(app, utcnow()) == []

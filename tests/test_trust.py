@@ -25,7 +25,7 @@ from store import lifecycle
 from store.db import session_for
 from store.lifecycle import StatusData
 from store.models import InboundMessage, Outbox
-from test_replies import (HELPDESK, deliver, first_mail, gmail_reply, last_notification, messages, notifications,
+from harness.replies import (HELPDESK, deliver, first_mail, gmail_reply, last_notification, messages, notifications,
                           outlook_reply, ticket)
 
 DANA = "dana.martin@acme.test"
@@ -239,7 +239,7 @@ def test_a_person_sending_two_different_mails_gets_two_tickets(gw):
 
 
 def test_the_loop_rule_can_be_turned_off(tmp_path):
-    from ingest_helpers import make_app
+    from harness.ingest import make_app
 
     app = make_app(tmp_path, "[limits]\nloop_window = 0\n")
     try:

@@ -8,16 +8,16 @@ from __future__ import annotations
 from email import message_from_bytes
 from email.policy import default as default_policy
 
-from test_outbound import T0, open_ticket, outbox_rows, relay, relay_config  # noqa: F401 (relay: fixture)
+from harness.relay import T0, open_ticket, outbox_rows, relay, relay_config  # noqa: F401 (relay: fixture)
 
 from gateway.app import App
 from gateway.config import load_config
-from gateway.ingest.inbound import store_raw
 from gateway.outbound.outbox import deliver_pending
 from gateway.tokens import bounce_address, verified_bounce
 from store.db import session_for
 from store.models import Person
 from sqlmodel import select
+from harness.ingest import dsn, receive_bounce
 
 SECRET = "test-secret-of-at-least-32-bytes"
 HELPDESK = "helpdesk@desk.example.com"
@@ -26,23 +26,6 @@ HELPDESK = "helpdesk@desk.example.com"
 def verp_app(tmp_path, relay, database_url, verp: bool = True) -> App:
     return App(load_config(relay_config(tmp_path, relay.port, database_url,
                                         extra=f"verp = {'true' if verp else 'false'}"), env={}))
-
-
-def dsn(to: str, recipient: str = "jane@example.org", status: str = "5.1.1") -> bytes:
-    """A delivery status notification that returns nothing of the mail: no headers, no text."""
-    return (f"From: Mail Delivery System <MAILER-DAEMON@mx.example.org>\r\nTo: {to}\r\n"
-            f"Subject: Undelivered Mail Returned to Sender\r\nMessage-ID: <dsn-{status}@mx.example.org>\r\n"
-            "Auto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\n"
-            'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n\r\n'
-            "--B\r\nContent-Type: text/plain\r\n\r\nYour message could not be delivered.\r\n"
-            "--B\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.org\r\n\r\n"
-            f"Final-Recipient: rfc822; {recipient}\r\nAction: failed\r\nStatus: {status}\r\n"
-            "--B--\r\n").encode()
-
-
-def receive(app: App, raw: bytes, rcpt: str):
-    stored = store_raw(app.engine, app.blobs, raw, source="smtp", mail_from="", rcpt_to=(rcpt,))
-    return app.processor.process(stored.id)
 
 
 def test_the_envelope_sender_names_the_mail_and_its_bounce_finds_it(tmp_path, relay, database_url):
@@ -59,7 +42,7 @@ def test_the_envelope_sender_names_the_mail_and_its_bounce_finds_it(tmp_path, re
     assert sent["From"].addresses[0].addr_spec == HELPDESK
 
     # The relay's bounce quotes nothing of the mail: the address it came to is enough.
-    outcome = receive(app, dsn(mail_from), mail_from)
+    outcome = receive_bounce(app, dsn(mail_from), mail_from)
     assert outcome.outcome == "bounce" and f"<{row.message_id}> marked failed" in outcome.detail
     [row] = outbox_rows(app)
     assert row.state == "failed" and "bounce" in row.last_answer
@@ -80,7 +63,7 @@ def test_what_else_comes_to_a_bounce_address(tmp_path, relay, database_url):
     address = bounce_address(SECRET, HELPDESK, row.id)
     odd = (f"From: gateway@mx.example.org\r\nTo: {address}\r\nSubject: Problem\r\n"
            "Message-ID: <odd@mx.example.org>\r\n\r\nSomething went wrong with your message.\r\n").encode()
-    outcome = receive(app, odd, address)
+    outcome = receive_bounce(app, odd, address)
     assert outcome.outcome == "bounce" and f"outbox mail #{row.id}" in outcome.detail
     [row] = outbox_rows(app)
     assert row.state == "sent" and "bounce" in row.last_answer
@@ -89,7 +72,7 @@ def test_what_else_comes_to_a_bounce_address(tmp_path, relay, database_url):
     assert verified_bounce(SECRET, forged) is None
     mail = (f"From: Paul <paul@example.org>\r\nTo: {forged}\r\nSubject: Printer on floor 1\r\n"
             "Message-ID: <paul@example.org>\r\n\r\nThe printer on floor 1 is out of toner.\r\n").encode()
-    assert receive(app, mail, forged).outcome == "created"
+    assert receive_bounce(app, mail, forged).outcome == "created"
     app.engine.dispose()
 
 

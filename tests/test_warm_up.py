@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
-from ingest_helpers import customer_mail, make_app, receive
+from harness.ingest import customer_mail, make_app, receive
 
 
 def counts(app) -> dict:

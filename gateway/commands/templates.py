@@ -8,7 +8,7 @@ import sys
 from gateway.app import App
 from gateway.errors import CommandError
 from gateway.outbound.notify import sample_context
-from gateway.outbound.preview import NobodyToMail, preview_sample, preview_ticket
+from gateway.actions.preview import NobodyToMail, preview_sample, preview_ticket
 from gateway.outbound.render import EVENTS, LANGUAGES, TICKETLESS, RenderError, check_templates, compile_catalogs, template_files
 from store.db import session_for
 from store.lifecycle import WAITING_REASONS
@@ -63,7 +63,7 @@ def cmd_list(config, args) -> int:
 
 def cmd_preview(config, args) -> int:
     """The mail as the customer gets it, made by the outbox's own composition
-    (gateway.outbound.preview): the same bytes but the Date and the Message-ID."""
+    (gateway.actions.preview): the same bytes but the Date and the Message-ID."""
     app = App(config)
     try:
         if args.ticket and args.event in TICKETLESS:

@@ -13,7 +13,7 @@ Two kinds of machine mail are not recognised by ``classify`` alone, because a pe
 mail may look the same: an out-of-office text under a plain "Re:" subject
 (``out_of_office_text``: the reply is kept, but resumes, reopens or decides nothing),
 and a robot that answers every mail with the same text (``text_key``: the facts are
-gathered in gateway.ingest.process and the rule is gateway.ingest.decide's).
+gathered in gateway.ingest.gather and the rule is gateway.ingest.decide's).
 """
 
 from __future__ import annotations

@@ -1,7 +1,16 @@
 """Pure decisions: given a parsed mail and what the store knows about it, what to do.
 
-Nothing here touches the database or the network; ``gateway.ingest.process`` gathers the
-facts into a ``Facts`` and applies the ``Decision`` in one transaction.
+Nothing here touches the database or the network: ``gateway.ingest.gather`` gathers the
+facts into a ``Facts``, ``decide`` turns them into a ``Decision``, and
+``gateway.ingest.apply`` writes what it says in one transaction.  Read top to bottom:
+
+- ``decide``/``_decide``: duplicate, automatic mail (and what a bounce does:
+  ``bounce``), no sender, our own address, a reply to a ticket (``decide_reply``; a
+  Closed one opens a new ticket titled by ``title_from_closed``), unknown senders, a
+  stranger's reference, a new ticket; then loop (``Repeat``) and flood.
+- ``reply_effects``: the status change and the notification a reply causes.
+- ``rate_exceeded``, ``unanswerable_sender``: when a notification is withheld.
+- ``undeliverable``: when an address's hard bounces make it one not to send to.
 """
 
 from __future__ import annotations
@@ -10,12 +19,14 @@ import re
 from dataclasses import dataclass
 
 from gateway.ingest import answers
-from gateway.ingest.answers import read_decision
+from gateway.ingest.answers import first_statement, read_decision
 from gateway.ingest.automatic import Automatic, out_of_office_text
 from gateway.ingest.parse import ParsedMail
 from gateway.ingest.quotes import new_text
 from gateway.ingest.references import TAG, Reference, title_from_subject
 from store import lifecycle
+from store.addresses import key as address_key
+from store.lifecycle import StatusData
 
 
 @dataclass(frozen=True)
@@ -36,11 +47,27 @@ class ThreadHit:
     # earlier request, or one already decided): why, as the agents will read it.  Its
     # answer was for another question, or has been used.
     stale_request: str | None = None
+    # Read when the ticket is Closed (a reply to it opens a new one): its title and the
+    # subjects of our mails on it (title_from_closed).
+    title: str = ""
+    our_subjects: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BouncedMail:
+    """One of our outbox mails a delivery report names (gathered by its outbox id or
+    Message-ID)."""
+
+    outbox_id: int
+    message_id: str
+    recipient: str  # an address key (store.addresses.key)
+    state: str
+    ticket: str | None
 
 
 @dataclass(frozen=True)
 class Repeat:
-    """The sender said the same thing a moment ago (gateway.ingest.process, ``repeat``):
+    """The sender said the same thing a moment ago (gateway.ingest.gather, ``repeat``):
     a robot answering our answers, which would otherwise get a ticket and a confirmation
     each time.  ``number``: the ticket of what it repeats; ``why``, as the agents read it."""
 
@@ -64,6 +91,8 @@ class Facts:
     # The same text from the same sender within [limits] loop_window, or a mail naming
     # the Message-ID of one of our mails to them (None: neither, or not looked for).
     repeat: Repeat | None = None
+    # A bounce naming mails of ours: those mails (None: not a bounce that names any).
+    bounced: tuple[BouncedMail, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -108,12 +137,23 @@ class FollowUp:
 
 
 @dataclass(frozen=True)
+class BounceEffects:
+    """What a delivery report does to the mails of ours it names."""
+
+    answer: str  # written as each named mail's last answer
+    outbox_ids: tuple[int, ...]  # the mails it names (for this recipient, when it says)
+    failed: tuple[int, ...] = ()  # those it fails for good (a hard bounce, not failed yet)
+    hard_bounced: tuple[str, ...] = ()  # a recipient's address for each of those: one more hard bounce
+
+
+@dataclass(frozen=True)
 class Ignore:
     outcome: str  # duplicate | auto-reply | bounce | rejected | loop | ignored | receipt
     detail: str
     ticket: str | None = None
     # Kept on ``ticket`` as an internal message, for the agents: no answer, no change.
     note: bool = False
+    bounce: BounceEffects | None = None
 
 
 @dataclass(frozen=True)
@@ -220,6 +260,8 @@ def _decide(mail: ParsedMail, facts: Facts) -> Decision:
             # A read receipt of one of our mails: the agents may like to know, nothing more.
             return Ignore(facts.automatic.outcome, f"{facts.automatic.detail}; noted on {thread.number}",
                           thread.number, note=True)
+        if facts.automatic.outcome == "bounce":
+            return bounce(mail.message_id, facts.automatic, facts.bounced)
         return Ignore(facts.automatic.outcome, facts.automatic.detail)
     if not mail.from_addr:
         return QuarantineIt("no sender address (From) to answer or to file the ticket under")
@@ -234,8 +276,8 @@ def _decide(mail: ParsedMail, facts: Facts) -> Decision:
                 # The mail stays in the inbound store with this outcome.
                 return Ignore("ignored", f"no new text or only thanks for {facts.thread.number}, which is Closed",
                               facts.thread.number)
-            return NewTicket(facts.process, clean_title(mail.subject), facts.reference,
-                             linked_to=facts.thread.number, description=reply.text or mail.text)
+            return NewTicket(facts.process, title_from_closed(clean_title(mail.subject), facts.thread),
+                             facts.reference, linked_to=facts.thread.number, description=reply.text or mail.text)
         return decide_reply(mail, facts.thread)
     # Never answer an unknown sender that the policy refuses: that would be backscatter.
     if not facts.sender_known and facts.unknown_senders == "reject":
@@ -247,3 +289,101 @@ def _decide(mail: ParsedMail, facts: Facts) -> Decision:
         return NewTicket(facts.process, clean_title(mail.subject), facts.reference, facts.thread.number,
                          refers_via=facts.thread.via)
     return NewTicket(facts.process, title_from_subject(mail.subject), facts.reference)
+
+
+def title_from_closed(title: str, closed: ThreadHit) -> str:
+    """The title of a ticket opened by a reply to a Closed one: a reply to one of our
+    mails has our wording as its subject, so it takes the closed ticket's title (the
+    customer's words); a subject of their own stays."""
+    if title == closed.title or any(clean_title(subject) == title for subject in closed.our_subjects):
+        return closed.title
+    return title
+
+
+def bounce(message_id: str, automatic: Automatic, bounced: tuple[BouncedMail, ...] | None) -> Ignore:
+    """A delivery report: the mails of ours it names (by the recipient it names, when it
+    names one) get it as their last answer; a hard bounce fails them for good and counts
+    a hard bounce on their recipient (``undeliverable``).  The outcome names the ticket
+    of the first of them."""
+    if bounced is None:  # no report, or one that names no mail of ours
+        return Ignore("bounce", automatic.detail)
+    if not bounced:
+        return Ignore("bounce", automatic.detail + "; no outbox mail of ours among the returned Message-IDs")
+    report = automatic.report
+    reported = {address_key(a) for a in report.recipients}
+    rows = [r for r in bounced if r.recipient in reported] or list(bounced)
+    failed = tuple(r for r in rows if report.hard and r.state != "failed")
+    effects = BounceEffects(f"bounce <{message_id}>: {automatic.detail}"[:2000], tuple(r.outbox_id for r in rows),
+                            tuple(r.outbox_id for r in failed), tuple(r.recipient for r in failed))
+    ticket = next((r.ticket for r in rows if r.ticket is not None), None)
+    state = "marked failed" if report.hard else "delayed, kept"
+    return Ignore("bounce", f"{automatic.detail}; outbox <{rows[0].message_id}> {state}", ticket, bounce=effects)
+
+
+def undeliverable(hard_bounces: int, after: int) -> bool:
+    """An address that bounced for good ``after`` times ([outbound] undeliverable_after)
+    is sent nothing more."""
+    return hard_bounces >= after
+
+
+@dataclass(frozen=True)
+class ReplyEffects:
+    """What a reply does besides being added: the ticket's new status, and the
+    notification it answers with (to its sender only, or as the event goes)."""
+
+    status: str | None = None
+    data: StatusData | None = None
+    notice: str | None = None
+    to_sender_only: bool = False
+    extra: dict | None = None
+
+
+def reply_effects(reply: FollowUp, by: str, name: str = "") -> ReplyEffects:
+    """The status change and the notification ``reply`` causes; ``by``: its sender's
+    address, ``name``: their name."""
+    if reply.action == RESUME:
+        return ReplyEffects(lifecycle.IN_PROGRESS, StatusData(note=f"The customer answered by mail ({by}); "
+                                                                   f"the work resumes."))
+    if reply.action == REOPEN:
+        return ReplyEffects(lifecycle.IN_PROGRESS, StatusData(note=reply.comment))
+    if reply.action == NEEDS_COMMENT:
+        return ReplyEffects(notice="reopen-needs-comment", to_sender_only=True)
+    if reply.action in (APPROVE, REFUSE):
+        extra = {"decision": "approved" if reply.action == APPROVE else "refused", "approver": name or by,
+                 "approver_address": by, "answer": reply.comment}
+        if reply.action == APPROVE:
+            return ReplyEffects(lifecycle.IN_PROGRESS, StatusData(note=f"Approved by {by} by mail: {reply.comment}"),
+                                "approval-recorded", extra=extra)
+        return ReplyEffects(lifecycle.REJECTED,
+                            StatusData(reason=reply.comment, note=f"Refused by {by} by mail: {reply.comment}"),
+                            "approval-recorded", extra=extra)
+    if reply.action == UNCLEAR:
+        # The customer may believe they decided: they are told what was read and how to answer.
+        return ReplyEffects(notice="approval-unclear", to_sender_only=True,
+                            extra={"statement": first_statement(reply.comment)})
+    return ReplyEffects()
+
+
+def rate_exceeded(recent_mails: int, rate_limit: int) -> bool:
+    """More than [limits] rate_limit mails from a sender in the last rate_window seconds
+    (the mail being processed among them): the sender still gets tickets but no
+    notifications, so a storm (a loop with a machine we do not recognise, or a mail bomb)
+    cannot make us send a storm back."""
+    return recent_mails > rate_limit
+
+
+_NO_REPLY = re.compile(r"^(no[-_.]?reply|do[-_.]?not[-_.]?reply|mailer[-_.]?daemon|postmaster|bounces?)([-+.].*)?$",
+                       re.IGNORECASE)
+
+
+def unanswerable_sender(mail: ParsedMail) -> str | None:
+    """Why the sender must get no automatic answer (RFC 3834 §2), or None: the ticket is
+    made, but a machine's address gets no answer ("ticket trick": a sign-up mail sent to
+    us must not have its contents echoed back)."""
+    return_path = mail.header("return-path")
+    if return_path is not None and return_path.strip() in ("<>", ""):
+        return "null return path"
+    local = mail.from_addr.rpartition("@")[0]
+    if _NO_REPLY.match(local):
+        return f"no-reply sender {mail.from_addr}"
+    return None

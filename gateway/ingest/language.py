@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+from store.vocabulary import LANGUAGES
+
 _STOPWORDS = {
     "fr": "le la les un une des du de et est pas je vous nous il elle ce cette qui que pour dans sur avec "
           "mais ne plus au aux son sa ses mon ma mes votre vos merci bonjour fonctionne depuis ai suis "
@@ -46,3 +48,12 @@ def detect_language(text: str, min_hits: int = 5, lead: float = 1.5) -> str | No
     if first >= min_hits and first >= lead * max(second, 1):
         return best
     return None
+
+
+def mail_language(mail, default: str) -> str:
+    """The language to answer ``mail`` (a ParsedMail) in: its Content-Language, else the
+    language of its text when that is clear, else ``default``."""
+    lang = (mail.content_language or "").split("-")[0].lower()
+    if lang in LANGUAGES:
+        return lang
+    return detect_language(f"{mail.subject}\n{mail.text}") or default

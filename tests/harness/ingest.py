@@ -1,5 +1,6 @@
 """Helpers for the ingest tests: a gateway on SQLite with a given config, and stories
-such as ``receive(app, raw)`` (store as the door would, then process)."""
+such as ``receive(app, raw)`` (store as the door would, then process), and bounces (DSNs)
+as a relay writes them."""
 
 from __future__ import annotations
 
@@ -68,3 +69,20 @@ def person(app: App, email: str) -> Person | None:
 def inbound_rows(app: App) -> list[InboundMessage]:
     with session_for(app.engine) as session:
         return list(session.exec(select(InboundMessage)))
+
+
+def dsn(to: str, recipient: str = "jane@example.org", status: str = "5.1.1") -> bytes:
+    """A delivery status notification that returns nothing of the mail: no headers, no text."""
+    return (f"From: Mail Delivery System <MAILER-DAEMON@mx.example.org>\r\nTo: {to}\r\n"
+            f"Subject: Undelivered Mail Returned to Sender\r\nMessage-ID: <dsn-{status}@mx.example.org>\r\n"
+            "Auto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\n"
+            'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n\r\n'
+            "--B\r\nContent-Type: text/plain\r\n\r\nYour message could not be delivered.\r\n"
+            "--B\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.org\r\n\r\n"
+            f"Final-Recipient: rfc822; {recipient}\r\nAction: failed\r\nStatus: {status}\r\n"
+            "--B--\r\n").encode()
+
+
+def receive_bounce(app: App, raw: bytes, rcpt: str):
+    stored = store_raw(app.engine, app.blobs, raw, source="smtp", mail_from="", rcpt_to=(rcpt,))
+    return app.processor.process(stored.id)

@@ -21,6 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
+
+
 USER = "helpdesk"
 PASSWORD = "s3cret-imap"
 
@@ -252,3 +255,39 @@ service imap-login {{
                 header = next(v for k, v in item.items() if k.startswith(b"BODY["))
                 out.append((BytesHeaderParser().parsebytes(header)["Message-ID"] or "").strip())
             return sorted(out)
+
+
+@pytest.fixture(scope="session")
+def dovecot_ok() -> None:
+    problem = Dovecot.problem()
+    if problem:
+        if os.environ.get("CI"):
+            pytest.fail(problem + " (CI is set: the IMAP tests must run)")
+        pytest.skip(problem)
+
+
+@pytest.fixture
+def make_dovecot(dovecot_ok):
+    servers: list[Dovecot] = []
+
+    def make(extra: str = "", tls: bool = False, oauth2_tokeninfo_url: str = "") -> Dovecot:
+        if tls and shutil.which("openssl") is None:
+            pytest.skip("openssl is needed to make the test certificate")
+        server = Dovecot(extra, tls=tls, oauth2_tokeninfo_url=oauth2_tokeninfo_url)
+        servers.append(server)
+        try:
+            server.start()
+        except Exception as exc:  # noqa: BLE001
+            if os.environ.get("CI"):
+                pytest.fail(f"Dovecot could not be started (CI is set): {exc}")
+            pytest.skip(f"Dovecot could not be started: {exc}")
+        return server
+
+    yield make
+    for server in servers:
+        server.cleanup()
+
+
+@pytest.fixture
+def dovecot(make_dovecot) -> Dovecot:
+    return make_dovecot()

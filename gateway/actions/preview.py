@@ -113,7 +113,7 @@ def preview_ticket(notifier: Notifier, session: Session, number: str, event: str
 
 
 def _extra(session: Session, ticket: Ticket, event: str, received: list[TicketMessage]) -> dict:
-    """What gateway.ingest.process passes with the events that answer a mail, read from
+    """What ingest queues with the events that answer a mail (gateway.ingest.decide.reply_effects), read from
     the ticket: its latest mail received is the answer."""
     answer = received[-1].body_text if received else ""
     affected = session.get(Person, ticket.affected_person_id)
