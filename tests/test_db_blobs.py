@@ -17,9 +17,9 @@ from gateway.ingest.parse import parse
 from store.blobs import BlobStore
 from store.dbblobs import CHUNK, DatabaseBlobStore
 from store.models import Blob, BlobChunk
-from tests.conftest import run_gateway, write_config
-from tests.ingest_helpers import customer_mail, make_app, receive
-from tests.test_large_mail import _attachment, _b64_lines, _mail, _text_part
+from conftest import run_gateway, write_config
+from harness.ingest import customer_mail, make_app, receive
+from test_large_mail import _attachment, _b64_lines, _mail, _text_part
 
 
 def _counts(engine) -> tuple[int, int]:

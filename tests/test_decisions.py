@@ -15,9 +15,9 @@ from gateway.ingest.inbound import store_raw
 from store import lifecycle
 from store.db import session_for
 from store.models import ApprovalDecision, Outbox, StatusChange
-from tests.conftest import POSTGRES_URL
-from tests.ingest_helpers import make_app
-from tests.test_approval_answers import ANSWERS, ask_approval, gmail, outbox, service_request, status
+from conftest import POSTGRES_URL
+from harness.ingest import make_app
+from test_approval_answers import ANSWERS, ask_approval, gmail, outbox, service_request, status
 
 
 def _blocked_behind(conn, me: int) -> int:

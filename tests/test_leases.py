@@ -15,9 +15,10 @@ from sqlalchemy import select
 
 from gateway.lease import RENEW_EVERY, Lease
 from store.models import Lease as LeaseRow
-from tests.harness.instances import Instance
-from tests.ingest_helpers import make_app
-from tests.test_imap import ENV, config_text, dovecot, dovecot_ok, make_dovecot, mail, wait_until  # noqa: F401
+from harness.instances import Instance
+from harness.ingest import make_app
+from harness.dovecot import dovecot, dovecot_ok, make_dovecot  # noqa: F401 (fixtures)
+from harness.imap import ENV, config_text, mail, wait_until
 
 
 def _holder(engine, name: str) -> str | None:
@@ -139,7 +140,7 @@ def test_a_dead_hosts_claimed_notifications_are_taken_back_once_its_heartbeat_st
 
     from gateway.outbound.outbox import release_dead_claims
     from store.models import Outbox, ServiceProcess, utcnow
-    from tests.ingest_helpers import customer_mail, receive
+    from harness.ingest import customer_mail, receive
 
     app = make_app(tmp_path, database_url=database_url)
     try:
@@ -177,7 +178,7 @@ def test_a_dead_deliverers_mail_is_sent_again_unless_the_relay_was_given_its_end
 
     from gateway.outbound.outbox import release_dead_claims
     from store.models import DeliveryAttempt, Outbox, utcnow
-    from tests.ingest_helpers import customer_mail, receive
+    from harness.ingest import customer_mail, receive
 
     app = make_app(tmp_path, database_url=database_url)
     try:

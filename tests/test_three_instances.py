@@ -24,7 +24,7 @@ from aiosmtpd.controller import Controller
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from tests.harness.instances import Instance, free_port
+from harness.instances import Instance, free_port
 
 MAILS = 2000
 CLIENTS = 8
