@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from store.vocabulary import LANGUAGES, PROCESSES
+
 
 class ConfigError(Exception):
     """A configuration problem; the message names the key."""
@@ -334,8 +336,6 @@ class Config:
         raise ConfigError(f"no mailbox named {name!r} in the config (known: {', '.join(b.name for b in self.mailboxes) or 'none'})")
 
 
-PROCESSES = ("incident", "service-request", "change")
-LANGUAGES = ("fr", "nl", "en", "de")
 _CHOICES = {
     ("outbound", "transport"): ("file", "smtp"),
     ("outbound.smtp", "security"): ("none", "starttls", "tls"),
@@ -353,6 +353,7 @@ _CHOICES = {
 NOT_KEYS = ("GATEWAY_CONFIG", "GATEWAY_CORPUS", "GATEWAY_TEST_POSTGRES_URL", "GATEWAY_BENCH_POSTGRES_URL")
 
 
+# complex: one branch per type a setting may declare (bool, int, float, path, list, dict, literal), each from TOML or the environment
 def _convert(value, tp, where: str):
     """Check and convert one value from TOML or the environment to the declared type."""
     origin = typing.get_origin(tp)
@@ -550,6 +551,7 @@ def check_secret(value: str, key: str) -> None:
                           f"random value (or leave gateway.secret empty to have one made)")
 
 
+# complex: a flat list of independent checks across sections, each naming the setting it refuses
 def _check(config: Config) -> None:
     gateway = config.gateway
     if gateway.secret:

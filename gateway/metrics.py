@@ -28,6 +28,8 @@ import logging
 import os
 from pathlib import Path
 
+from store.vocabulary import PROCESS_PREFIX
+
 log = logging.getLogger("gateway.metrics")
 
 # The label values every scrape shows from the start (at 0), so that a rate or an alert
@@ -35,7 +37,7 @@ log = logging.getLogger("gateway.metrics")
 DOORS = ("smtp", "lmtp", "imap", "ingest")
 OUTCOMES = ("created", "appended", "reopened", "approval", "new-from-closed", "needs-comment", "duplicate",
             "auto-reply", "bounce", "feedback", "loop", "rejected", "held", "ignored", "quarantined")
-PROCESSES = {"INC": "incident", "SR": "service-request", "CHG": "change"}
+PROCESSES = {prefix: process for process, prefix in PROCESS_PREFIX.items()}  # INC -> incident
 NOTIFICATION_STATES = ("sent", "failed", "retried")
 # Why the SMTP door refused: a closed set (gateway.ingest.smtp).
 REFUSALS = ("unknown-recipient", "too-many-recipients", "bad-address", "too-large", "line-too-long",

@@ -387,6 +387,7 @@ def _bind_http(config: Config):
     return sock
 
 
+# long, complex: start-up in order (door, workers, deliverer, closer, pollers, HTTP) and the stop in reverse, in one frame; other issues hook into it (faults, instances)
 async def _serve(app: App, accept_only: bool, log_level: str, lmtp_socket=None) -> None:
     config = app.config
     ctx = mp.get_context("spawn")

@@ -3,7 +3,7 @@
 The token is an HMAC-SHA256 of the ticket number under the configured secret, cut to
 20 hex digits (80 bits): guessing one is hopeless for a mail-borne attacker, and the
 address stays within the 64 characters a local part may have.  A token alone is never
-authority: the sender must also be allowed on the ticket (gateway.ingest.threading).
+authority: the sender must also be allowed on the ticket (gateway.ingest.threads).
 A token that does not verify counts for nothing.
 
 An approval request carries the request's place among the ticket's requests in its

@@ -10,8 +10,8 @@ from sqlmodel import Session, create_engine
 
 from store import models  # noqa: F401  (registers the tables)
 from store.schema import ensure_current
+from store.vocabulary import PROCESS_PREFIX  # noqa: F401 (named there; imported from here too)
 
-PROCESS_PREFIX = {"incident": "INC", "service-request": "SR", "change": "CHG"}
 
 
 def make_engine(url: str, *, busy_timeout_ms: int = 30000, checkpoints: bool = True,

@@ -128,7 +128,7 @@ class TicketMessage(SQLModel, table=True):
     internal: bool = False
     # Our MTA's Authentication-Results (authserv_id) said dmarc=pass for this mail's From
     # (revision 0005): only then may its To and Cc become people of the thread
-    # (gateway.ingest.threading.permission).
+    # (gateway.ingest.threads.permission).
     authenticated: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
     from_addr: str = ""
     to_addrs: str = ""  # comma separated

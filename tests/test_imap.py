@@ -216,8 +216,8 @@ def test_idle_is_renewed_and_still_works(tmp_path, dovecot, caplog, monkeypatch)
     """IDLE is left and re-issued on a timer (RFC 2177's 29 minutes, 20 here; 0.3 s in
     the test), and mail still arrives promptly afterwards."""
     caplog.set_level(logging.DEBUG, logger="gateway.imap")
-    monkeypatch.setattr(imap, "IDLE_RENEW_SECONDS", 0.3)
-    monkeypatch.setattr(imap, "STOP_CHECK_SECONDS", 0.1)
+    monkeypatch.setattr(imap.poller, "IDLE_RENEW_SECONDS", 0.3)
+    monkeypatch.setattr(imap.poller, "STOP_CHECK_SECONDS", 0.1)
     tag = uuid.uuid4().hex[:8]
     app = make_app(tmp_path, dovecot, poll_interval=600)
     with Running(app) as running:

@@ -95,7 +95,7 @@ def test_message_expunged_by_another_client_meanwhile(tmp_path, make_dovecot, ca
     kw = dict(process=app.processor.process, max_size=app.config.smtp.max_message_size if max_size else None)
     if moment == "after-store-before-move":
         importer = imap.Importer(box, app.engine, app.blobs, **kw)
-        real_move = imap.move
+        real_move = imap.importer.move
 
         def move(client, uid, folder):
             if uid == victim:
@@ -103,7 +103,7 @@ def test_message_expunged_by_another_client_meanwhile(tmp_path, make_dovecot, ca
                 expunge(server, victim)
             return real_move(client, uid, folder)
 
-        monkeypatch.setattr(imap, "move", move)
+        monkeypatch.setattr(imap.importer, "move", move)
     else:
         at = victim if moment == "just-before-its-fetch" else 1
         importer = ExpungedMeanwhile(box, app.engine, app.blobs, server=server, at=at, victim=victim, **kw)
@@ -157,15 +157,15 @@ def test_expunged_before_its_move_to_failed(tmp_path, dovecot, caplog, monkeypat
     else:
         app = make_app(tmp_path, dovecot)
         dovecot.append("INBOX", [mail(i, tag) for i in range(3)])
-        real_store = imap.store_raw
+        real_store = imap.importer.store_raw
 
         def store_raw(engine, blobs, raw, **kw):  # the disk fails for this one mail only
             if victim_mid.encode() in raw:
-                raise imap.StoreFailed("could not store the message: OSError: disk full")
+                raise imap.importer.StoreFailed("could not store the message: OSError: disk full")
             return real_store(engine, blobs, raw, **kw)
 
-        monkeypatch.setattr(imap, "store_raw", store_raw)
-    real_move = imap.move
+        monkeypatch.setattr(imap.importer, "store_raw", store_raw)
+    real_move = imap.importer.move
 
     def move(client, uid, folder):
         if uid == victim:
@@ -173,7 +173,7 @@ def test_expunged_before_its_move_to_failed(tmp_path, dovecot, caplog, monkeypat
             expunge(dovecot, victim)
         return real_move(client, uid, folder)
 
-    monkeypatch.setattr(imap, "move", move)
+    monkeypatch.setattr(imap.importer, "move", move)
     box = app.config.mailboxes[0]
     results = one_pass(imap.Importer(box, app.engine, app.blobs, process=app.processor.process,
                                      max_size=app.config.smtp.max_message_size))
@@ -345,14 +345,14 @@ def test_too_large_mail_is_recorded_from_its_header_before_its_move(tmp_path, do
     mid = f"{tag}-0@example.org"
 
     fetched: list[tuple[tuple[int, ...], tuple[str, ...]]] = []
-    real_fetch = imap.IMAPClient.fetch
+    real_fetch = imap.importer.IMAPClient.fetch
 
     def fetch(self, messages, data, *a, **kw):
         fetched.append((tuple(messages), tuple(d.decode() if isinstance(d, bytes) else d for d in data)))
         return real_fetch(self, messages, data, *a, **kw)
 
     rows_at_move: list[list] = []
-    real_move = imap.move
+    real_move = imap.importer.move
 
     def move(client, uid, folder):
         if uid == 1:
@@ -360,8 +360,8 @@ def test_too_large_mail_is_recorded_from_its_header_before_its_move(tmp_path, do
         return real_move(client, uid, folder)
 
     with monkeypatch.context() as m:
-        m.setattr(imap.IMAPClient, "fetch", fetch)
-        m.setattr(imap, "move", move)
+        m.setattr(imap.importer.IMAPClient, "fetch", fetch)
+        m.setattr(imap.importer, "move", move)
         results = one_pass(importer_of(app))
 
     # The body was never asked for: UID 1 was fetched for its size and its header only.

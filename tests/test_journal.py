@@ -12,7 +12,8 @@ import time
 import pytest
 from sqlalchemy import text
 
-from gateway.ingest.spool import Journal, Spool, read_journal, recover_journals
+from gateway.ingest.journal import Journal, read_journal, recover_journals
+from gateway.ingest.spool import Spool
 from store.blobs import BlobStore
 
 

@@ -16,7 +16,8 @@ from email.policy import SMTP
 from sqlalchemy import create_engine, text
 
 from conftest import ROOT, free_port, wait_for_port, write_config
-from gateway.ingest.spool import Spool, read_journal
+from gateway.ingest.journal import read_journal
+from gateway.ingest.spool import Spool
 from store.blobs import BlobStore
 
 

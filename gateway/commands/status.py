@@ -81,6 +81,7 @@ def _last_from(session: Session, source: str) -> datetime | None:
                                .order_by(col(InboundMessage.id).desc()).limit(1)).first())
 
 
+# complex: one independent figure or threshold after another (the status page's list), read top to bottom
 def gather(app: App, *, max_wait: float | None = None, quiet_hours: float | None = None,
            max_quarantined: int | None = 0, now: datetime | None = None) -> Status:
     """The figures and the problems; ``max_wait`` in minutes (None: the config's),

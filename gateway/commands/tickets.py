@@ -13,6 +13,7 @@ from gateway.errors import CommandError
 from store.db import session_for
 from store.models import Attachment, Person, StatusChange, Ticket, TicketMessage
 from store.lifecycle import STATUSES, WAITING_REASONS, LifecycleError, StatusData
+from store.vocabulary import PROCESSES
 from store.tickets import NotFound, get_ticket, search_tickets
 
 
@@ -34,7 +35,7 @@ def register(sub, common) -> None:
     s.set_defaults(func=cmd_list)
 
     s = tsub.add_parser("create", parents=[common], help="register a ticket (phone channel) and confirm it by mail")
-    s.add_argument("--process", required=True, choices=("incident", "service-request", "change"))
+    s.add_argument("--process", required=True, choices=PROCESSES)
     s.add_argument("--reporter", required=True, metavar="EMAIL", help="the Reporting Person")
     s.add_argument("--affected", metavar="EMAIL", help="the Affected Person (default: the reporter)")
     s.add_argument("--title", required=True)

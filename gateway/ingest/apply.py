@@ -18,11 +18,13 @@ from gateway.ingest.decide import (APPROVE, HOLD, NEEDS_COMMENT, REFUSE, BounceE
 from gateway.ingest.gather import UNKNOWN
 from gateway.ingest.parse import ParsedMail
 from gateway.ingest.statements import INSERT_RECEIVED, MARK, RECENT_FROM
-from gateway.ingest.threading import dmarc_passed
+from gateway.ingest.threads import dmarc_passed
 from store.addresses import key as address_key
 from store.models import Attachment, InboundMessage, Outbox, Person, Ticket, TicketMessage, utcnow
 from store.notifications import KnownThread, queue
 from store.tickets import add_person, change_status, create_ticket, get_or_create_person, get_ticket
+from store.vocabulary import FAILED, QUARANTINED
+
 
 log = logging.getLogger("gateway.ingest")
 
@@ -37,7 +39,6 @@ class Outcome:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
 
 
 def with_defects(detail: str | None, defects: tuple[str, ...]) -> str:
@@ -65,7 +66,7 @@ class Apply:
             ticket_id=ticket.id,
             direction="in",
             internal=internal,
-            # Whether its To and Cc may join the thread (threading.permission).
+            # Whether its To and Cc may join the thread (threads.permission).
             authenticated=dmarc_passed(mail, self.config.gateway.authserv_id),
             from_addr=mail.from_addr,
             to_addrs=",".join(mail.to),
@@ -107,7 +108,7 @@ class Apply:
                 self.add_message(session, get_ticket(session, decision.ticket), inbound, mail, internal=True)
             return Outcome(source, mid, decision.outcome, decision.ticket, decision.detail)
         if isinstance(decision, QuarantineIt):
-            return Outcome(source, mid, "quarantined", None, decision.reason)
+            return Outcome(source, mid, QUARANTINED, None, decision.reason)
         if isinstance(decision, FollowUp):
             return self.apply_reply(session, inbound, mail, decision, sender)
         assert isinstance(decision, NewTicket)
@@ -195,7 +196,7 @@ class Apply:
         for row in session.exec(select(Outbox).where(col(Outbox.id).in_(bounce.outbox_ids)).order_by(Outbox.id)):
             row.last_answer = bounce.answer
             if row.id in bounce.failed:
-                row.state = "failed"
+                row.state = FAILED
             session.add(row)
         for address in bounce.hard_bounced:
             person = session.exec(select(Person).where(Person.email == address)).first()
@@ -224,4 +225,3 @@ class Apply:
                                              "ticket_number": outcome.ticket, "detail": outcome.detail,
                                              "processed_at": utcnow()})
         return outcome
-

@@ -156,23 +156,36 @@ def text_key(subject: str, text: str) -> str:
 
 
 def classify(mail: ParsedMail, own_addresses: tuple[str, ...], own_domain: str = "") -> Automatic | None:
-    """What machine wrote ``mail``, or None for mail from a person."""
-    own = {a.lower() for a in own_addresses}
-    if mail.header(LOOP_HEADER) is not None:
-        return Automatic("loop", f"carries our loop header {LOOP_HEADER}")
-    if mail.from_addr and mail.from_addr.lower() in own:
-        return Automatic("loop", f"sent from our own address {mail.from_addr}")
+    """What machine wrote ``mail``, or None for mail from a person: our own mail coming
+    back, a delivery report, a read receipt, an auto-reply (in that order)."""
     precedence = (mail.header("precedence") or mail.header("x-precedence") or "").strip().lower()
-    if own_domain and mail.message_id.lower().endswith("@" + own_domain.lower()) and precedence == "bulk":
-        return Automatic("loop", "our own Message-ID with Precedence: bulk")
-
+    loop = _our_own(mail, own_addresses, own_domain, precedence)
+    if loop is not None:
+        return loop
     report = analyse(mail)
     if report is not None:
         return Automatic(report.kind, report.detail, report)
     receipt = read_receipt(mail)
     if receipt is not None:
         return Automatic("receipt", receipt)
+    return _auto_reply(mail, precedence)
 
+
+def _our_own(mail: ParsedMail, own_addresses: tuple[str, ...], own_domain: str, precedence: str) -> Automatic | None:
+    """Our own mail coming back: our loop header, our address, our Message-ID in bulk."""
+    own = {a.lower() for a in own_addresses}
+    if mail.header(LOOP_HEADER) is not None:
+        return Automatic("loop", f"carries our loop header {LOOP_HEADER}")
+    if mail.from_addr and mail.from_addr.lower() in own:
+        return Automatic("loop", f"sent from our own address {mail.from_addr}")
+    if own_domain and mail.message_id.lower().endswith("@" + own_domain.lower()) and precedence == "bulk":
+        return Automatic("loop", "our own Message-ID with Precedence: bulk")
+    return None
+
+
+def _auto_reply(mail: ParsedMail, precedence: str) -> Automatic | None:
+    """An answering machine: Auto-Submitted, a presence header, Precedence, a list's
+    copy, an out-of-office subject."""
     auto = (mail.header("auto-submitted") or "").strip().lower()
     if auto and not auto.startswith("no"):
         return Automatic("auto-reply", f"Auto-Submitted: {auto[:80]}")

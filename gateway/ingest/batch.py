@@ -16,6 +16,8 @@ from gateway.ingest.apply import Outcome
 from gateway.ingest.parse import ParsedMail, parse
 from store.db import reader, session_for
 from store.models import InboundMessage, utcnow
+from store.vocabulary import RECEIVED
+
 
 log = logging.getLogger("gateway.ingest")
 
@@ -122,7 +124,7 @@ class Batches:
         # database's write lock (BEGIN IMMEDIATE).  Attachment blobs are content-addressed,
         # so storing them early is harmless if the transaction is later rolled back.
         if known is not None and all(i in known for i in inbound_ids):
-            rows = {i: ("received", *known[i]) for i in inbound_ids}
+            rows = {i: (RECEIVED, *known[i]) for i in inbound_ids}
         else:
             with reader(self.engine) as session:  # no write lock for this read (SQLite)
                 rows = {i: (state, sha, size) for i, state, sha, size in session.exec(
@@ -138,12 +140,12 @@ class Batches:
                 break
             total += size
             ahead = self._ahead.pop(inbound_id, None)
-            if ahead is not None and state == "received":
+            if ahead is not None and state == RECEIVED:
                 prepared.append((inbound_id, *ahead))
                 continue
             mail: ParsedMail | None = None
             quarantine: Quarantine | None = None
-            if state == "received":
+            if state == RECEIVED:
                 try:
                     mail = parse(self.blobs.get(sha), self.limits, blobs=self.blobs)
                     for att in mail.attachments:
@@ -161,11 +163,11 @@ class Batches:
         with reader(self.engine) as session:
             return [tuple(row) for row in session.exec(
                 select(InboundMessage.id, InboundMessage.sha256, InboundMessage.size)
-                .where(InboundMessage.state == "received").order_by(col(InboundMessage.id)).limit(limit))]
+                .where(InboundMessage.state == RECEIVED).order_by(col(InboundMessage.id)).limit(limit))]
 
     def pending_ids(self, limit: int = 100) -> list[int]:
         with reader(self.engine) as session:
-            return list(session.exec(select(InboundMessage.id).where(InboundMessage.state == "received")
+            return list(session.exec(select(InboundMessage.id).where(InboundMessage.state == RECEIVED)
                                      .order_by(col(InboundMessage.id)).limit(limit)))
 
     def process_pending(self, limit: int = 100) -> list[Outcome]:

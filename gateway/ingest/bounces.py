@@ -166,6 +166,7 @@ def _ses(mail: ParsedMail) -> Report | None:
     return None
 
 
+# complex: the report formats in the order they are told apart (ARF, unsubscribe, SES, RFC 3464 DSN, X-Failed-Recipients, non-standard bounces); tested case by case against the corpus
 def analyse(mail: ParsedMail) -> Report | None:
     """What kind of delivery report ``mail`` is, or None for mail that is not one."""
     types = set(mail.part_types)

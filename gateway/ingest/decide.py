@@ -27,6 +27,7 @@ from gateway.ingest.references import TAG, Reference, title_from_subject
 from store import lifecycle
 from store.addresses import key as address_key
 from store.lifecycle import StatusData
+from store.vocabulary import FAILED
 
 
 @dataclass(frozen=True)
@@ -255,29 +256,14 @@ def _decide(mail: ParsedMail, facts: Facts) -> Decision:
     if facts.duplicate_of:
         return Ignore("duplicate", f"Message-ID already on {facts.duplicate_of}", facts.duplicate_of)
     if facts.automatic is not None:
-        thread = facts.thread
-        if facts.automatic.noted and thread is not None and thread.sender_allowed:
-            # A read receipt of one of our mails: the agents may like to know, nothing more.
-            return Ignore(facts.automatic.outcome, f"{facts.automatic.detail}; noted on {thread.number}",
-                          thread.number, note=True)
-        if facts.automatic.outcome == "bounce":
-            return bounce(mail.message_id, facts.automatic, facts.bounced)
-        return Ignore(facts.automatic.outcome, facts.automatic.detail)
+        return decide_automatic(mail, facts)
     if not mail.from_addr:
         return QuarantineIt("no sender address (From) to answer or to file the ticket under")
     if facts.thread is not None and facts.thread.why == "own":
         return Ignore("loop", f"sent from our own address {mail.from_addr}", facts.thread.number)
     if facts.thread is not None and facts.thread.sender_allowed:
         if facts.thread.status == lifecycle.CLOSED:
-            # Closed is final (manual §1.4.2): a new problem needs a new ticket.
-            reply = new_text(mail.text)
-            if (not reply.text or only_thanks(reply.text)) and not mail.attachments:
-                # "Thanks" to the closing mail is no new problem: a new ticket would be noise.
-                # The mail stays in the inbound store with this outcome.
-                return Ignore("ignored", f"no new text or only thanks for {facts.thread.number}, which is Closed",
-                              facts.thread.number)
-            return NewTicket(facts.process, title_from_closed(clean_title(mail.subject), facts.thread),
-                             facts.reference, linked_to=facts.thread.number, description=reply.text or mail.text)
+            return decide_closed(mail, facts)
         return decide_reply(mail, facts.thread)
     # Never answer an unknown sender that the policy refuses: that would be backscatter.
     if not facts.sender_known and facts.unknown_senders == "reject":
@@ -289,6 +275,30 @@ def _decide(mail: ParsedMail, facts: Facts) -> Decision:
         return NewTicket(facts.process, clean_title(mail.subject), facts.reference, facts.thread.number,
                          refers_via=facts.thread.via)
     return NewTicket(facts.process, title_from_subject(mail.subject), facts.reference)
+
+
+def decide_automatic(mail: ParsedMail, facts: Facts) -> Ignore:
+    """Mail a machine wrote gets no ticket and no answer."""
+    automatic, thread = facts.automatic, facts.thread
+    if automatic.noted and thread is not None and thread.sender_allowed:
+        # A read receipt of one of our mails: the agents may like to know, nothing more.
+        return Ignore(automatic.outcome, f"{automatic.detail}; noted on {thread.number}", thread.number, note=True)
+    if automatic.outcome == "bounce":
+        return bounce(mail.message_id, automatic, facts.bounced)
+    return Ignore(automatic.outcome, automatic.detail)
+
+
+def decide_closed(mail: ParsedMail, facts: Facts) -> Decision:
+    """A reply to a Closed ticket: Closed is final (manual §1.4.2), a new problem needs a
+    new ticket, linked to it."""
+    reply = new_text(mail.text)
+    if (not reply.text or only_thanks(reply.text)) and not mail.attachments:
+        # "Thanks" to the closing mail is no new problem: a new ticket would be noise.
+        # The mail stays in the inbound store with this outcome.
+        return Ignore("ignored", f"no new text or only thanks for {facts.thread.number}, which is Closed",
+                      facts.thread.number)
+    return NewTicket(facts.process, title_from_closed(clean_title(mail.subject), facts.thread),
+                     facts.reference, linked_to=facts.thread.number, description=reply.text or mail.text)
 
 
 def title_from_closed(title: str, closed: ThreadHit) -> str:
@@ -312,7 +322,7 @@ def bounce(message_id: str, automatic: Automatic, bounced: tuple[BouncedMail, ..
     report = automatic.report
     reported = {address_key(a) for a in report.recipients}
     rows = [r for r in bounced if r.recipient in reported] or list(bounced)
-    failed = tuple(r for r in rows if report.hard and r.state != "failed")
+    failed = tuple(r for r in rows if report.hard and r.state != FAILED)
     effects = BounceEffects(f"bounce <{message_id}>: {automatic.detail}"[:2000], tuple(r.outbox_id for r in rows),
                             tuple(r.outbox_id for r in failed), tuple(r.recipient for r in failed))
     ticket = next((r.ticket for r in rows if r.ticket is not None), None)

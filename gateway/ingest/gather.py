@@ -21,7 +21,7 @@ from gateway.ingest.language import mail_language
 from gateway.ingest.parse import ParsedMail
 from gateway.ingest.references import find_reference
 from gateway.ingest.statements import PERSON_BY_EMAIL, REPEAT_LOOKBACK, SAME_MESSAGE_ID
-from gateway.ingest.threading import dmarc_failed, find_ticket, permission, signed_replies
+from gateway.ingest.threads import dmarc_failed, find_ticket, permission, signed_replies
 from gateway.tokens import marked_addresses, verified_bounce
 from store import lifecycle
 from store.addresses import key as address_key
@@ -50,7 +50,7 @@ class Gather:
         return self.config.routing.default_process
 
     def find_thread(self, session: Session, inbound: InboundMessage, mail: ParsedMail) -> ThreadHit | None:
-        """The ticket the mail answers (``gateway.ingest.threading``) and what its sender may do."""
+        """The ticket the mail answers (``gateway.ingest.threads``) and what its sender may do."""
         recipients = [a for a in inbound.rcpt_to.split(",") if a] + list(mail.to) + list(mail.cc)
         found = find_ticket(session, mail, recipients, self.config.gateway.verifying_secrets(), self.own)
         if found is None:

@@ -21,6 +21,8 @@ from store.addresses import normalize_message_id
 from store.blobs import BlobStore
 from store.db import session_for
 from store.models import InboundMessage, utcnow
+from store.vocabulary import QUARANTINED
+
 
 _MID = re.compile(rb"^message-id:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
 
@@ -96,7 +98,7 @@ def record_inbound(
                 received_at=received_at or utcnow(),
             )
             if quarantined is not None:
-                row.state, (row.outcome, row.detail), row.processed_at = "quarantined", quarantined, utcnow()
+                row.state, (row.outcome, row.detail), row.processed_at = QUARANTINED, quarantined, utcnow()
             session.add(row)
             try:
                 session.commit()

@@ -32,6 +32,8 @@ from store.blobs import BlobStore
 from store.db import session_for
 from store.models import InboundMessage, utcnow
 from store.tickets import REHEARSAL
+from store.vocabulary import PROCESSED, QUARANTINED, RECEIVED
+
 
 __all__ = ["BATCH_BYTES", "BATCH_MAILS", "Outcome", "Processor"]
 
@@ -89,7 +91,7 @@ class Processor(Gather, Apply, Batches, TooLarge):
             if inbound is None:
                 savepoint.commit()
                 return Outcome("", "", "busy", None, "being processed by another worker")
-            if inbound.state != "received":
+            if inbound.state != RECEIVED:
                 savepoint.commit()
                 return Outcome(inbound.source, inbound.message_id, inbound.outcome or inbound.state,
                                inbound.ticket_number, inbound.detail)
@@ -100,9 +102,9 @@ class Processor(Gather, Apply, Batches, TooLarge):
                     mail = parse(self.blobs.get(inbound.sha256), self.limits, blobs=self.blobs)
             except Quarantine as exc:
                 outcome = self.mark(session, inbound, Outcome(inbound.source, inbound.message_id,
-                                                               "quarantined", None, exc.reason), "quarantined")
+                                                               QUARANTINED, None, exc.reason), QUARANTINED)
                 savepoint.commit()
-                self._done.append((inbound.id, "quarantined", None, inbound.received_at, False))
+                self._done.append((inbound.id, QUARANTINED, None, inbound.received_at, False))
                 return outcome
             parent = self._parent_waiting(session, inbound.id, mail)
             if parent is not None:
@@ -116,7 +118,7 @@ class Processor(Gather, Apply, Batches, TooLarge):
             outcome = self.apply(session, inbound, mail, decision, sender)
             if mail.defects:
                 outcome = replace(outcome, detail=with_defects(outcome.detail, mail.defects))
-            state = "quarantined" if outcome.outcome == "quarantined" else "processed"
+            state = QUARANTINED if outcome.outcome == QUARANTINED else PROCESSED
             outcome = self.mark(session, inbound, outcome, state)
             savepoint.commit()
             self._done.append((inbound.id, outcome.outcome, outcome.ticket, inbound.received_at, False))
@@ -153,7 +155,7 @@ class Processor(Gather, Apply, Batches, TooLarge):
         inbound.attempts += 1
         detail = f"processing failed: {type(exc).__name__}: {exc}"
         if inbound.attempts >= self.config.limits.max_attempts:
-            inbound.state = inbound.outcome = "quarantined"
+            inbound.state = inbound.outcome = QUARANTINED
             inbound.ticket_number = None
             inbound.processed_at = utcnow()
         inbound.detail = detail
@@ -161,9 +163,9 @@ class Processor(Gather, Apply, Batches, TooLarge):
         session.flush()
         # A failed attempt is counted as such; the one that quarantines the mail as its
         # outcome too.
-        self._done.append((inbound_id, "quarantined" if inbound.state == "quarantined" else "retry",
+        self._done.append((inbound_id, QUARANTINED if inbound.state == QUARANTINED else "retry",
                            None, inbound.received_at, True))
-        return Outcome(inbound.source, inbound.message_id, "quarantined" if inbound.state == "quarantined" else "retry",
+        return Outcome(inbound.source, inbound.message_id, QUARANTINED if inbound.state == QUARANTINED else "retry",
                        None, detail)
 
     def _failed(self, inbound_id: int, exc: Exception) -> Outcome:
@@ -173,7 +175,7 @@ class Processor(Gather, Apply, Batches, TooLarge):
             outcome = self._count_failure(session, inbound_id, exc)
             session.commit()
         self._count_done()
-        if outcome.outcome == "quarantined":
+        if outcome.outcome == QUARANTINED:
             log.info("<%s> quarantined (%s)", outcome.message_id, outcome.detail)
         return outcome
 
@@ -202,7 +204,7 @@ class Processor(Gather, Apply, Batches, TooLarge):
                 inbound_id = session.connection().execute(
                     insert(InboundMessage.__table__).returning(InboundMessage.__table__.c.id),
                     dict(received_at=utcnow(), source="warm-up", mail_from="", rcpt_to="", message_id="",
-                         sha256="warm-up", size=len(raw), state="received", attempts=0)).scalar_one()
+                         sha256="warm-up", size=len(raw), state=RECEIVED, attempts=0)).scalar_one()
                 self._one(session, inbound_id, mail, None)
                 session.rollback()
                 self._done = []  # a rehearsal: nothing to count

@@ -130,6 +130,7 @@ def _header_block_at(lines: list[str], i: int) -> bool:
     return any(_SENT.match(line) for line in window) and any(_OTHER_FIELD.match(line) for line in window)
 
 
+# complex: one scan of the lines, each rule that ends the new text (quote headers of each mail program and language, signatures) tried on the line in turn
 def new_text(body: str) -> ReplyText:
     """The text the sender wrote in this mail, without the quoted history or signature."""
     lines = (body or "").replace("\r\n", "\n").replace("\r", "\n").split("\n")

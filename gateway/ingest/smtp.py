@@ -339,6 +339,7 @@ class SpoolingSMTP(SMTP):
     past ``SPOOL_IN_MEMORY`` its text is written to a temporary blob as it comes; a
     smaller mail is handed over as bytes as before."""
 
+    # complex: aiosmtpd's smtp_DATA in upstream's shape (to compare it line by line), reading into the spool as it comes
     async def smtp_DATA(self, arg: str) -> None:
         blobs: BlobStore | None = getattr(self.event_handler, "blobs", None)
         if self._decode_data or blobs is None or "DATA" not in self._handle_hooks:

@@ -29,19 +29,15 @@ unique key answers with the first row).
 
 from __future__ import annotations
 
-import errno
-import fcntl
-import json
 import logging
-import os
 import queue
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Callable
 
 from sqlalchemy import insert
 from sqlalchemy.engine import Engine
@@ -49,9 +45,12 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from gateway.errors import StoreFailed
 from gateway.ingest.inbound import Stored, header_message_id, record_inbound, store_raw
-from store.blobs import BlobStore, BlobWriter, _fsync_dir
+from gateway.ingest.journal import Journal, recover_journals
+from store.blobs import BlobStore, BlobWriter
 from store.db import Prepared, make_engine
 from store.models import InboundMessage, utcnow
+from store.vocabulary import RECEIVED
+
 
 log = logging.getLogger("gateway.spool")
 
@@ -327,7 +326,7 @@ def _inbound_row(item: _Item, message_id: str, sha: str) -> dict:
     """A new inbound row's columns, as a new InboundMessage has them (received, no attempts)."""
     return dict(received_at=item.received_at, source=item.source[:500], mail_from=item.mail_from[:500],
                 rcpt_to=",".join(item.rcpt_to)[:2000], message_id=message_id, sha256=sha, size=item.size,
-                process=None, state="received", outcome=None, ticket_number=None, detail=None, attempts=0,
+                process=None, state=RECEIVED, outcome=None, ticket_number=None, detail=None, attempts=0,
                 processed_at=None)
 
 
@@ -353,116 +352,3 @@ def _entry(item: _Item) -> dict:
     return {"sha256": item.sha, "size": item.size, "message_id": item.message_id, "source": item.source,
             "mail_from": item.mail_from, "rcpt_to": list(item.rcpt_to),
             "received_at": item.received_at.isoformat()}
-
-
-class Journal:
-    """An append-only file of mails answered 250 and not yet recorded in the database.
-
-    One line of JSON a mail (its blob's sha256 and envelope), fsynced before the answer.
-    The file is held with an exclusive lock while its door runs, so that another start
-    on the same folder takes another file and never reads one being written."""
-
-    def __init__(self, path: Path, handle):
-        self.path = path
-        self._fh = handle
-        self._lock = threading.Lock()
-        self._pending = 0  # appended and not yet recorded
-
-    @classmethod
-    def open(cls, folder: Path) -> "Journal":
-        folder.mkdir(parents=True, exist_ok=True)
-        for n in range(1000):
-            path = folder / f"journal-{n}"
-            handle = open(path, "ab")
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                handle.close()
-                if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
-                    continue  # another running door's
-                raise
-            _fsync_dir(folder)  # the file's name is durable before any mail is answered
-            if handle.tell():  # left by a crash and not recovered (another door held it): keep it
-                log.warning("journal %s still holds mails; they are recorded at the next start", path)
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-                handle.close()
-                continue
-            return cls(path, handle)
-        raise StoreFailed(f"no free journal in {folder}")
-
-    def append(self, entries: list[dict]) -> None:
-        data = b"".join(json.dumps(e, separators=(",", ":"), ensure_ascii=True).encode() + b"\n" for e in entries)
-        with self._lock:
-            self._fh.write(data)
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-            self._pending += len(entries)
-
-    def recorded(self, n: int) -> None:
-        """``n`` mails are in the database; empty the file once all of them are.  The
-        truncation is not fsynced: if a crash undoes it, the mails are recorded again at
-        the next start, and each finds its own row."""
-        with self._lock:
-            self._pending -= n
-            if self._pending == 0:
-                self._fh.truncate(0)
-
-    def close(self) -> None:
-        with self._lock:
-            self._fh.close()
-
-
-def read_journal(path: Path) -> list[dict]:
-    """The entries of a journal file; a last line cut short by a crash is skipped (its
-    fsync never returned, so its mail was never answered)."""
-    entries = []
-    for line in path.read_bytes().split(b"\n"):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-            entries.append(entry if isinstance(entry, dict) and "sha256" in entry else None)
-        except ValueError:
-            entries.append(None)
-        if entries[-1] is None:
-            entries.pop()
-            log.warning("skipped an unreadable line of %s: %r", path, line[:200])
-    return entries
-
-
-def recover_journals(folder: Path, engine: Engine, blobs: BlobStore) -> int:
-    """Record the mails of every journal in ``folder`` that no running door holds (left
-    by a crash), then empty those journals.  Returns how many mails were recorded."""
-    if not folder.is_dir():
-        return 0
-    count = 0
-    for path in sorted(folder.glob("journal-*")):
-        with open(path, "r+b") as handle:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                continue  # a running door's
-            entries = read_journal(path)
-            for entry in entries:
-                if not blobs.exists(entry["sha256"]):
-                    log.error("journal %s names a mail whose blob is missing: %s", path, entry)
-                    continue
-                stored = record_inbound(engine, entry["sha256"], int(entry.get("size", 0)),
-                                        str(entry.get("message_id", "")), source=str(entry.get("source", "smtp")),
-                                        mail_from=str(entry.get("mail_from", "")),
-                                        rcpt_to=tuple(entry.get("rcpt_to", ())),
-                                        received_at=_when(entry.get("received_at")))
-                count += not stored.duplicate
-            handle.truncate(0)
-            os.fsync(handle.fileno())
-        if entries:
-            log.info("recovered %d mails from %s (%d were recorded already)", len(entries), path,
-                     len(entries) - count)
-    return count
-
-
-def _when(value) -> datetime | None:
-    try:
-        return datetime.fromisoformat(value) if value else None
-    except (TypeError, ValueError):
-        return None

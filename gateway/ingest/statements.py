@@ -11,6 +11,8 @@ from sqlmodel import col, select
 
 from store.db import Prepared
 from store.models import InboundMessage, Person, Ticket, TicketMessage
+from store.vocabulary import RECEIVED
+
 
 # The inbound row's new state (Apply.mark, gateway.ingest.apply), built once (its cache key is kept).
 INSERT_RECEIVED = Prepared(insert(TicketMessage.__table__).returning(TicketMessage.__table__.c.id))
@@ -59,7 +61,7 @@ class InboundRow:
 # An earlier stored mail, not yet processed, that this one answers (Processor._one, gateway.ingest.process): with
 # several workers the reply could otherwise be processed first and miss its ticket.
 PARENT_WAITING = Prepared(select(INBOUND.c.id)
-                           .where(INBOUND.c.message_id == bindparam("b_mid"), INBOUND.c.state == "received",
+                           .where(INBOUND.c.message_id == bindparam("b_mid"), INBOUND.c.state == RECEIVED,
                                   INBOUND.c.id < bindparam("b_id"))
                            .limit(1))
 PARENT_LOOKUPS = 6
@@ -76,4 +78,3 @@ PERSON_BY_EMAIL = Prepared(select(PERSON.c.id, PERSON.c.email, PERSON.c.name, PE
                                    PERSON.c.company, cast(PERSON.c.company_access, Integer), PERSON.c.timezone,
                                    PERSON.c.hard_bounces, cast(PERSON.c.undeliverable, Integer))
                             .where(PERSON.c.email == bindparam("b_email")))
-

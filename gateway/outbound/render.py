@@ -32,6 +32,7 @@ from babel.units import format_unit
 from babel.support import Translations
 
 from gateway.outbound.labels import DATE_AT_TIME
+from store.vocabulary import FALLBACK_LANGUAGE, LANGUAGES
 
 log = logging.getLogger("gateway.outbound")
 
@@ -69,8 +70,6 @@ TICKETLESS = ("too-large",)
 # mail, Auto-Submitted: auto-replied); "new" too when the ticket came by mail.  The
 # others follow an agent's move (auto-generated).
 ANSWERS = ("closed-new-ticket", "reopen-needs-comment", "approval-recorded", "approval-unclear", "too-large")
-LANGUAGES = ("fr", "nl", "en", "de")
-FALLBACK_LANGUAGE = "en"
 # What the events' templates extend or include.
 LAYOUTS = ("base.txt.j2", "base.html.j2", "waiting-reason.j2", "waiting-action.j2", "approval-how.j2",
            "approval-recorded-text.j2")

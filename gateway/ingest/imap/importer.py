@@ -1,4 +1,4 @@
-"""Reading mailboxes over IMAP: the other door, for desks whose address is a mailbox.
+"""Importing a mailbox's messages: the other door, for desks whose address is a mailbox.
 
 The folder is the queue.  Every message still in the configured folder is fetched
 whole (``BODY.PEEK[]``, so nothing is marked read), stored through the same path as
@@ -26,10 +26,8 @@ hands back the first row, so it becomes no second ticket.  The same holds when t
 server changes UIDVALIDITY (a rebuilt index renumbers everything): nothing is skipped
 because nothing is skipped by UID, and nothing is doubled because the store dedupes.
 
-Connections: IDLE where the server offers it (re-issued well within RFC 2177's 29
-minutes), polling every ``poll_interval`` seconds otherwise.  A dropped connection or a
-restarted server is retried with exponential backoff; an outage is logged once when it
-starts and once when it ends, not at every retry.
+The connection is client.py's, the IDLE poller poller.py's, ``gateway imap check``
+check.py's.
 """
 
 from __future__ import annotations
@@ -39,51 +37,34 @@ import email.policy
 import hashlib
 import imaplib
 import logging
-import os
 import re
-import shlex
-import socket
-import ssl
-import subprocess
 import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from imapclient import IMAPClient, SocketTimeout
-from imapclient.exceptions import IMAPClientError, LoginError
+from imapclient import IMAPClient
+from imapclient.exceptions import IMAPClientError
 from sqlalchemy.engine import Engine
 
-from gateway.config import MailboxSection
 from gateway import metrics
-from gateway.errors import GatewayError, StoreFailed
-from gateway.heartbeat import record_poll
+from gateway.config import MailboxSection
+from gateway.errors import StoreFailed
+from gateway.ingest.imap.client import close_quietly, ensure_folder, move, open_mailbox
 from gateway.ingest.inbound import Stored, find_stored, header_message_id, record_inbound, store_raw
 from gateway.ingest.parse import decode_header_value, raw_header
-from gateway.lease import RETRY_EVERY, Lease, holder_name
 from store.blobs import BlobStore
 from store.db import session_for
 from store.models import InboundMessage
+from store.vocabulary import QUARANTINED
+
 
 log = logging.getLogger("gateway.imap")
 
-# RFC 2177: a client should re-issue IDLE at least every 29 minutes; some providers
-# drop an idle connection sooner (about 23 minutes seen), so renew well before that.
-IDLE_RENEW_SECONDS = 20 * 60
-# A poller records a pass that worked at most this often (seconds); a failure at once.
-RECORD_SUCCESS_EVERY = 60.0
-# How often a waiting poller looks at its stop flag.
-STOP_CHECK_SECONDS = 1.0
-TIMEOUT = SocketTimeout(connect=15.0, read=120.0)
 # The outcome of the inbound row kept for a message above max_size: its header only, never
 # processed (gateway inbound reprocess refuses it).
 TOO_LARGE = "too-large"
 # At most this much of a too-large message's header is fetched (a header can be huge too).
 HEADER_CAP = 256 * 1024
-
-
-class ImapConfigError(GatewayError):
-    """The mailbox's settings cannot work (no password, token command failed)."""
 
 
 # What a processing step returns, as far as the poller needs it (gateway.ingest.process.Outcome).
@@ -102,109 +83,6 @@ class ItemResult:
     moved_to: str | None  # the folder it was moved to; None: left where it was
     duplicate: bool = False
     detail: str | None = None
-
-
-# Credentials ------------------------------------------------------------------------------
-def secret_for(box: MailboxSection, env: Mapping[str, str] | None = None) -> tuple[str, str]:
-    """("password"|"xoauth2", secret) for ``box``; ImapConfigError saying what is missing."""
-    env = os.environ if env is None else env
-    if box.oauth2_token_command:
-        try:
-            proc = subprocess.run(shlex.split(box.oauth2_token_command), capture_output=True, timeout=60, text=True)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise ImapConfigError(f"oauth2_token_command could not run: {exc}") from exc
-        token = proc.stdout.strip()
-        if proc.returncode != 0 or not token:
-            raise ImapConfigError(f"oauth2_token_command exited {proc.returncode} without a token: "
-                                  f"{proc.stderr.strip()[:300]}")
-        return "xoauth2", token
-    if box.password_env:
-        value = env.get(box.password_env)
-        if not value:
-            raise ImapConfigError(f"environment variable {box.password_env} (password_env) is not set")
-        return "password", value
-    if box.password_file:
-        try:
-            with open(os.path.expanduser(box.password_file), encoding="utf-8") as fh:
-                value = fh.readline().rstrip("\r\n")
-        except OSError as exc:
-            raise ImapConfigError(f"password_file {box.password_file} cannot be read: {exc.strerror}") from exc
-        if not value:
-            raise ImapConfigError(f"password_file {box.password_file} is empty")
-        return "password", value
-    raise ImapConfigError("no password_env, password_file or oauth2_token_command is set")
-
-
-# Connecting -------------------------------------------------------------------------------
-def connect(box: MailboxSection, ssl_context: ssl.SSLContext | None = None) -> IMAPClient:
-    """A connected (not logged in) client: TCP, TLS as configured, greeting read."""
-    context = ssl_context or ssl.create_default_context()
-    if box.security == "tls":
-        return IMAPClient(box.host, port=box.port, ssl=True, ssl_context=context, timeout=TIMEOUT)
-    client = IMAPClient(box.host, port=box.port, ssl=False, timeout=TIMEOUT)
-    if box.security == "starttls":
-        client.starttls(context)
-    return client
-
-
-def login(client: IMAPClient, box: MailboxSection, env: Mapping[str, str] | None = None) -> None:
-    kind, secret = secret_for(box, env)
-    if kind == "xoauth2":
-        client.oauth2_login(box.user, secret)
-    else:
-        client.login(box.user, secret)
-
-
-def open_mailbox(box: MailboxSection, env: Mapping[str, str] | None = None) -> IMAPClient:
-    client = connect(box)
-    try:
-        login(client, box, env)
-    except BaseException:
-        close_quietly(client)
-        raise
-    return client
-
-
-def close_quietly(client: IMAPClient) -> None:
-    """Log out if the connection still works; just drop it otherwise."""
-    try:
-        client.logout()
-    except Exception:  # noqa: BLE001 - the connection may be gone already
-        try:
-            client.shutdown()
-        except Exception:  # noqa: BLE001
-            pass
-
-
-def _drop(client: IMAPClient) -> None:
-    try:
-        client.shutdown()
-    except Exception:  # noqa: BLE001
-        pass
-
-
-def ensure_folder(client: IMAPClient, folder: str) -> None:
-    if not client.folder_exists(folder):
-        log.info("creating IMAP folder %r", folder)
-        try:
-            client.create_folder(folder)
-        except IMAPClientError:
-            if not client.folder_exists(folder):  # another poller may have made it meanwhile
-                raise
-
-
-def move(client: IMAPClient, uid: int, folder: str) -> None:
-    """Move one message: MOVE where offered; else COPY, flag \\Deleted, and expunge that
-    message only (UID EXPUNGE, RFC 4315) or, without UIDPLUS, the folder's deleted ones."""
-    if client.has_capability("MOVE"):
-        client.move([uid], folder)
-        return
-    client.copy([uid], folder)
-    client.delete_messages([uid], silent=True)
-    if client.has_capability("UIDPLUS"):
-        client.uid_expunge([uid])
-    else:
-        client.expunge()
 
 
 def retry_failed(box: MailboxSection, engine: Engine, *, max_size: int | None = None,
@@ -311,7 +189,7 @@ class Importer:
         if self.process is not None:
             result = self.process(stored.id)
             outcome, ticket, detail = result.outcome, result.ticket, result.detail
-        target = box.failed_folder if outcome == "quarantined" else box.processed_folder
+        target = box.failed_folder if outcome == QUARANTINED else box.processed_folder
         if not self._move(client, uid, target):
             # Another client expunged it after we committed it: the gateway has it, nothing is lost.
             log.info("<%s> mailbox %s: UID %s %s%s%s, then vanished before it was moved to %r (another client "
@@ -444,231 +322,3 @@ def _from_and_subject(header: bytes) -> str:
         return "".join(f"; {p}" for p in parts)
     except Exception:  # noqa: BLE001 - a header too broken to read: the blob keeps it as it came
         return ""
-
-
-# The long-running poller ------------------------------------------------------------------
-class Poller:
-    """Keeps one mailbox empty: drain, wait (IDLE or poll), drain again; reconnect on loss."""
-
-    def __init__(self, importer: Importer, *, env: Mapping[str, str] | None = None,
-                 backoff_start: float = 1.0, backoff_max: float = 60.0):
-        self.importer = importer
-        self.box = importer.box
-        self.env = env
-        self.backoff_start = backoff_start
-        self.backoff_max = backoff_max
-        self.uidvalidity: int | None = None
-        self.outage_since: float | None = None
-        self.connected = threading.Event()  # set while a session is up (for tests and status)
-        # When a pass that worked was last recorded (gateway.heartbeat.record_poll), and
-        # whether the last one recorded failed: a pass that works is written at most
-        # every RECORD_SUCCESS_EVERY seconds, a change at once.
-        self._recorded_ok_at: float | None = None
-        self._recorded_failure = False
-        # One poller at a time on a mailbox, whatever the number of instances (gateway.lease).
-        self.lease = Lease(importer.engine, f"imap:{self.box.name}", holder_name(f"imap:{self.box.name}"))
-
-    def run(self, stop: threading.Event) -> None:
-        delay = self.backoff_start
-        log.info("mailbox %s: reading %s@%s:%s/%s", self.box.name, self.box.user, self.box.host, self.box.port,
-                 self.box.folder)
-        waiting = False
-        while not stop.is_set():
-            if not self.lease.acquire():
-                if not waiting:
-                    log.info("mailbox %s: another instance reads it; taking over if it stops", self.box.name)
-                waiting = True
-                stop.wait(RETRY_EVERY)
-                continue
-            if waiting:
-                log.info("mailbox %s: taken over (its lease was free)", self.box.name)
-            waiting = False
-            # The session ends when the lease is lost as when the service stops.
-            keeper = self.lease.keep(stop)
-            client = None
-            try:
-                client = open_mailbox(self.box, self.env)
-                if self.outage_since is not None:
-                    log.warning("mailbox %s: connected again after %.0f s", self.box.name,
-                                time.monotonic() - self.outage_since)
-                    self.outage_since = None
-                delay = self.backoff_start
-                self.session(client, keeper.lost)
-            except Exception as exc:  # noqa: BLE001 - every failure means: reconnect later
-                self.connected.clear()
-                self._outage(exc)
-                if client is not None:
-                    # No LOGOUT on a broken connection: it could wait for the read timeout.
-                    _drop(client)
-                    client = None
-            finally:
-                self.connected.clear()
-                if client is not None:
-                    close_quietly(client)
-                keeper.end()
-            if not stop.is_set() and not keeper.lost.is_set():
-                stop.wait(delay)
-                delay = min(delay * 2, self.backoff_max)
-        self.lease.release()
-        log.info("mailbox %s: poller stopped", self.box.name)
-
-    def _record(self, error: str | None) -> None:
-        """Keep the pass's result in the database (mailboxpoll), for gateway status: a
-        mailbox failing at every pass must not look like a quiet one."""
-        if error is None and not self._recorded_failure and self._recorded_ok_at is not None \
-                and time.monotonic() - self._recorded_ok_at < RECORD_SUCCESS_EVERY:
-            return
-        try:
-            record_poll(self.importer.engine, self.box.name, error)
-        except Exception as exc:  # noqa: BLE001 - the database is down: the store fails too, and says so
-            log.debug("mailbox %s: could not record the poll: %s", self.box.name, exc)
-            return
-        self._recorded_failure = error is not None
-        self._recorded_ok_at = time.monotonic() if error is None else None
-
-    def _outage(self, exc: Exception) -> None:
-        self._record(f"{type(exc).__name__}: {exc}")
-        if self.outage_since is not None:
-            log.debug("mailbox %s: still unreachable: %s", self.box.name, exc)
-            return
-        self.outage_since = time.monotonic()
-        network = isinstance(exc, (OSError, imaplib.IMAP4.abort, IMAPClientError, LoginError, ImapConfigError))
-        log.warning("mailbox %s: %s: %s; retrying with backoff (logged again when it works)",
-                    self.box.name, "connection failed or lost" if network else "unexpected error",
-                    f"{type(exc).__name__}: {exc}", exc_info=not network)
-
-    def session(self, client: IMAPClient, stop: threading.Event) -> None:
-        uidvalidity = self.importer.prepare(client)
-        if self.uidvalidity is not None and uidvalidity != self.uidvalidity:
-            # Every UID we knew is meaningless now; we keep none, so just say so.
-            log.warning("mailbox %s: UIDVALIDITY of %r changed from %s to %s; the folder is read again, "
-                        "messages already stored are recognised and not taken twice",
-                        self.box.name, self.box.folder, self.uidvalidity, uidvalidity)
-        self.uidvalidity = uidvalidity
-        use_idle = self.box.idle and client.has_capability("IDLE")
-        self.connected.set()
-        while not stop.is_set():
-            self.importer.drain(client, stop=stop)
-            self._record(None)
-            if stop.is_set():
-                return
-            if use_idle:
-                self.wait_idle(client, stop)
-            else:
-                stop.wait(self.box.poll_interval)
-
-    def wait_idle(self, client: IMAPClient, stop: threading.Event) -> None:
-        """Wait in IDLE until the server reports something, stop is asked, or it is time
-        to renew; then leave IDLE (which raises if the connection died meanwhile)."""
-        client.idle()
-        started = time.monotonic()
-        try:
-            while not stop.is_set():
-                if time.monotonic() - started >= IDLE_RENEW_SECONDS:
-                    log.debug("mailbox %s: renewing IDLE", self.box.name)
-                    return
-                t0 = time.monotonic()
-                responses = client.idle_check(timeout=STOP_CHECK_SECONDS)
-                if responses:
-                    return
-                if time.monotonic() - t0 < STOP_CHECK_SECONDS / 2:
-                    # idle_check returns at once with nothing when the peer closed the
-                    # socket (it swallows the EOF); idle_done below raises on it.
-                    return
-        finally:
-            client.idle_done()
-
-
-def pollers_for(config, engine: Engine, blobs: BlobStore, process: ProcessFn | None = None,
-                env: Mapping[str, str] | None = None, too_large_notice: NoticeFn | None = None) -> list[Poller]:
-    return [Poller(Importer(box, engine, blobs, process=process, max_size=config.smtp.max_message_size,
-                            too_large_notice=too_large_notice), env=env)
-            for box in config.mailboxes]
-
-
-def start_pollers(pollers: list[Poller], stop: threading.Event) -> list[threading.Thread]:
-    threads = []
-    for poller in pollers:
-        thread = threading.Thread(target=poller.run, args=(stop,), name=f"imap-{poller.box.name}", daemon=True)
-        thread.start()
-        threads.append(thread)
-    return threads
-
-
-# Check: each step of the way, to say exactly what fails ------------------------------------
-@dataclass(frozen=True)
-class Step:
-    name: str
-    ok: bool
-    detail: str
-
-
-def check(box: MailboxSection, env: Mapping[str, str] | None = None,
-          ssl_context: ssl.SSLContext | None = None) -> list[Step]:
-    """Try credentials, DNS, TCP, TLS/greeting, login and folders; stop at the first failure."""
-    steps: list[Step] = []
-
-    def fail(name: str, detail: str) -> list[Step]:
-        steps.append(Step(name, False, detail))
-        return steps
-
-    try:
-        kind, _secret = secret_for(box, env)
-        steps.append(Step("credentials", True, "OAuth2 token obtained" if kind == "xoauth2" else "password found"))
-    except ImapConfigError as exc:
-        return fail("credentials", str(exc))
-    try:
-        infos = socket.getaddrinfo(box.host, box.port, type=socket.SOCK_STREAM)
-        addresses = sorted({info[4][0] for info in infos})
-        steps.append(Step("dns", True, f"{box.host} -> {', '.join(addresses)}"))
-    except socket.gaierror as exc:
-        return fail("dns", f"{box.host} does not resolve: {exc.strerror or exc}")
-    try:
-        with socket.create_connection((box.host, box.port), timeout=15):
-            steps.append(Step("tcp", True, f"port {box.port} open"))
-    except OSError as exc:
-        return fail("tcp", f"cannot connect to {box.host}:{box.port}: {exc.strerror or exc}")
-    tls_step = {"tls": "tls", "starttls": "starttls"}.get(box.security, "greeting")
-    try:
-        client = connect(box, ssl_context)
-    except ssl.SSLError as exc:
-        return fail(tls_step, f"TLS handshake failed: {exc.reason or exc}")
-    except ssl.CertificateError as exc:  # pragma: no cover - a subclass of SSLError on 3.7+
-        return fail(tls_step, f"certificate rejected: {exc}")
-    except (OSError, IMAPClientError, imaplib.IMAP4.error) as exc:
-        what = "no IMAP greeting" if box.security != "starttls" else "STARTTLS failed"
-        return fail(tls_step, f"{what}: {type(exc).__name__}: {exc}")
-    try:
-        clear = "IMAP greeting received (no TLS" + (
-            ")" if _loopback(box.host) else ": the password crosses the network unencrypted)")
-        steps.append(Step(tls_step, True, {"tls": "TLS established", "starttls": "STARTTLS established"}
-                          .get(box.security, clear)))
-        try:
-            login(client, box, env)
-            steps.append(Step("login", True, f"logged in as {box.user}"))
-        except (LoginError, IMAPClientError, imaplib.IMAP4.error) as exc:
-            return fail("login", f"the server refused {box.user}: {_text(exc)}")
-        if not client.folder_exists(box.folder):
-            return fail("folder", f"folder {box.folder!r} does not exist")
-        info = client.select_folder(box.folder, readonly=True)
-        steps.append(Step("folder", True, f"{box.folder!r}: {info.get(b'EXISTS', 0)} message(s)"))
-        for name in (box.processed_folder, box.failed_folder):
-            steps.append(Step("folder", True, f"{name!r} exists" if client.folder_exists(name)
-                              else f"{name!r} missing: it will be created on the first run"))
-        caps = client.capabilities()
-        steps.append(Step("capabilities", True, ", ".join(
-            f"{c} {'yes' if c.encode() in caps else 'no'}" for c in ("IDLE", "MOVE", "UIDPLUS"))))
-        return steps
-    finally:
-        close_quietly(client)
-
-
-def _loopback(host: str) -> bool:
-    return host in ("localhost", "::1") or host.startswith("127.")
-
-
-def _text(exc: Exception) -> str:
-    text = str(exc)
-    if text.startswith("b'") or text.startswith('b"'):
-        text = text[2:-1]
-    return text
