@@ -258,10 +258,12 @@ def drop_pg_schema(schema: str) -> None:
 class Site:
     """A temporary folder with a config for one database (sqlite or postgres)."""
 
-    def __init__(self, db: str, smtp_extra: str = ""):
+    def __init__(self, db: str, smtp_extra: str = "", url: str | None = None):
         self.dir = Path(tempfile.mkdtemp(prefix="gwbench-"))
         self.schema = None
-        if db == "postgres":
+        if url is not None:  # another site's database (several instances): not ours to drop
+            self.url = url
+        elif db == "postgres":
             self.schema, self.url = make_pg_schema()
         else:
             self.url = f"sqlite:///{self.dir / 'var' / 'gateway.db'}"
@@ -388,6 +390,50 @@ def e2e_once(db: str, mails: list[Mail], bodies: list[bytes], conns: int, timeou
         }
     finally:
         site.close()
+
+
+def instances_once(count: int, mails: list[Mail], bodies: list[bytes], conns: int, timeout: float = 900) -> dict:
+    """The mixed set against ``count`` instances of gateway serve on one PostgreSQL (issue
+    19), each with its own folder and port, the clients spread over their ports: mails a
+    second up to the last one processed, and the 250's latency."""
+    first = Site("postgres", "[http]\nenabled = false\n")
+    sites = [first] + [Site("postgres", "[http]\nenabled = false\n", url=first.url) for _ in range(count - 1)]
+    procs = []
+    try:
+        for site in sites:
+            procs.append(site.serve())
+        engine = first.engine()
+        try:
+            time.sleep(1.0)
+            out = {"latency": [], "size": [], "accepted_at": {}, "failed": []}
+            queue = list(range(len(mails)))[::-1]
+
+            async def main():
+                await asyncio.gather(*(_client(sites[k % count].port, queue, mails, bodies, out)
+                                       for k in range(conns)))
+
+            start_wall = time.time()
+            asyncio.run(main())
+            end = time.monotonic() + timeout
+            while True:
+                total, waiting = first.progress(engine)
+                if total >= len(mails) - len(out["failed"]) and waiting == 0:
+                    break
+                if time.monotonic() > end:
+                    raise TimeoutError(f"{waiting} of {total} mails still waiting after {timeout} s")
+                time.sleep(0.05)
+            done = first.processed(engine)
+        finally:
+            for proc in procs:
+                stop(proc)
+            engine.dispose()
+        return {"instances": count, "mails": len(mails), "failed": len(out["failed"]),
+                "mails_per_s": len(mails) / (max(done.values()) - start_wall),
+                "accept_p50_ms": pct(out["latency"], 50) * 1000, "accept_p99_ms": pct(out["latency"], 99) * 1000}
+    finally:
+        for site in sites[1:]:
+            site.close()
+        first.close()
 
 
 def ceiling_once(mails: list[Mail], bodies: list[bytes], conns: int) -> dict:
@@ -686,11 +732,14 @@ def notifications_bench(seconds: float) -> dict:
 
 
 # 6. Memory ------------------------------------------------------------------------------
-def memory_bench() -> dict:
+def memory_bench(db: str = "sqlite") -> dict:
+    """On PostgreSQL the blobs are in the database ([store] blobs' default there): the
+    mail goes into it in chunks and the worker reads it back from it."""
     mail = big_mail()
     # A 25 MB attachment is ~34 MB once base64-encoded: above the default 25 MiB limit.
-    bigger = f"max_message_size = {64 * 2**20}\n"
-    site = Site("sqlite", bigger)
+    # Any free port for the HTTP face: 8025 may be another run's on a shared machine.
+    bigger = f"max_message_size = {64 * 2**20}\n[http]\nport = 0\n"
+    site = Site(db, bigger)
     out = {"message_bytes": len(mail.raw), "attachment_bytes": 25_000_000}
     try:
         proc = site.serve()
@@ -719,7 +768,7 @@ def memory_bench() -> dict:
             engine.dispose()
     finally:
         site.close()
-    site = Site("sqlite", bigger)
+    site = Site(db, bigger)
     try:
         big, small = site.dir / "big.eml", site.dir / "small.eml"
         big.write_bytes(mail.raw)
@@ -758,7 +807,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mails", type=int, help="mails in the mixed set (default 200; quick 40)")
     ap.add_argument("--no-postgres", action="store_true", help="skip item 7")
     ap.add_argument("--only", default="",
-                    help="comma list of parts: e2e,small,ingest,threading,notify,memory,pg,startup,peer")
+                    help="comma list of parts: e2e,small,ingest,threading,notify,memory,memory-pg,pg,instances,"
+                         "startup,peer")
     ap.add_argument("--no-doc", action="store_true", help="do not rewrite the table in BENCHMARKS.md")
     args = ap.parse_args(argv)
     n = args.mails or (40 if args.quick else 200)
@@ -841,13 +891,24 @@ def main(argv: list[str] | None = None) -> int:
         runs = [notifications_bench(1.0 if args.quick else 3.0) for _ in range(args.runs)]
         res["notifications_per_s"] = {lang: summary([r[lang] for r in runs]) for lang in runs[0]}
         log(f"notifications: { {k: round(v['median']) for k, v in res['notifications_per_s'].items()} }")
-    if "memory" in parts:
-        runs = [memory_bench() for _ in range(args.runs)]
-        res["memory"] = {"message_bytes": runs[0]["message_bytes"], "raw": runs}
+    for key, db in (("memory", "sqlite"), ("memory_pg", "postgres")):
+        if key == "memory" and "memory" not in parts or key == "memory_pg" and not {"memory", "memory-pg"} & parts \
+                or key == "memory_pg" and args.no_postgres:
+            continue
+        runs = [memory_bench(db) for _ in range(args.runs)]
+        res[key] = {"message_bytes": runs[0]["message_bytes"], "raw": runs}
         for way in ("smtp", "ingest"):
-            res["memory"][way] = {k: summary([r[way][k] for r in runs]) for k in ("above_idle_mb", "ratio")}
-        log(f"memory: smtp {res['memory']['smtp']['ratio']['median']:.1f}x, "
-            f"ingest {res['memory']['ingest']['ratio']['median']:.1f}x")
+            res[key][way] = {k: summary([r[way][k] for r in runs]) for k in ("above_idle_mb", "ratio")}
+        log(f"{key}: smtp {res[key]['smtp']['ratio']['median']:.1f}x, "
+            f"ingest {res[key]['ingest']['ratio']['median']:.1f}x")
+    if "instances" in parts and not args.no_postgres:
+        res["instances"] = {}
+        for count in (1, 2):
+            runs = [instances_once(count, mixed, bodies, 8) for _ in range(args.runs)]
+            res["instances"][str(count)] = {k: summary([r[k] for r in runs])
+                                            for k in ("mails_per_s", "accept_p50_ms", "accept_p99_ms")}
+            res["instances"][str(count)]["failed"] = sum(r["failed"] for r in runs)
+            log(f"instances {count}: {res['instances'][str(count)]['mails_per_s']['median']:.1f} mails/s")
     res["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     res["machine"]["load_at_end"] = [round(x, 2) for x in os.getloadavg()]
     table = render_table(res)
@@ -962,13 +1023,23 @@ def render_table(res: dict) -> str:
         row("`gateway --help`, CPU s", fmt(st["help"], 3), "-", f"< {STARTUP_CEILING_S}")
         row("`gateway ingest` of one small mail (SQLite), CPU s", fmt(st["ingest_one"], 3), "-",
             f"< {STARTUP_CEILING_S}")
-    mem = res.get("memory")
-    if mem:
-        mb = mem["message_bytes"] / 2**20
+    for count, figures in res.get("instances", {}).items():
+        row(f"mixed, 8 conn spread over {count} instance(s) of gateway serve, one PostgreSQL: mails/s",
+            "-", fmt(figures["mails_per_s"]), "for the record")
+        row(f"mixed, 8 conn, {count} instance(s): 250 latency p50 / p99, ms", "-",
+            f"{fmt(figures['accept_p50_ms'], 0)} / {fmt(figures['accept_p99_ms'], 0)}")
+    mem, mem_pg = res.get("memory"), res.get("memory_pg")
+    if mem or mem_pg:
+        mb = (mem or mem_pg)["message_bytes"] / 2**20
+
+        def mem_cell(m, way: str) -> str:
+            return f"{fmt(m[way]['above_idle_mb'], 0)} ({fmt(m[way]['ratio'], 1)}×)" if m else "-"
+
+        # PostgreSQL's column: the blobs in the database (written and read in chunks).
         row(f"25 MB attachment ({mb:.0f} MB message) via SMTP: peak RSS above idle, MB (× message)",
-            f"{fmt(mem['smtp']['above_idle_mb'], 0)} ({fmt(mem['smtp']['ratio'], 1)}×)", "-", "≤ 4×")
+            mem_cell(mem, "smtp"), mem_cell(mem_pg, "smtp"), "≤ 4×")
         row("25 MB attachment via `gateway ingest`: peak RSS above idle, MB (× message)",
-            f"{fmt(mem['ingest']['above_idle_mb'], 0)} ({fmt(mem['ingest']['ratio'], 1)}×)", "-", "≤ 4×")
+            mem_cell(mem, "ingest"), mem_cell(mem_pg, "ingest"), "≤ 4×")
     return "\n".join(lines)
 
 

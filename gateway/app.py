@@ -59,6 +59,13 @@ class App:
 
     @cached_property
     def blobs(self) -> BlobStore:
+        """Where raw mails and attachments are: the database's rows, shared by every
+        instance ([store] blobs = "database", the default with PostgreSQL), or files under
+        the data folder.  Both have one interface."""
+        if self.loaded.blobs_in_database:
+            from store.dbblobs import DatabaseBlobStore
+
+            return DatabaseBlobStore(self.engine, self.loaded.data_dir / "tmp")
         return BlobStore(self.loaded.blob_dir)
 
     @cached_property

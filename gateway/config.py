@@ -74,6 +74,14 @@ class DatabaseSection:
 
 
 @dataclass(frozen=True)
+class StoreSection:
+    # Where raw mails and attachments are kept: "database" (rows of the database, shared
+    # by every instance) or "files" (under <data_dir>/blobs); empty: "database" with
+    # PostgreSQL, "files" with SQLite.
+    blobs: str = ""
+
+
+@dataclass(frozen=True)
 class SmtpSection:
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -358,6 +366,7 @@ class ScanSection:
 class Config:
     gateway: GatewaySection = field(default_factory=GatewaySection)
     database: DatabaseSection = field(default_factory=DatabaseSection)
+    store: StoreSection = field(default_factory=StoreSection)
     smtp: SmtpSection = field(default_factory=SmtpSection)
     lmtp: LmtpSection = field(default_factory=LmtpSection)
     outbound: OutboundSection = field(default_factory=OutboundSection)
@@ -404,6 +413,14 @@ class Config:
     @property
     def blob_dir(self) -> Path:
         return self.data_dir / "blobs"
+
+    @property
+    def blobs_in_database(self) -> bool:
+        """Whether raw mails and attachments live in the database ([store] blobs; by
+        default with PostgreSQL only)."""
+        if self.store.blobs:
+            return self.store.blobs == "database"
+        return self.database_url.startswith("postgresql")
 
     @property
     def helpdesk_address(self) -> str:
@@ -468,6 +485,7 @@ _CHOICES = {
     ("logging", "format"): ("text", "json"),
     ("auth", "verify"): ("", "on", "off"),
     ("admin", "secure_cookies"): ("auto", "always", "never"),
+    ("store", "blobs"): ("", "database", "files"),
 }
 
 # GATEWAY_* variables that are not keys, yet allowed: the config file's path, and those

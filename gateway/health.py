@@ -194,6 +194,34 @@ def service_problems(rows: list[ProcessState]) -> list[str]:
     return problems
 
 
+def instances(rows: list[ProcessState]) -> list[dict]:
+    """Every instance of gateway serve the heartbeats know, oldest first: its host, the
+    version it runs, since when, when it was last heard from, whether it runs (a process
+    of it beats) and its processes' roles (those beating)."""
+    out: dict[str, dict] = {}
+    for row in rows:
+        entry = out.setdefault(row.instance, {"instance": row.instance, "host": row.host, "version": row.version,
+                                              "started_at": _iso(row.started_at), "last_seen": _iso(row.last_seen),
+                                              "running": False, "roles": []})
+        entry["started_at"] = min(entry["started_at"], _iso(row.started_at))
+        entry["last_seen"] = max(entry["last_seen"], _iso(row.last_seen))
+        if row.alive:
+            entry["running"] = True
+            entry["roles"].append(row.role)
+            entry["version"] = row.version
+    return list(out.values())
+
+
+def instance_list(config, engine, now: datetime | None = None) -> list[dict]:
+    """``instances`` read from the database; empty when it cannot be read."""
+    now = now or utcnow_aware()
+    try:
+        with reader(engine) as session:
+            return instances(processes(session, now, config.monitoring.heartbeat_interval))
+    except Exception:  # noqa: BLE001 - the database check says why
+        return []
+
+
 # Mailboxes --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class PollState:

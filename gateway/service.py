@@ -41,6 +41,7 @@ from gateway.heartbeat import HOST, Heartbeat, forget_old, instance_of, mark_sto
 from gateway.errors import CommandError
 from gateway.ingest import faults, imap, lmtp
 from gateway.ingest.lmtp import LmtpDoor
+from gateway.lease import Lease, holder_name
 from gateway.ingest.smtp import Door, make_server_factory
 from gateway.ingest.process import BATCH_MAILS
 from gateway.ingest.spool import Spool
@@ -314,8 +315,11 @@ def worker_count(config: Config) -> int:
 
 
 def close_due(app: App, now: datetime | None = None) -> list[str]:
-    """Close Solved tickets older than close_after_days."""
-    return close_solved(app, now=now)
+    """Close Solved tickets older than close_after_days: by one closer at a time, of
+    all the workers of all the instances (the ``closer`` lease, gateway.lease); the
+    others skip their pass while one runs."""
+    with Lease(app.engine, "closer", holder_name("closer")).held() as mine:
+        return close_solved(app, now=now) if mine else []
 
 
 class Wake:

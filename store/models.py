@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint, false
+from sqlalchemy import BigInteger, Column, Index, LargeBinary, Text, UniqueConstraint, false
 from sqlmodel import Field, SQLModel
 
 
@@ -212,6 +212,10 @@ class Outbox(SQLModel, table=True):
     # (several instances) never send one row at once, and a dead one's rows are taken over.
     claimed_by: str | None = None
     claimed_until: datetime | None = None
+    # When its deliverer was about to give the relay the end of the message (revision
+    # 0009): a deliverer that dies after that point leaves a mail the relay has (or is
+    # taking), which is then counted as sent, not sent again (gateway.outbound.outbox).
+    handed_at: datetime | None = None
 
 
 class DeliveryAttempt(SQLModel, table=True):
@@ -396,3 +400,43 @@ class Assessment(SQLModel, table=True):
     level: int | None = None  # 1 (not at all satisfied) to 5 (very satisfied); None when not solved
     comment: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class Blob(SQLModel, table=True):
+    """A raw mail or an attachment kept in the database (revision 0009, ``[store] blobs =
+    "database"``), by its sha256: the bytes are its BlobChunk rows, so that instances on
+    several hosts share nothing but the database (store.dbblobs)."""
+
+    sha256: str = Field(primary_key=True)
+    size: int = Field(sa_column=Column(BigInteger, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class BlobChunk(SQLModel, table=True):
+    """One piece (at most store.dbblobs.CHUNK bytes) of a Blob, in order of ``seq``."""
+
+    sha256: str = Field(primary_key=True)
+    seq: int = Field(primary_key=True)
+    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class Lease(SQLModel, table=True):
+    """Who holds a job that must have one holder at a time across instances (revision
+    0009): the closer, each IMAP mailbox.  Held while ``expires_at`` is ahead and renewed
+    by its holder; taken over by another instance once it has passed (gateway.lease)."""
+
+    name: str = Field(primary_key=True)
+    holder: str
+    expires_at: datetime
+
+
+class ApprovalDecision(SQLModel, table=True):
+    """An approval request decided (revision 0009): one row per request, made in the
+    transaction that approves or refuses, so that a request is decided once whatever
+    instance reads the answer (gateway.ingest.decisions)."""
+
+    ticket_id: int = Field(foreign_key="ticket.id", primary_key=True)
+    request: int = Field(primary_key=True)
+    decision: str
+    inbound_id: int | None = None
+    decided_at: datetime = Field(default_factory=utcnow)

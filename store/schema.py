@@ -260,7 +260,9 @@ def _known(script, revision: str) -> None:
         raise SchemaError(
             f"the database's schema is at revision {revision}, which this gateway does not know "
             f"(its newest is {script.get_current_head()}): a newer gateway has upgraded it. "
-            "Run that version, or restore the backup taken before the upgrade.")
+            "Run that version, or restore the backup taken before the upgrade. With several instances "
+            "on this database, upgrade them one by one: each instance still on the old version must be "
+            "upgraded before it can start again.")
 
 
 def _check_baseline(conn: Connection, script) -> None:

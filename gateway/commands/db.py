@@ -39,6 +39,11 @@ def register(sub, common) -> None:
     s.add_argument("--autogenerate", action="store_true",
                    help="fill it with the differences between the models and the database (at head)")
     s.set_defaults(func=cmd_revision)
+    s = dsub.add_parser("move-blobs", parents=[common],
+                        help="copy the blob files under the data folder into the database, checking every sha256")
+    s.add_argument("--from", dest="source", metavar="FOLDER",
+                   help="the file store to copy (default: <data_dir>/blobs)")
+    s.set_defaults(func=cmd_move_blobs)
 
 
 def _engine(config):
@@ -119,6 +124,61 @@ def cmd_check(config, args) -> int:
     else:
         print(f"the database matches the models (revision {now.revision}, head)")
     return 1 if problems else 0
+
+
+def cmd_move_blobs(config, args) -> int:
+    """Copy a file store into the database (``[store] blobs = "database"``): each file is
+    read as a stream, its sha256 computed and compared with its name, then stored in
+    chunks; a file whose bytes are not its name is named and not copied (exit 1).  The
+    files are left in place: remove them once every instance reads the database.  Run
+    again, it copies only what is missing."""
+    from pathlib import Path
+
+    from gateway.app import App
+    from store.dbblobs import DatabaseBlobStore
+
+    source = Path(args.source) if args.source else config.blob_dir
+    if not source.is_dir():
+        raise CommandError(f"no blob store at {source}")
+    app = App(config)
+    target = DatabaseBlobStore(app.engine, config.data_dir / "tmp")
+    copied = present = 0
+    wrong: list[str] = []
+    for path in sorted(p for p in source.glob("??/*") if p.is_file() and not p.name.startswith(".tmp-")):
+        name = path.name
+        if not re.fullmatch(r"[0-9a-f]{64}", name):
+            continue
+        if target.exists(name):
+            present += 1
+            continue
+        with target.writer() as writer, open(path, "rb") as fh:
+            for piece in iter(lambda: fh.read(1 << 20), b""):
+                writer.write(piece)
+            if writer.digest != name:
+                writer.abort()
+                wrong.append(f"{path}: its bytes' sha256 is {writer.digest}")
+                continue
+            writer.commit()
+        stored = _sha256(target.open(name))
+        if stored != name:  # what the database gives back, read as every instance will
+            wrong.append(f"{path}: the database gives back bytes whose sha256 is {stored}")
+            continue
+        copied += 1
+    for line in wrong:
+        print(f"not copied: {line}")
+    print(f"copied {copied} blob(s) into the database, {present} were there already"
+          + (f", {len(wrong)} do not match their name" if wrong else ""))
+    return 1 if wrong else 0
+
+
+def _sha256(stream) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with stream:
+        for piece in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(piece)
+    return digest.hexdigest()
 
 
 def cmd_revision(config, args) -> int:

@@ -68,6 +68,7 @@ class Status:
     processes: list[dict] = field(default_factory=list)  # gateway serve's, by instance
     mailboxes: dict[str, dict] = field(default_factory=dict)  # the last poll of each
     problems: list[str] = field(default_factory=list)
+    instances: list[dict] = field(default_factory=list)  # every gateway serve on this database
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -107,6 +108,7 @@ def gather(app: App, *, max_wait: float | None = None, quiet_hours: float | None
                       "stopped_at": _iso(p.stopped_at), "exit_reason": p.exit_reason} for p in procs],
                     {name: {"last_success_at": _iso(p.last_success_at), "last_failure_at": _iso(p.last_failure_at),
                             "last_error": p.last_error, "failing": p.failing} for name, p in polls.items()})
+    status.instances = health.instances(procs)
     status.problems += health.service_problems(procs)
     if (short := faults.short_of_space(app.config)) is not None:
         status.problems.append(f"disk: {short}: the doors answer 452, the worker and the deliverer wait; free "
@@ -166,6 +168,10 @@ def cmd_status(config, args) -> int:
     for name, poll in status.mailboxes.items():
         print(f"{'mailbox ' + name + ', last poll:':<32} "
               + ("failed " + str(poll["last_failure_at"]) if poll["failing"] else f"ok {poll['last_success_at'] or 'never'}"))
+    for inst in status.instances:
+        print(f"{'instance ' + inst['instance'] + ':':<32} "
+              + ("running" if inst["running"] else "not running")
+              + f", version {inst['version']}, started {inst['started_at']}, last heartbeat {inst['last_seen']}")
     for proc in status.processes:
         print(f"{proc['role'] + ' of ' + proc['instance'] + ':':<32} "
               + ("running" if proc["alive"] else "stopped" if proc["stopped_at"] and not proc["exit_reason"]

@@ -72,7 +72,10 @@ def readyz(context: Ops = Depends(ops)) -> JSONResponse:
     ready = all(check.ok for check in checks)
     return JSONResponse({"ready": ready,
                          "failing": [check.name for check in checks if not check.ok],
-                         "checks": {check.name: {"ok": check.ok, "detail": check.detail} for check in checks}},
+                         "checks": {check.name: {"ok": check.ok, "detail": check.detail} for check in checks},
+                         # Every instance on this database, for the reader (issue 19); each
+                         # one's own /readyz judges it.
+                         "instances": health.instance_list(context.config, context.engine)},
                         status_code=200 if ready else 503)
 
 

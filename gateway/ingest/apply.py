@@ -12,8 +12,9 @@ from datetime import timedelta
 
 from sqlmodel import Session, col, select
 
-from gateway.ingest.decide import (HOLD, NEEDS_COMMENT, BounceEffects, FollowUp, Ignore, NewTicket, QuarantineIt,
-                                   rate_exceeded, reply_effects, unanswerable_sender, undeliverable)
+from gateway.ingest import decisions
+from gateway.ingest.decide import (APPROVE, HOLD, NEEDS_COMMENT, REFUSE, BounceEffects, FollowUp, Ignore, NewTicket,
+                                   QuarantineIt, rate_exceeded, reply_effects, unanswerable_sender, undeliverable)
 from gateway.ingest.gather import UNKNOWN
 from gateway.ingest.parse import ParsedMail
 from gateway.ingest.statements import INSERT_RECEIVED, MARK, RECENT_FROM
@@ -168,6 +169,8 @@ class Apply:
             webhooks.queue(session, hooks, "ticket.comment_added", webhooks.ticket_data(
                 ticket, internal=reply.action in (NEEDS_COMMENT, HOLD), by=by, channel="mail"))
         effects = reply_effects(reply, by, mail.from_name)
+        if reply.action in (APPROVE, REFUSE):
+            decisions.spend(session, ticket, reply.action, inbound.id)  # once, whatever instance reads it
         if effects.status is not None:
             change = change_status(session, ticket, effects.status, effects.data, by=by)
             if hooks:

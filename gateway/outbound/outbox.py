@@ -50,7 +50,8 @@ from gateway.outbound.transports import SendResult, Transport
 from gateway.tokens import bounce_address
 from store.addresses import key as address_key
 from store.db import session_for
-from store.models import DeliveryAttempt, Outbox, Person, Ticket, TicketMessage, aware, utcnow
+from gateway.heartbeat import MISSED_BEATS
+from store.models import DeliveryAttempt, Outbox, Person, ServiceProcess, Ticket, TicketMessage, aware, utcnow
 from store.vocabulary import FAILED, PENDING, SENT
 
 log = logging.getLogger("gateway.outbound")
@@ -143,22 +144,44 @@ def _release(engine: Engine, outbox_ids: list[int], me: str) -> None:
                      .values(claimed_by=None, claimed_until=None))
 
 
-def release_dead_claims(engine: Engine) -> int:
-    """Release the claims of deliverers of this host that are no longer running (killed
-    with their rows claimed), so a restarted deliverer sends them now, not when their
-    lease ends.  Returns how many rows were released.  One read of the pending rows'
-    holders (the state index) at each run."""
+def release_dead_claims(engine: Engine, silent_after: timedelta | None = None, now: datetime | None = None) -> int:
+    """Release the claims of deliverers that are no longer running (killed with their
+    rows claimed), so another deliverer sends them now, not when their lease ends: those
+    of this host whose process is gone, and, with ``silent_after``, those of another host
+    whose heartbeat (gateway.heartbeat) says it stopped or has not been heard from for
+    that long (a host that failed: issue 19).  Returns how many rows were released.  One
+    read of the pending rows' holders (the state index) at each run."""
     host = socket.gethostname()
+    now = aware(now or utcnow())
     with session_for(engine) as session:
         holders = set(session.exec(select(Outbox.claimed_by).where(col(Outbox.claimed_by).is_not(None),
                                                                    Outbox.state == PENDING)))
         dead = [h for h in holders if h and h.rpartition(":")[0] == host and not _running(h.rpartition(":")[2])]
+        elsewhere = [h for h in holders if h and h.rpartition(":")[0] != host]
+        if elsewhere and silent_after is not None:
+            for name in elsewhere:
+                their_host, _, pid = name.rpartition(":")
+                if not pid.isdigit():
+                    continue
+                beat = session.exec(select(ServiceProcess.last_seen, ServiceProcess.stopped_at)
+                                    .where(ServiceProcess.host == their_host, ServiceProcess.pid == int(pid))).first()
+                if beat is not None and (beat[1] is not None or aware(beat[0]) < now - silent_after):
+                    dead.append(name)
         if not dead:
             return 0
+        # A row whose end the dead deliverer was giving the relay: the relay has it.
+        handed = session.exec(select(Outbox.id, Outbox.handed_at, Outbox.message_id)
+                              .where(col(Outbox.claimed_by).in_(dead), Outbox.state == PENDING,
+                                     col(Outbox.handed_at).is_not(None))).all()
+        answer = "the relay was given the whole mail when its deliverer died: taken as sent, not sent again"
+        for outbox_id, at, message_id in handed:
+            session.execute(_ATTEMPT.values(outbox_id=outbox_id, at=aware(at), outcome="sent", answer=answer))
+            session.execute(_SENT.values(last_answer=answer, sent_at=aware(at)), {"b_id": outbox_id})
+            log.warning("outbox %s <%s>: %s", outbox_id, message_id, answer)
         result = session.execute(update(_OUTBOX).where(_OUTBOX.c.claimed_by.in_(dead))
-                                 .values(claimed_by=None, claimed_until=None))
+                                 .values(claimed_by=None, claimed_until=None, handed_at=None))
         session.commit()
-        return result.rowcount or 0
+        return (result.rowcount or 0)
 
 
 def _running(pid: str) -> bool:
@@ -257,7 +280,7 @@ def record(engine: Engine, policy: RetryPolicy, delivery: Delivery, result: Send
         session.add(DeliveryAttempt(outbox_id=row.id, at=now, outcome=result.outcome, answer=result.answer))
         row.attempts += 1
         row.last_answer = result.answer
-        row.claimed_by = row.claimed_until = None
+        row.claimed_by = row.claimed_until = row.handed_at = None
         if result.outcome == "permanent":
             row.state = FAILED
         else:
@@ -281,7 +304,17 @@ _OUTBOX = Outbox.__table__
 _MESSAGE = TicketMessage.__table__
 _SENT = (update(_OUTBOX).where(_OUTBOX.c.id == bindparam("b_id"))
          .values(state=SENT, attempts=_OUTBOX.c.attempts + 1, last_answer=bindparam("last_answer"),
-                 sent_at=bindparam("sent_at"), claimed_by=None, claimed_until=None))
+                 sent_at=bindparam("sent_at"), claimed_by=None, claimed_until=None, handed_at=None))
+
+
+def _handing(engine: Engine, outbox_id: int) -> None:
+    """The relay has the whole mail but its end: say so durably before ending it.  A
+    deliverer killed before this commit leaves a mail the relay drops (sent again by
+    another); one killed after it, a mail the relay has (counted as sent, not sent
+    again: release_dead_claims).  SMTP cannot tell the two apart after the dot, so the
+    doubt is kept to the moment between this commit and the dot going out."""
+    with engine.begin() as conn:
+        conn.execute(update(_OUTBOX).where(_OUTBOX.c.id == outbox_id).values(handed_at=utcnow()))
 
 
 def _failed_event(session: Session, hooks, row: Outbox, now: datetime) -> None:
@@ -338,9 +371,9 @@ def deliver_pending(
         from gateway.outbound.notify import notifier_for
 
         notifier = notifier_for(config)
-    released = release_dead_claims(engine)
+    released = release_dead_claims(engine, timedelta(seconds=config.monitoring.heartbeat_interval * MISSED_BEATS))
     if released:
-        log.info("took back %d notification(s) claimed by a deliverer of this host that died", released)
+        log.info("took back %d notification(s) claimed by a deliverer that died", released)
     me = holder()
     tried = 0
     with transport:
@@ -386,7 +419,8 @@ def _deliver_claimed(engine: Engine, config: Config, transport: Transport, notif
             continue
         sender = (bounce_address(config.gateway.secret, config.helpdesk_address, row.id)
                   if config.outbound.verp else config.helpdesk_address)
-        result = transport.send(sender, [row.recipient], delivery.raw, f"{row.id:06d}-{row.message_id}")
+        result = transport.send(sender, [row.recipient], delivery.raw, f"{row.id:06d}-{row.message_id}",
+                                at_end=lambda outbox_id=row.id: _handing(engine, outbox_id))
         answered_at = utcnow()
         try:
             state = record(engine, policy, delivery, result, now, config.webhooks)

@@ -12,6 +12,7 @@ import re
 import smtplib
 import ssl
 from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 
 from gateway.config import Config, OutboundSmtpSection
@@ -54,7 +55,11 @@ class Transport:
     def close(self) -> None:
         pass
 
-    def send(self, sender: str, recipients: list[str], raw: bytes, name_hint: str) -> SendResult:
+    def send(self, sender: str, recipients: list[str], raw: bytes, name_hint: str,
+             at_end: Callable[[], None] | None = None) -> SendResult:
+        """Send one mail.  ``at_end`` is called when the relay has the whole message but
+        its end (the SMTP dot; the file's rename): after it the mail is the relay's, before
+        it the relay drops it.  If it raises, the mail is not ended (a temporary failure)."""
         raise NotImplementedError
 
     def __enter__(self):
@@ -75,7 +80,8 @@ class FileTransport(Transport):
     def open(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
 
-    def send(self, sender: str, recipients: list[str], raw: bytes, name_hint: str) -> SendResult:
+    def send(self, sender: str, recipients: list[str], raw: bytes, name_hint: str,
+             at_end: Callable[[], None] | None = None) -> SendResult:
         self.folder.mkdir(parents=True, exist_ok=True)
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name_hint)[:120]
         target = self.folder / f"{safe}.eml"
@@ -84,6 +90,8 @@ class FileTransport(Transport):
             fh.write(raw)
             fh.flush()
             os.fsync(fh.fileno())
+        if at_end is not None:
+            at_end()
         os.replace(tmp, target)
         return SendResult("sent", f"written to {target.name}")
 
@@ -175,7 +183,8 @@ class SmtpTransport(Transport):
             _close_quietly(self.conn)
             self.conn = None
 
-    def send(self, sender: str, recipients: list[str], raw: bytes, name_hint: str) -> SendResult:
+    def send(self, sender: str, recipients: list[str], raw: bytes, name_hint: str,
+             at_end: Callable[[], None] | None = None) -> SendResult:
         try:
             self.open()
         except smtplib.SMTPResponseException as exc:
@@ -186,7 +195,7 @@ class SmtpTransport(Transport):
         conn = self.conn
         assert conn is not None
         try:
-            return self._transaction(conn, sender, recipients, raw)
+            return self._transaction(conn, sender, recipients, raw, at_end)
         except smtplib.SMTPResponseException as exc:
             # 421 means the relay closes the connection; other codes leave it usable, but a
             # fresh connection for the next mail costs little and leaves no doubtful state.
@@ -225,7 +234,8 @@ class SmtpTransport(Transport):
             self._rset_or_drop()
         return SendResult(_classify(code), f"{stage}{_answer(code, msg)}")
 
-    def _transaction(self, conn: smtplib.SMTP, sender: str, recipients: list[str], raw: bytes) -> SendResult:
+    def _transaction(self, conn: smtplib.SMTP, sender: str, recipients: list[str], raw: bytes,
+                     at_end: Callable[[], None] | None = None) -> SendResult:
         """MAIL, RCPT per recipient, DATA: the steps of ``sendmail``, with each answer kept.
 
         Each recipient is checked again and written by us (``RCPT TO:<addr-spec>``, its
@@ -265,7 +275,7 @@ class SmtpTransport(Transport):
         if conn.sock is not None:
             conn.sock.settimeout(self.settings.data_timeout)
         try:
-            code, msg = conn.data(raw)
+            code, msg = _data(conn, raw, at_end)
         finally:
             if conn.sock is not None:
                 conn.sock.settimeout(self.settings.timeout)
@@ -275,6 +285,23 @@ class SmtpTransport(Transport):
         if refused:
             answer = f"{answer}; refused: {refusals}"
         return SendResult("sent", answer, retry=temporary)
+
+
+def _data(conn: smtplib.SMTP, raw: bytes, at_end: Callable[[], None] | None) -> tuple[int, bytes]:
+    """smtplib's ``data``, with ``at_end`` called between the message and its end: a
+    relay that never gets the dot drops the message, one that got it delivers it."""
+    conn.putcmd("data")
+    code, repl = conn.getreply()
+    if code != 354:
+        raise smtplib.SMTPDataError(code, repl)
+    body = re.sub(rb"(?m)^\.", b"..", raw)
+    if body[-2:] != b"\r\n":
+        body += b"\r\n"
+    conn.send(body)
+    if at_end is not None:
+        at_end()
+    conn.send(b".\r\n")
+    return conn.getreply()
 
 
 def _rcpt(conn: smtplib.SMTP, address: str) -> tuple[int, bytes]:

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 from gateway.heartbeat import record_poll
 from gateway.ingest.imap.client import ImapConfigError, _drop, close_quietly, open_mailbox
 from gateway.ingest.imap.importer import Importer, NoticeFn, ProcessFn
+from gateway.lease import RETRY_EVERY, Lease, holder_name
 from store.blobs import BlobStore
 
 
@@ -57,12 +58,26 @@ class Poller:
         # every RECORD_SUCCESS_EVERY seconds, a change at once.
         self._recorded_ok_at: float | None = None
         self._recorded_failure = False
+        # One poller at a time on a mailbox, whatever the number of instances (gateway.lease).
+        self.lease = Lease(importer.engine, f"imap:{self.box.name}", holder_name(f"imap:{self.box.name}"))
 
     def run(self, stop: threading.Event) -> None:
         delay = self.backoff_start
         log.info("mailbox %s: reading %s@%s:%s/%s", self.box.name, self.box.user, self.box.host, self.box.port,
                  self.box.folder)
+        waiting = False
         while not stop.is_set():
+            if not self.lease.acquire():
+                if not waiting:
+                    log.info("mailbox %s: another instance reads it; taking over if it stops", self.box.name)
+                waiting = True
+                stop.wait(RETRY_EVERY)
+                continue
+            if waiting:
+                log.info("mailbox %s: taken over (its lease was free)", self.box.name)
+            waiting = False
+            # The session ends when the lease is lost as when the service stops.
+            keeper = self.lease.keep(stop)
             client = None
             try:
                 client = open_mailbox(self.box, self.env)
@@ -71,7 +86,7 @@ class Poller:
                                 time.monotonic() - self.outage_since)
                     self.outage_since = None
                 delay = self.backoff_start
-                self.session(client, stop)
+                self.session(client, keeper.lost)
             except Exception as exc:  # noqa: BLE001 - every failure means: reconnect later
                 self.connected.clear()
                 self._outage(exc)
@@ -83,9 +98,11 @@ class Poller:
                 self.connected.clear()
                 if client is not None:
                     close_quietly(client)
-            if not stop.is_set():
+                keeper.end()
+            if not stop.is_set() and not keeper.lost.is_set():
                 stop.wait(delay)
                 delay = min(delay * 2, self.backoff_max)
+        self.lease.release()
         log.info("mailbox %s: poller stopped", self.box.name)
 
     def _record(self, error: str | None) -> None:

@@ -1,7 +1,7 @@
 """faults of the surroundings wait; a mail that kills its worker is counted
 
 Revision ID: 0010
-Revises: 0008
+Revises: 0009
 Create Date: 2026-12-02
 
 A stored mail whose processing failed for a reason of the gateway's surroundings (a
@@ -14,7 +14,7 @@ from alembic import op
 import sqlalchemy as sa
 
 revision = "0010"
-down_revision = "0008"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 

@@ -1,7 +1,7 @@
 """API tokens and webhook events
 
 Revision ID: 0011
-Revises: 0008
+Revises: 0010
 Create Date: 2026-12-02
 
 The HTTP API (/api/v1) accepts tokens made by ``gateway tokens create``: the table
@@ -13,7 +13,7 @@ from alembic import op
 import sqlalchemy as sa
 
 revision = "0011"
-down_revision = "0008"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 

@@ -1,7 +1,7 @@
 """the door's client (address, HELO) and the gateway's own verdict on each stored mail
 
 Revision ID: 0012
-Revises: 0008
+Revises: 0011
 Create Date: 2026-12-02
 
 The gateway checks SPF, DKIM and DMARC itself when no MTA in front does (issue 25): SPF
@@ -14,7 +14,7 @@ from alembic import op
 import sqlalchemy as sa
 
 revision = "0012"
-down_revision = "0008"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 

@@ -5,13 +5,13 @@ failed sign-ins that lock the account for a while; ``adminsession``: the signed-
 sessions (the SHA-256 of the cookie's token), read by every instance, ended on sign-out.
 
 Revision ID: 0013
-Revises: 0008
+Revises: 0012
 """
 from alembic import op
 import sqlalchemy as sa
 
 revision = "0013"
-down_revision = "0008"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 

@@ -1,7 +1,7 @@
 """the customers' pages: sign-in links, grants, assessments
 
 Revision ID: 0014
-Revises: 0008
+Revises: 0013
 Create Date: 2026-12-02
 
 Customers sign in by a link sent by mail (single use, short-lived: its hash is kept,
@@ -12,7 +12,7 @@ from alembic import op
 import sqlalchemy as sa
 
 revision = "0014"
-down_revision = "0008"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 
