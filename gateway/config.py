@@ -79,6 +79,10 @@ class StoreSection:
     # by every instance) or "files" (under <data_dir>/blobs); empty: "database" with
     # PostgreSQL, "files" with SQLite.
     blobs: str = ""
+    # Free space kept in reserve under the data folder (journal, blobs, SQLite database,
+    # file outbox): below it the doors answer 452 and the worker and the deliverer wait,
+    # so the database is not the one to hit the wall (0: no reserve).
+    reserve_mb: int = 64
 
 
 @dataclass(frozen=True)
@@ -177,14 +181,6 @@ class ServiceSection:
 class TemplatesSection:
     # Folder of admin overrides: a template or catalog there wins over the shipped one.
     override_dir: str = ""
-
-
-@dataclass(frozen=True)
-class StoreSection:
-    # Free space kept in reserve under the data folder (journal, blobs, SQLite database,
-    # file outbox): below it the doors answer 452 and the worker and the deliverer wait,
-    # so the database is not the one to hit the wall (0: no reserve).
-    reserve_mb: int = 64
 
 
 @dataclass(frozen=True)
@@ -374,7 +370,6 @@ class Config:
     service: ServiceSection = field(default_factory=ServiceSection)
     templates: TemplatesSection = field(default_factory=TemplatesSection)
     limits: LimitsSection = field(default_factory=LimitsSection)
-    store: StoreSection = field(default_factory=StoreSection)
     routing: RoutingSection = field(default_factory=RoutingSection)
     http: HttpSection = field(default_factory=HttpSection)
     admin: AdminSection = field(default_factory=AdminSection)

@@ -6,6 +6,7 @@ hosts share nothing but the database; SQLite keeps the files under the data fold
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import threading
 import tracemalloc
@@ -19,7 +20,7 @@ from store.dbblobs import CHUNK, DatabaseBlobStore
 from store.models import Blob, BlobChunk
 from conftest import run_gateway, write_config
 from harness.ingest import customer_mail, make_app, receive
-from test_large_mail import _attachment, _b64_lines, _mail, _text_part
+from harness.largemail import _attachment, _b64_lines, _mail, _text_part
 
 
 def _counts(engine) -> tuple[int, int]:
@@ -205,6 +206,12 @@ def test_move_blobs_copies_a_file_store_into_the_database_and_checks_every_sha25
     import shutil
 
     shutil.rmtree(tmp_path / "var" / "blobs")
-    done = run_gateway("--config", str(db_cfg), "inbound", "show", "1", "--raw", cwd=tmp_path, check=False)
-    assert done.returncode == 0, done.stderr.decode()
-    assert done.stdout in mails
+    # (the ids the database gave, not 1, 2, 3: a sequence may have moved before)
+    listed = run_gateway("--config", str(db_cfg), "inbound", "list", "--json", cwd=tmp_path)
+    ids = [row["id"] for row in json.loads(listed.stdout)]
+    assert len(ids) == 3
+    for inbound_id in ids:
+        done = run_gateway("--config", str(db_cfg), "inbound", "show", str(inbound_id), "--raw", cwd=tmp_path,
+                           check=False)
+        assert done.returncode == 0, done.stderr.decode()
+        assert done.stdout in mails

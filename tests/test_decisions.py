@@ -17,7 +17,7 @@ from store.db import session_for
 from store.models import ApprovalDecision, Outbox, StatusChange
 from conftest import POSTGRES_URL
 from harness.ingest import make_app
-from test_approval_answers import ANSWERS, ask_approval, gmail, outbox, service_request, status
+from harness.approvals import ANSWERS, ask_approval, gmail, outbox, service_request, status
 
 
 def _blocked_behind(conn, me: int) -> int:

@@ -74,89 +74,106 @@ def cmd_ingest(config, args) -> int:
     (Processor.process_batch), then their outcomes printed; the next batch is read only
     then (a reply finds the ticket of a mail before it).  A mail larger than a batch is
     stored and processed alone, read back from its blob (not two copies of it)."""
-    from gateway import metrics
     from gateway.app import App
-    from gateway.ingest.inbound import Stored, store_raw
-    from gateway.ingest.process import BATCH_BYTES, BATCH_MAILS, Outcome
+    from gateway.ingest.process import BATCH_BYTES, BATCH_MAILS
     from gateway.ingest.spool import Spool
 
     app = App(config)
     status = 0
-    spool: Spool | None = None
+    spools: list[Spool] = []
     try:
         for batch in _read_batches(args.paths, BATCH_MAILS, BATCH_BYTES):
-            # Store: (source, Stored, size) or (source, Outcome of the failure)
-            stored: list[tuple] = []
-            if len(batch) == 1 and batch[0][1] is not None and len(batch[0][1]) > BATCH_BYTES:
-                source, raw, _ = batch.pop()
-                size = len(raw)
-                try:
-                    stored.append((source, store_raw(app.engine, app.blobs, raw, source=f"ingest:{source}"), size))
-                except StoreFailed as exc:
-                    stored.append((source, Outcome(source, "", "error", None, str(exc))))
-                del raw
-            else:
-                if spool is None:
-                    spool = Spool(app.engine, app.blobs, max_batch=BATCH_MAILS)
-                waiting = []
-                first: dict[bytes, int] = {}  # the same bytes twice in a batch: the first is stored
-                for source, raw, error in batch:
-                    if raw is None:
-                        waiting.append((source, None, error, 0))
-                    elif raw in first:
-                        waiting.append((source, first[raw], None, len(raw)))
-                    else:
-                        first[raw] = len(waiting)
-                        waiting.append((source, spool.submit(raw, source=f"ingest:{source}"), None, len(raw)))
-                batch.clear()
-                first.clear()
-                for source, future, error, size in waiting:
-                    if future is None:
-                        stored.append((source, Outcome(source, "", "error", None, error)))
-                        continue
-                    if isinstance(future, int):  # a copy of an earlier mail of the batch
-                        earlier = stored[future]
-                        if len(earlier) == 2:
-                            stored.append((source, Outcome(source, "", "error", None, earlier[1].detail)))
-                        else:
-                            one = earlier[1]
-                            stored.append((source, Stored(one.id, True, one.message_id, one.sha256), size))
-                        continue
-                    try:
-                        stored.append((source, future.result(), size))
-                    except StoreFailed as exc:
-                        stored.append((source, Outcome(source, "", "error", None, str(exc))))
-            # Process, in one transaction (more if the batch's mails are larger than a batch).
-            ids = [entry[1].id for entry in stored if len(entry) == 3]
-            known = {entry[1].id: (entry[1].sha256, entry[2]) for entry in stored
-                     if len(entry) == 3 and not entry[1].duplicate}
-            outcomes: dict[int, Outcome] = {}
-            todo = list(dict.fromkeys(ids))
-            while todo:
-                done = app.processor.process_batch(todo, known=known)
-                outcomes.update(zip(todo, done))
-                todo = todo[len(done):]
-            for entry in stored:
-                if len(entry) == 2:
-                    _print_outcome(entry[1], args.json)
-                    status = 1
-                    continue
-                source, one, _size = entry
-                metrics.received("ingest")
-                outcome = outcomes[one.id]
-                if one.duplicate:
-                    outcome = Outcome(source, one.message_id, "duplicate", outcome.ticket,
-                                      f"already stored as #{one.id}")
-                else:
-                    outcome = Outcome(source, outcome.message_id, outcome.outcome, outcome.ticket, outcome.detail)
-                _print_outcome(outcome, args.json)
+            stored = _store_batch(app, batch, spools)
+            status = max(status, _process_and_print(app, stored, args.json))
     finally:
-        if spool is not None:
+        for spool in spools:
             spool.close()
     if not args.no_deliver:
         from gateway.outbound.outbox import deliver_pending
 
         deliver_pending(app.engine, app.config, app.transport())
+    return status
+
+
+def _store_batch(app, batch: list, spools: list) -> list[tuple]:
+    """Store a batch: (source, Stored, size) for each mail stored, (source, Outcome) for
+    each that could not be.  ``spools`` holds the door's Spool, made on first use."""
+    from gateway.ingest.inbound import Stored, store_raw
+    from gateway.ingest.process import BATCH_BYTES, BATCH_MAILS, Outcome
+    from gateway.ingest.spool import Spool
+
+    stored: list[tuple] = []
+    if len(batch) == 1 and batch[0][1] is not None and len(batch[0][1]) > BATCH_BYTES:
+        source, raw, _ = batch.pop()
+        size = len(raw)
+        try:
+            stored.append((source, store_raw(app.engine, app.blobs, raw, source=f"ingest:{source}"), size))
+        except StoreFailed as exc:
+            stored.append((source, Outcome(source, "", "error", None, str(exc))))
+        del raw
+        return stored
+    if not spools:
+        spools.append(Spool(app.engine, app.blobs, max_batch=BATCH_MAILS))
+    spool = spools[0]
+    waiting = []
+    first: dict[bytes, int] = {}  # the same bytes twice in a batch: the first is stored
+    for source, raw, error in batch:
+        if raw is None:
+            waiting.append((source, None, error, 0))
+        elif raw in first:
+            waiting.append((source, first[raw], None, len(raw)))
+        else:
+            first[raw] = len(waiting)
+            waiting.append((source, spool.submit(raw, source=f"ingest:{source}"), None, len(raw)))
+    batch.clear()
+    first.clear()
+    for source, future, error, size in waiting:
+        if future is None:
+            stored.append((source, Outcome(source, "", "error", None, error)))
+        elif isinstance(future, int):  # a copy of an earlier mail of the batch
+            earlier = stored[future]
+            if len(earlier) == 2:
+                stored.append((source, Outcome(source, "", "error", None, earlier[1].detail)))
+            else:
+                one = earlier[1]
+                stored.append((source, Stored(one.id, True, one.message_id, one.sha256), size))
+        else:
+            try:
+                stored.append((source, future.result(), size))
+            except StoreFailed as exc:
+                stored.append((source, Outcome(source, "", "error", None, str(exc))))
+    return stored
+
+
+def _process_and_print(app, stored: list[tuple], as_json: bool) -> int:
+    """Process a stored batch in one transaction (more if its mails are larger than a
+    batch) and print each mail's outcome; 1 if one could not be stored."""
+    from gateway import metrics
+    from gateway.ingest.process import Outcome
+
+    ids = [entry[1].id for entry in stored if len(entry) == 3]
+    known = {entry[1].id: (entry[1].sha256, entry[2]) for entry in stored
+             if len(entry) == 3 and not entry[1].duplicate}
+    outcomes: dict[int, Outcome] = {}
+    todo = list(dict.fromkeys(ids))
+    while todo:
+        done = app.processor.process_batch(todo, known=known)
+        outcomes.update(zip(todo, done))
+        todo = todo[len(done):]
+    status = 0
+    for entry in stored:
+        if len(entry) == 2:
+            _print_outcome(entry[1], as_json)
+            status = 1
+            continue
+        source, one, _size = entry
+        metrics.received("ingest")
+        outcome = outcomes[one.id]
+        if one.duplicate:
+            outcome = Outcome(source, one.message_id, "duplicate", outcome.ticket, f"already stored as #{one.id}")
+        else:
+            outcome = Outcome(source, outcome.message_id, outcome.outcome, outcome.ticket, outcome.detail)
+        _print_outcome(outcome, as_json)
     return status
 
 

@@ -146,8 +146,26 @@ def wording(request: Request, only: str = "", who: admins.Current = Depends(web.
     from gateway.outbound.render import LANGUAGES as MAIL_LANGUAGES
 
     renderer = gateway_app(request).renderer
+    catalogs, problems = _catalogs(renderer, MAIL_LANGUAGES)
+    with open(renderer.shipped_dir / "locale" / "mail.pot", "rb") as fh:
+        ids = [m.id if isinstance(m.id, str) else m.id[0] for m in read_po(fh) if m.id]
+    rows = []
+    for msgid in ids:
+        cells = {lang: _cell(catalogs[lang].get(msgid), lang) for lang in MAIL_LANGUAGES}
+        if only and not any(state == only for _, state in cells.values()):
+            continue
+        rows.append((msgid, cells))
+    return web.page(request, "wording.html.j2", who=who, rows=rows, languages=MAIL_LANGUAGES, only=only,
+                    problems=problems)
+
+
+def _catalogs(renderer, languages) -> tuple[dict, dict]:
+    """Each language's messages by id (the override catalog's over the shipped one's), and
+    the catalogs that could not be read, by language."""
+    from babel.messages.pofile import read_po
+
     catalogs, problems = {}, {}
-    for lang in MAIL_LANGUAGES:
+    for lang in languages:
         merged = {}
         for folder in (renderer.shipped_dir, renderer.override_dir):
             po = folder / "locale" / lang / "LC_MESSAGES" / "mail.po" if folder else None
@@ -161,19 +179,12 @@ def wording(request: Request, only: str = "", who: admins.Current = Depends(web.
             except Exception as exc:  # noqa: BLE001 - an admin's broken catalog is shown, not raised
                 problems[lang] = f"{po}: {exc}"
         catalogs[lang] = merged
-    with open(renderer.shipped_dir / "locale" / "mail.pot", "rb") as fh:
-        ids = [m.id if isinstance(m.id, str) else m.id[0] for m in read_po(fh) if m.id]
-    rows = []
-    for msgid in ids:
-        cells = {}
-        for lang in MAIL_LANGUAGES:
-            message = catalogs[lang].get(msgid)
-            text = (message.string if isinstance(message.string, str) else message.string[0]) if message else ""
-            state = "missing" if not text and lang != "en" else ("fuzzy" if message is not None and message.fuzzy
-                                                                  else "ok")
-            cells[lang] = (text, state)
-        if only and not any(state == only for _, state in cells.values()):
-            continue
-        rows.append((msgid, cells))
-    return web.page(request, "wording.html.j2", who=who, rows=rows, languages=MAIL_LANGUAGES, only=only,
-                    problems=problems)
+    return catalogs, problems
+
+
+def _cell(message, lang: str) -> tuple[str, str]:
+    """A message's text in one language and its state: ok, missing or fuzzy."""
+    text = (message.string if isinstance(message.string, str) else message.string[0]) if message else ""
+    if not text and lang != "en":
+        return text, "missing"
+    return text, "fuzzy" if message is not None and message.fuzzy else "ok"
