@@ -31,7 +31,7 @@ from sqlmodel import Session, col, select
 
 from store.addresses import InvalidAddress, mailbox
 from store.db import Prepared
-from store.models import Company, Outbox, Person, Ticket, TicketMessage, utcnow
+from store.models import ApprovalDecision, Company, Outbox, Person, Ticket, TicketMessage, utcnow
 from store.tickets import latest_public_update
 from store.vocabulary import FALLBACK_LANGUAGE, LANGUAGES, PENDING
 
@@ -195,7 +195,10 @@ def _next_request(session: Session, ticket: Ticket) -> int:
     names it, gateway.tokens)."""
     last = session.exec(select(func.max(Outbox.approval_request)).where(Outbox.ticket_id == ticket.id,
                                                                         Outbox.event == "approval")).one()
-    return (last or 0) + 1
+    # A request decided without being mailed (gateway.ingest.decisions) took a number too.
+    decided = session.exec(select(func.max(ApprovalDecision.request))
+                           .where(ApprovalDecision.ticket_id == ticket.id)).one()
+    return max(last or 0, decided or 0) + 1
 
 
 # Writing ---------------------------------------------------------------------------------

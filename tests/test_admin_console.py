@@ -416,10 +416,11 @@ def http(console, path: str, *, data: dict | None = None, cookie: str = "") -> t
         return error.code, dict(error.headers), error.read().decode()
 
 
-def admin_routes() -> list[tuple[str, str]]:
+def admin_routes(console) -> list[tuple[str, str]]:
     """(method, path) of every route under /admin, from the application itself."""
     from types import SimpleNamespace
 
+    from gateway.config import load_config
     from gateway.http import create_app
 
     found = []
@@ -432,12 +433,12 @@ def admin_routes() -> list[tuple[str, str]]:
             elif getattr(route, "path", None):
                 found.extend((m, route.path) for m in (getattr(route, "methods", None) or ()))
 
-    walk(create_app(SimpleNamespace(config=None)).routes)
+    walk(create_app(SimpleNamespace(config=None), config=load_config(console.folder / "config.toml")).routes)
     return sorted({(m, p) for m, p in found if p.startswith("/admin") and m != "HEAD"})
 
 
 def test_every_admin_url_needs_a_session(console):
-    routes = admin_routes()
+    routes = admin_routes(console)
     assert len(routes) >= 15
     public = {("GET", "/admin/sign-in"), ("POST", "/admin/sign-in"), ("GET", "/admin/static/{name}")}
     assert public <= set(routes)

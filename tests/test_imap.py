@@ -19,6 +19,7 @@ from conftest import free_port, run_gateway, write_config
 from harness.dovecot import USER
 
 from gateway.app import App
+from gateway.ingest import imap
 from gateway.config import load_config
 from harness.dovecot import dovecot, dovecot_ok, make_dovecot  # noqa: F401 (fixtures)
 from harness.imap import ENV, Running, config_text, ids, inbound, mail, make_app, tickets, wait_until

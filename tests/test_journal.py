@@ -14,7 +14,6 @@ from sqlalchemy import text
 
 from gateway.ingest.journal import Journal, read_journal, recover_journals
 from gateway.ingest.spool import Spool
-from store.blobs import BlobStore
 
 
 def _raw(i: int) -> bytes:
@@ -78,7 +77,7 @@ def test_a_journal_left_by_a_crash_is_recorded_once_at_the_next_start(gw, tmp_pa
     """What a door killed after its 250s leaves: blobs and journal lines, no rows (and one
     line cut short by the crash, never answered).  The next start records them; a mail
     already recorded before the crash is not recorded twice."""
-    blobs = BlobStore(gw.config.blob_dir)
+    blobs = gw.blobs  # on files or in PostgreSQL, as the configuration says
     folder = tmp_path / "spool"
     folder.mkdir()
     lines = []

@@ -191,8 +191,8 @@ def test_workers_run_below_the_listeners_priority(tmp_path, extra, lower):
         wanted = {"gw-worker-0": own + lower, "gw-deliverer": own + lower}
 
         def settled():  # each child lowers its own priority as it starts
-            children = children(service.proc.pid)
-            return {name: children.get(name) for name in wanted} == wanted
+            found = children(service.proc.pid)
+            return {name: found.get(name) for name in wanted} == wanted
 
         wait_until(settled)
     finally:

@@ -127,6 +127,7 @@ def test_every_event_signed_and_retried_on_500(tmp_path, database_url, receiver)
             api.gateway("ticket", "set-status", number, "in-progress")
             api.call("POST", f"/tickets/{number}/comments", agent, {"text": "Rebooted the scanner."})
             send_mail(service.smtp_port, "Hello", "Who are you?", sender="stranger@elsewhere.example")
+            wait_until(lambda: {e["type"] for e in receiver.events()} >= set(EVENTS), timeout=120)
             for call in receiver.answered:
                 verified(call)
             # A tampered body or a wrong secret is refused by the receiver's check.

@@ -19,10 +19,17 @@ from store.models import ApprovalDecision, Outbox, Ticket
 
 
 def open_request(session: Session, ticket: Ticket) -> int:
-    """The number of the ticket's latest approval request (0: none was mailed)."""
-    latest = session.connection().execute(select(func.max(Outbox.approval_request))
-                                          .where(Outbox.ticket_id == ticket.id, Outbox.event == "approval")).scalar()
-    return int(latest or 0)
+    """The number of the ticket's open approval request: its latest mailed one (0: none
+    was), unless that one is decided already: the ticket came back to Approval without a
+    new request mailed (nobody could be asked), and the question open now takes the
+    number after every one used, so that its answer is not taken for a second decision
+    of the first."""
+    conn = session.connection()
+    latest = int(conn.execute(select(func.max(Outbox.approval_request))
+                              .where(Outbox.ticket_id == ticket.id, Outbox.event == "approval")).scalar() or 0)
+    decided = conn.execute(select(func.max(ApprovalDecision.request))
+                           .where(ApprovalDecision.ticket_id == ticket.id)).scalar()
+    return latest if decided is None or decided < latest else int(decided) + 1
 
 
 def spend(session: Session, ticket: Ticket, decision: str, inbound_id: int | None) -> None:
