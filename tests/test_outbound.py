@@ -323,6 +323,60 @@ def test_crash_after_250_sends_once(tmp_path, relay, database_url):
     app.engine.dispose()
 
 
+def test_the_end_goes_out_before_the_note_of_it_is_confirmed(tmp_path, relay, postgres_url):
+    """On PostgreSQL the note "the relay has this mail" is written to the database as the
+    dot goes out, not waited for before it: a deliverer killed in between (here: its note
+    held up by a lock another transaction has on the row, the relay given the dot all
+    the same) leaves a note the database carries out after the death, so the mail is
+    counted as sent, neither lost nor sent again.  (Waiting for the note's commit before
+    the dot left a whole commit as the moment when a kill lost the mail: issue 19's three
+    instances lost one notification that way.)"""
+    import psycopg
+
+    cfg = relay_config(tmp_path, relay.port, postgres_url)
+    app = App(load_config(cfg, env={}))
+    open_ticket(app)
+    holder: dict = {}
+    accepted = threading.Event()
+
+    def lock_the_row():  # the row is claimed by now; its note will wait for this lock
+        if "conn" not in holder:
+            holder["conn"] = psycopg.connect(postgres_url)
+            holder["conn"].execute("SELECT id FROM outbox FOR UPDATE").fetchall()
+
+    relay.on_rcpt = lock_the_row
+    relay.on_accept = accepted.set
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("GATEWAY_CONFIG", None)
+    worker = subprocess.Popen([sys.executable, "-m", "gateway", "--config", str(cfg), "outbox", "flush"],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert accepted.wait(30), "the relay never got the dot: the deliverer waited for its note"
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait(10)
+        [row] = outbox_rows(app)
+        assert row.handed_at is None  # the note is still waiting for the lock
+    finally:
+        if worker.poll() is None:
+            os.kill(worker.pid, signal.SIGKILL)
+            worker.wait(10)
+        if "conn" in holder:
+            holder["conn"].rollback()
+            holder["conn"].close()
+    deadline = time.monotonic() + 10
+    while outbox_rows(app)[0].handed_at is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [row] = outbox_rows(app)
+    assert row.state == "pending" and row.handed_at is not None  # carried out after its writer died
+    relay.on_rcpt = relay.on_accept = None
+    drain(app, dt.datetime.now(dt.timezone.utc))
+    [row] = outbox_rows(app)
+    assert row.state == "sent" and row.handed_at is None
+    assert len(relay.received) == 1
+    assert drain(app, dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1)) == []
+    app.engine.dispose()
+
+
 def test_commit_failing_after_250_records_later_and_never_resends(tmp_path, relay, database_url):
     """The process lives on but its commit fails for real: another writer holds what it
     needs past a short wait (SQLite: "database is locked" after its busy timeout;

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select as select_module
 import socket
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -307,14 +308,52 @@ _SENT = (update(_OUTBOX).where(_OUTBOX.c.id == bindparam("b_id"))
                  sent_at=bindparam("sent_at"), claimed_by=None, claimed_until=None, handed_at=None))
 
 
-def _handing(engine: Engine, outbox_id: int) -> None:
-    """The relay has the whole mail but its end: say so durably before ending it.  A
-    deliverer killed before this commit leaves a mail the relay drops (sent again by
-    another); one killed after it, a mail the relay has (counted as sent, not sent
-    again: release_dead_claims).  SMTP cannot tell the two apart after the dot, so the
-    doubt is kept to the moment between this commit and the dot going out."""
-    with engine.begin() as conn:
-        conn.execute(update(_OUTBOX).where(_OUTBOX.c.id == outbox_id).values(handed_at=utcnow()))
+def _handing(engine: Engine, outbox_id: int):
+    """The relay has the whole mail but its end: say so durably as the end goes out.  A
+    deliverer killed before the end went out leaves a mail the relay drops (sent again by
+    another); one killed after it, a mail the relay has (counted as sent, not sent again:
+    release_dead_claims).  SMTP cannot tell the two apart after the dot, so the doubt is
+    kept to the moment between the note and the end leaving.
+
+    On PostgreSQL that moment is a few instructions: the note's UPDATE is written to the
+    database's socket (an autocommit statement the server carries out even if this
+    process dies the next instant), the end is sent, and only then is the answer awaited
+    (the function returned).  Waiting for the commit first, as on SQLite, would leave the
+    whole commit (a WAL flush) as a window where a killed deliverer loses the mail."""
+    if engine.dialect.name != "postgresql":
+        with engine.begin() as conn:
+            conn.execute(update(_OUTBOX).where(_OUTBOX.c.id == outbox_id).values(handed_at=utcnow()))
+        return None
+    from psycopg import pq
+
+    raw = engine.raw_connection()
+    try:
+        pg = raw.driver_connection.pgconn
+        pg.send_query_params(b"UPDATE outbox SET handed_at = $1::timestamptz WHERE id = $2",
+                             [utcnow().isoformat().encode(), str(outbox_id).encode()])
+        while pg.flush():  # libpq is non-blocking under psycopg: the rest of the statement
+            select_module.select([], [pg.socket], [], 30)
+    except Exception:
+        raw.invalidate()
+        raise
+
+    def finish() -> None:
+        try:
+            while True:
+                pg.consume_input()
+                if not pg.is_busy():
+                    break
+                select_module.select([pg.socket], [], [], 30)
+            while (result := pg.get_result()) is not None:
+                if result.status != pq.ExecStatus.COMMAND_OK:
+                    log.error("outbox %s: the note that the relay has it was not written: %s", outbox_id,
+                              (result.error_message or b"").decode("utf-8", "replace").strip())
+        except Exception as exc:  # noqa: BLE001 - the mail went out; only the note of it is in doubt
+            log.error("outbox %s: the note that the relay has it was not confirmed: %s", outbox_id, exc)
+            raw.invalidate()
+        finally:
+            raw.close()
+    return finish
 
 
 def _failed_event(session: Session, hooks, row: Outbox, now: datetime) -> None:

@@ -22,6 +22,11 @@ from store.addresses import InvalidAddress, mailbox, quote_local
 log = logging.getLogger("gateway.outbound")
 
 
+# What a transport calls when the relay has all of a mail but its end; what it returns,
+# if anything, right after the end (see Transport.send).
+AtEnd = Callable[[], "Callable[[], None] | None"]
+
+
 @dataclass(frozen=True)
 class SendResult:
     """What became of one mail.
@@ -56,10 +61,12 @@ class Transport:
         pass
 
     def send(self, sender: str, recipients: list[str], raw: bytes, name_hint: str,
-             at_end: Callable[[], None] | None = None) -> SendResult:
+             at_end: AtEnd | None = None) -> SendResult:
         """Send one mail.  ``at_end`` is called when the relay has the whole message but
         its end (the SMTP dot; the file's rename): after it the mail is the relay's, before
-        it the relay drops it.  If it raises, the mail is not ended (a temporary failure)."""
+        it the relay drops it.  If it raises, the mail is not ended (a temporary failure).
+        What it returns, if anything, is called right after the end went out (to wait for
+        what ``at_end`` only started: gateway.outbound.outbox._handing)."""
         raise NotImplementedError
 
     def __enter__(self):
@@ -81,7 +88,7 @@ class FileTransport(Transport):
         self.folder.mkdir(parents=True, exist_ok=True)
 
     def send(self, sender: str, recipients: list[str], raw: bytes, name_hint: str,
-             at_end: Callable[[], None] | None = None) -> SendResult:
+             at_end: AtEnd | None = None) -> SendResult:
         self.folder.mkdir(parents=True, exist_ok=True)
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name_hint)[:120]
         target = self.folder / f"{safe}.eml"
@@ -90,9 +97,10 @@ class FileTransport(Transport):
             fh.write(raw)
             fh.flush()
             os.fsync(fh.fileno())
-        if at_end is not None:
-            at_end()
+        finish = at_end() if at_end is not None else None
         os.replace(tmp, target)
+        if finish is not None:
+            finish()
         return SendResult("sent", f"written to {target.name}")
 
 
@@ -184,7 +192,7 @@ class SmtpTransport(Transport):
             self.conn = None
 
     def send(self, sender: str, recipients: list[str], raw: bytes, name_hint: str,
-             at_end: Callable[[], None] | None = None) -> SendResult:
+             at_end: AtEnd | None = None) -> SendResult:
         try:
             self.open()
         except smtplib.SMTPResponseException as exc:
@@ -235,7 +243,7 @@ class SmtpTransport(Transport):
         return SendResult(_classify(code), f"{stage}{_answer(code, msg)}")
 
     def _transaction(self, conn: smtplib.SMTP, sender: str, recipients: list[str], raw: bytes,
-                     at_end: Callable[[], None] | None = None) -> SendResult:
+                     at_end: AtEnd | None = None) -> SendResult:
         """MAIL, RCPT per recipient, DATA: the steps of ``sendmail``, with each answer kept.
 
         Each recipient is checked again and written by us (``RCPT TO:<addr-spec>``, its
@@ -287,7 +295,7 @@ class SmtpTransport(Transport):
         return SendResult("sent", answer, retry=temporary)
 
 
-def _data(conn: smtplib.SMTP, raw: bytes, at_end: Callable[[], None] | None) -> tuple[int, bytes]:
+def _data(conn: smtplib.SMTP, raw: bytes, at_end: AtEnd | None) -> tuple[int, bytes]:
     """smtplib's ``data``, with ``at_end`` called between the message and its end: a
     relay that never gets the dot drops the message, one that got it delivers it."""
     conn.putcmd("data")
@@ -298,9 +306,10 @@ def _data(conn: smtplib.SMTP, raw: bytes, at_end: Callable[[], None] | None) -> 
     if body[-2:] != b"\r\n":
         body += b"\r\n"
     conn.send(body)
-    if at_end is not None:
-        at_end()
+    finish = at_end() if at_end is not None else None
     conn.send(b".\r\n")
+    if finish is not None:
+        finish()
     return conn.getreply()
 
 

@@ -37,10 +37,17 @@ class RelayHandler:
     script: list[str] = field(default_factory=list)
     received: list[tuple[str, list[str], bytes]] = field(default_factory=list)
     on_accept: object = None  # called before answering 250 (the crash test holds the db here)
+    on_rcpt: object = None  # called as a recipient is accepted (before the message is sent)
     logins: list[str] = field(default_factory=list)
 
     def next_action(self) -> str:
         return self.script.pop(0) if self.script else "250"
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if self.on_rcpt:
+            self.on_rcpt()
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
         action = self.next_action()
