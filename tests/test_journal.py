@@ -141,14 +141,14 @@ def test_a_blob_that_cannot_be_written_fails_its_mail_alone(gw, tmp_path, monkey
     blob that cannot be written fails its own submission (the door answers 451, nothing
     recorded), and the mails around it are answered and recorded."""
     spool = Spool(gw.engine, gw.blobs, journal_dir=tmp_path / "spool")
-    real = spool.blobs.put
+    real = spool.door_blobs.put  # where the door writes (the blob store, or the journal's folder)
 
     def full_for_one(data, durable=True):
         if b"Imprimante 3\r\n" in data:
             raise OSError(28, "No space left on device")
         return real(data, durable)
 
-    monkeypatch.setattr(spool.blobs, "put", full_for_one)
+    monkeypatch.setattr(spool.door_blobs, "put", full_for_one)
     futures = [spool.submit(_raw(i), source="smtp") for i in range(6)]
     answers = {}
     for i, future in enumerate(futures):
@@ -201,3 +201,52 @@ def test_a_mail_above_the_inline_size_goes_through_the_blob_pool(gw, tmp_path):
     spool.close()
     assert [gw.blobs.get(a.sha256) for a in answers] == [small, large]
     assert sorted(rows(gw)) == ["journal-1@client.example", "journal-2@client.example"]
+
+
+@pytest.fixture
+def pg_gw(tmp_path, postgres_url):
+    """A gateway on PostgreSQL, its blobs in the database (the default there)."""
+    from conftest import write_config
+    from gateway.app import App
+    from gateway.config import load_config
+
+    app = App(load_config(write_config(tmp_path, f'[database]\nurl = "{postgres_url}"\n'), env={}))
+    yield app
+    app.engine.dispose()
+
+
+def test_blobs_in_the_database_the_door_answers_while_it_is_away(pg_gw, tmp_path):
+    """With the blobs in the database (PostgreSQL's default), the door writes what it
+    journals in the journal's own folder: with the database unreachable (a port where
+    nothing listens) every mail is still answered, a large one too; the next start, with
+    the database back, copies each into the database, records it once, and empties the
+    folder."""
+    from conftest import free_port
+    from store.db import make_engine
+    from store.dbblobs import DatabaseBlobStore
+
+    gw = pg_gw
+    assert isinstance(gw.blobs, DatabaseBlobStore)
+
+    away = make_engine(f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere")
+    folder = tmp_path / "spool"
+    spool = Spool(away, DatabaseBlobStore(away, tmp_path / "scratch"), journal_dir=folder)
+    large = _raw(9) + b"x" * (3 << 20) + b"\r\n"
+    futures = [spool.submit(raw, source="smtp", rcpt_to=("helpdesk@localhost",))
+               for raw in [_raw(i) for i in range(4)] + [large]]
+    answers = [f.result(timeout=20) for f in futures]  # answered with the database away
+    assert len(read_journal(spool.journal.path)) == 5
+    kept = {a.sha256 for a in answers}
+    assert all(spool.door_blobs.exists(sha) for sha in kept)
+    spool.close()  # gives up recording after a while: the journal keeps them
+    away.dispose()
+    assert rows(gw) == {}
+
+    again = Spool(gw.engine, gw.blobs, journal_dir=folder)
+    assert again.recovered == 5
+    again.close()
+    stored = rows(gw)
+    assert set(stored) == {f"journal-{i}@client.example" for i in (0, 1, 2, 3, 9)}
+    assert gw.blobs.get(stored["journal-9@client.example"][0]) == large
+    assert all(gw.blobs.get(sha) for sha, _src in stored.values())
+    assert not any(again.door_blobs.exists(sha) for sha in kept)  # taken over, then removed

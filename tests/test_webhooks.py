@@ -127,6 +127,11 @@ def test_every_event_signed_and_retried_on_500(tmp_path, database_url, receiver)
             api.gateway("ticket", "set-status", number, "in-progress")
             api.call("POST", f"/tickets/{number}/comments", agent, {"text": "Rebooted the scanner."})
             send_mail(service.smtp_port, "Hello", "Who are you?", sender="stranger@elsewhere.example")
+            # The customer's reply by mail: a comment on the ticket, told as such.
+            send_mail(service.smtp_port, f"Re: [{number}] Scanner offline", "It is on again, thanks.",
+                      sender="ghost@example.be")
+            wait_until(lambda: [e for e in receiver.events() if e["type"] == "ticket.comment_added"
+                                and e["data"].get("channel") == "mail"], timeout=120)
             wait_until(lambda: {e["type"] for e in receiver.events()} >= set(EVENTS), timeout=120)
             for call in receiver.answered:
                 verified(call)

@@ -98,9 +98,34 @@ def read_journal(path: Path) -> list[dict]:
     return entries
 
 
-def recover_journals(folder: Path, engine: Engine, blobs: BlobStore) -> int:
+def hand_over(local: BlobStore, blobs, sha: str) -> None:
+    """Copy blob ``sha`` from the door's folder ``local`` into ``blobs`` (the database),
+    unless it is there already (another mail of the same bytes took it over, and removed
+    the file).  Raises when it is in neither: the journal names a mail nobody kept."""
+    path = local.path(sha)
+    try:
+        with open(path, "rb") as fh:
+            if os.fstat(fh.fileno()).st_size <= _WHOLE:
+                blobs.put(fh.read())
+                return
+            with blobs.writer() as writer:  # a large mail, a piece at a time
+                for piece in iter(lambda: fh.read(1 << 20), b""):
+                    writer.write(piece)
+                writer.commit()
+    except FileNotFoundError:
+        if not blobs.exists(sha):
+            raise
+
+
+# A blob up to this size is copied in one piece (hand_over).
+_WHOLE = 1 << 20
+
+
+def recover_journals(folder: Path, engine: Engine, blobs: BlobStore, local: BlobStore | None = None) -> int:
     """Record the mails of every journal in ``folder`` that no running door holds (left
-    by a crash), then empty those journals.  Returns how many mails were recorded."""
+    by a crash), then empty those journals.  Returns how many mails were recorded.
+    ``local``: the door's folder of blobs, when the blob store is the database: each
+    mail's bytes are copied from it before its row, and removed from it after."""
     if not folder.is_dir():
         return 0
     count = 0
@@ -112,6 +137,8 @@ def recover_journals(folder: Path, engine: Engine, blobs: BlobStore) -> int:
                 continue  # a running door's
             entries = read_journal(path)
             for entry in entries:
+                if local is not None and local.exists(entry["sha256"]):
+                    hand_over(local, blobs, entry["sha256"])
                 if not blobs.exists(entry["sha256"]):
                     log.error("journal %s names a mail whose blob is missing: %s", path, entry)
                     continue
@@ -124,6 +151,8 @@ def recover_journals(folder: Path, engine: Engine, blobs: BlobStore) -> int:
                 count += not stored.duplicate
             handle.truncate(0)
             os.fsync(handle.fileno())
+            for entry in entries if local is not None else ():
+                local.path(entry["sha256"]).unlink(missing_ok=True)
         if entries:
             log.info("recovered %d mails from %s (%d were recorded already)", len(entries), path,
                      len(entries) - count)

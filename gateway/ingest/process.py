@@ -75,10 +75,11 @@ class Processor(Gather, Apply, Batches, TooLarge):
         self._done: list[tuple[int, str, str | None, object, bool]] = []
         self.verifier = self.scanner = None  # gateway.ingest.verify and .scan, made on first use
 
-    def checked(self, inbound_id: int, raw: bytes) -> bytes:
+    def checked(self, inbound_id: int, raw: bytes, session: Session | None = None) -> bytes:
         """The stored mail as processing reads it: scanned for viruses ([scan],
         gateway.ingest.scan), with the gateway's own verdict on its sender on top when it
-        verifies ([auth], gateway.ingest.verify)."""
+        verifies ([auth], gateway.ingest.verify); ``session``, the caller's transaction
+        when it parses in one."""
         if self.verifier is None:
             from gateway.ingest.scan import Scanner
             from gateway.ingest.verify import Verifier  # its libraries only where used
@@ -87,7 +88,7 @@ class Processor(Gather, Apply, Batches, TooLarge):
             self.scanner = Scanner(self.config) if self.config.scan.clamd else None
         if self.scanner is not None:
             self.scanner.scan(raw)  # before anything of it is kept (Quarantine, or Wait)
-        return self.verifier.stamp(inbound_id, raw)
+        return self.verifier.stamp(inbound_id, raw, session)
 
     def process(self, inbound_id: int) -> Outcome:
         """Process one stored mail; the result is committed with the inbound row's state."""
@@ -116,7 +117,7 @@ class Processor(Gather, Apply, Batches, TooLarge):
                 if quarantine is not None:
                     raise quarantine
                 if mail is None:
-                    mail = parse(self.checked(inbound.id, self.blobs.get(inbound.sha256)), self.limits,
+                    mail = parse(self.checked(inbound.id, self.blobs.get(inbound.sha256), session), self.limits,
                                  blobs=self.blobs)
             except Wait as exc:  # not an attempt: the row stays received, tried again
                 savepoint.commit()

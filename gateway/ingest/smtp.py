@@ -42,9 +42,11 @@ class Door:
                  spool: Spool | None = None):
         self.config = config
         self.engine = engine
-        self.blobs = blobs
         self.on_stored = on_stored
         self.spool = spool or Spool(engine, blobs)
+        # Where the door writes a mail as it arrives (a large one piece by piece): the
+        # spool's own folder when the blobs are in the database (Spool.door_blobs).
+        self.blobs = self.spool.door_blobs
         self.own = {address_key(a) for a in config.gateway.addresses}
         self.own |= {address_key(a) for a in config.routing.routes}
         self.domains = {a.rpartition("@")[2] for a in self.own}

@@ -20,7 +20,11 @@ INLINE_BLOB have their blob written by the journal's thread itself, just before 
 line (the blob pool's hand-offs cost the door more CPU than the writes; larger mails
 still go through the pool, so they hold back no small one); a second thread then
 records the rows in the database, in batches, and empties the journal when everything in
-it is recorded.  On SQLite the door and the worker share one write lock: without the
+it is recorded.  With the blobs in the database (PostgreSQL, issue 19) the door writes a
+journaled mail's bytes in the journal's own folder (``door_blobs``: files of this host,
+fsynced, as Postfix keeps its queue) and the recorder copies them into the database just
+before their row, then removes them: the door keeps answering 250 while the database
+restarts or is away, and the journal holds everything it answered.  On SQLite the door and the worker share one write lock: without the
 journal a sender's 250 waited for the worker's transaction (up to ~300 ms on a busy
 machine, measured); now it waits for two fsyncs.  A journal left by a crash is read at
 the next start and its mails recorded (a mail recorded twice is its own duplicate: the
@@ -45,7 +49,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from gateway.errors import StoreFailed
 from gateway.ingest.inbound import Stored, header_message_id, record_inbound, store_raw
-from gateway.ingest.journal import Journal, recover_journals
+from gateway.ingest.journal import Journal, hand_over, recover_journals
 from store.blobs import BlobStore, BlobWriter
 from store.db import Prepared, make_engine
 from store.models import InboundMessage, utcnow
@@ -102,8 +106,14 @@ class Spool:
         self._warm_up()
         self.journal: Journal | None = None
         self.recovered = 0
+        # Where the door writes what it journals: the blob store itself when it is files;
+        # with the blobs in the database, a folder of the journal's (see the docstring).
+        self.door_blobs = blobs
+        if journal_dir is not None and not isinstance(blobs, BlobStore):
+            self.door_blobs = BlobStore(Path(journal_dir) / "blobs")
         if journal_dir is not None:
-            self.recovered = recover_journals(journal_dir, self.engine, blobs)
+            self.recovered = recover_journals(journal_dir, self.engine, blobs,
+                                              local=self.door_blobs if self.door_blobs is not blobs else None)
             self.journal = Journal.open(journal_dir)
             self._records: queue.SimpleQueue[list[_Item] | None] = queue.SimpleQueue()
             self._recorder = threading.Thread(target=self._record_loop, name="spool-recorder", daemon=True)
@@ -143,7 +153,7 @@ class Spool:
     def _put(self, item: _Item) -> str:
         """Write a journaled mail's blob (fsynced); its sha256."""
         item.message_id = header_message_id(item.raw)
-        sha = self.blobs.put(item.raw)
+        sha = self.door_blobs.put(item.raw)
         item.raw = None  # on disk now: the bytes are not held until the row is recorded
         return sha
 
@@ -240,7 +250,11 @@ class Spool:
         of failures, they are left there for the next start."""
         delay = 0.05
         while True:
-            results = self._rows(items)
+            try:
+                self._hand_over(items)
+                results = self._rows(items)
+            except Exception as exc:  # noqa: BLE001 - the database away: tried again
+                results = [exc] * len(items)
             failed = [r for r in results if isinstance(r, BaseException)]
             if not failed:
                 break
@@ -259,6 +273,18 @@ class Spool:
                 except Exception:  # noqa: BLE001 - a wake-up that failed: the worker polls anyway
                     log.exception("on_recorded failed")
         self.journal.recorded(len(items))
+        if self.door_blobs is not self.blobs:
+            for sha in dict.fromkeys(item.sha for item in items):
+                self.door_blobs.path(sha).unlink(missing_ok=True)
+
+    def _hand_over(self, items: list[_Item]) -> None:
+        """With the blobs in the database: the journaled mails' bytes copied there from
+        the door's folder, before their rows (a row never names a blob the database
+        lacks).  Removed from the folder only once their rows are recorded."""
+        if self.door_blobs is self.blobs:
+            return
+        for sha in dict.fromkeys(item.sha for item in items):
+            hand_over(self.door_blobs, self.blobs, sha)
 
     def _write(self, batch: list[_Item]) -> None:
         self.largest_batch = max(self.largest_batch, len(batch))

@@ -235,16 +235,22 @@ class Verifier:
         self.forwarders = {d.lower().rstrip(".") for d in auth.arc_forwarders}
 
     # The hook ------------------------------------------------------------------------
-    def stamp(self, inbound_id: int, raw: bytes) -> bytes:
+    def stamp(self, inbound_id: int, raw: bytes, session=None) -> bytes:
         """``raw`` with the gateway's Authentication-Results on top, when it verifies
         mail of this row's source: checked now (and kept on the row), or as it was the
-        first time.  ``raw`` unchanged when verification is off for it."""
+        first time.  ``raw`` unchanged when verification is off for it.  ``session``: the
+        caller's transaction, when it holds the row (processing that parses in it): read
+        and kept in it, for a transaction of its own would wait for the caller's (the one
+        write lock of SQLite)."""
         if not self.config.verifying:
             return raw
-        with reader(self.engine) as session:
-            row = session.exec(select(InboundMessage.source, InboundMessage.mail_from, InboundMessage.peer,
-                                      InboundMessage.helo, InboundMessage.authentication)
-                               .where(InboundMessage.id == inbound_id)).first()
+        columns = (InboundMessage.source, InboundMessage.mail_from, InboundMessage.peer, InboundMessage.helo,
+                   InboundMessage.authentication)
+        if session is not None:
+            row = session.exec(select(*columns).where(InboundMessage.id == inbound_id)).first()
+        else:
+            with reader(self.engine) as readable:
+                row = readable.exec(select(*columns).where(InboundMessage.id == inbound_id)).first()
         if row is None:
             return raw
         source, mail_from, peer, helo, kept = row
@@ -254,16 +260,31 @@ class Verifier:
             # LMTP's client is the MTA in front: its address says nothing of the sender.
             spf_client = (peer, helo) if source == "smtp" else ("", "")
             kept = self.verify(raw, *spf_client, mail_from).header(self.config.own_authserv_id)
+            if session is not None:
+                session.exec(update(InboundMessage).where(InboundMessage.id == inbound_id).values(authentication=kept))
+            else:
+                self._keep(inbound_id, kept)
+        return b"Authentication-Results: " + kept.encode("utf-8", "replace") + b"\r\n" + raw
+
+    def _keep(self, inbound_id: int, kept: str) -> None:
+        """The verdict kept on the row, in a transaction of its own, unless a worker's
+        transaction holds the row (PostgreSQL): then it is checked again next time.  Not
+        kept when the database cannot take it (a full disk): the verdict stands for this
+        reading all the same, and the transaction that applies the mail says the fault."""
+        from gateway.ingest import faults
+
+        try:
             with session_for(self.engine) as session:
-                # Kept unless a worker's transaction holds the row (PostgreSQL; the caller's
-                # own, when processing parses in it): then it is checked again next time.
                 free = session.exec(select(InboundMessage.id).where(InboundMessage.id == inbound_id)
                                     .with_for_update(skip_locked=True)).first()
                 if free is not None:
                     session.exec(update(InboundMessage).where(InboundMessage.id == inbound_id)
                                  .values(authentication=kept))
                     session.commit()
-        return b"Authentication-Results: " + kept.encode("utf-8", "replace") + b"\r\n" + raw
+        except Exception as exc:  # noqa: BLE001 - only a fault of the surroundings is let go
+            if faults.surroundings(exc) is None:
+                raise
+            log.warning("inbound %s: the verdict on its sender not kept: %s", inbound_id, faults.surroundings(exc))
 
     # The checks ----------------------------------------------------------------------
     def verify(self, raw: bytes, peer: str, helo: str, mail_from: str) -> Verdict:
