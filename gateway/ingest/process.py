@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
-from sqlalchemy import insert
+from sqlalchemy import insert, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
@@ -74,6 +74,9 @@ class Processor(Gather, Apply, Batches, TooLarge):
         # received at, whether the attempt failed), counted (gateway.metrics) once it commits.
         self._done: list[tuple[int, str, str | None, object, bool]] = []
         self.verifier = self.scanner = None  # gateway.ingest.verify and .scan, made on first use
+        # Verdicts on senders reached before the transaction (batch._prepare), kept on their
+        # rows in it (_one): a transaction a mail of their own doubled the commits.
+        self._verdicts: dict[int, str] = {}
 
     def checked(self, inbound_id: int, raw: bytes, session: Session | None = None) -> bytes:
         """The stored mail as processing reads it: scanned for viruses ([scan],
@@ -88,7 +91,12 @@ class Processor(Gather, Apply, Batches, TooLarge):
             self.scanner = Scanner(self.config) if self.config.scan.clamd else None
         if self.scanner is not None:
             self.scanner.scan(raw)  # before anything of it is kept (Quarantine, or Wait)
-        return self.verifier.stamp(inbound_id, raw, session)
+        if session is not None:
+            return self.verifier.stamp(inbound_id, raw, session)
+        if len(self._verdicts) > 8 * BATCH_MAILS:  # mails another worker took meanwhile
+            for stale in list(self._verdicts)[:len(self._verdicts) - 4 * BATCH_MAILS]:
+                del self._verdicts[stale]
+        return self.verifier.stamp(inbound_id, raw, keep=lambda kept: self._verdicts.__setitem__(inbound_id, kept))
 
     def process(self, inbound_id: int) -> Outcome:
         """Process one stored mail; the result is committed with the inbound row's state."""
@@ -113,6 +121,9 @@ class Processor(Gather, Apply, Batches, TooLarge):
                 savepoint.commit()
                 return Outcome(inbound.source, inbound.message_id, inbound.outcome or inbound.state,
                                inbound.ticket_number, inbound.detail)
+            if (verdict := self._verdicts.pop(inbound_id, None)) is not None:
+                session.connection().execute(update(InboundMessage).where(InboundMessage.id == inbound_id)
+                                             .values(authentication=verdict))
             try:
                 if quarantine is not None:
                     raise quarantine
