@@ -276,6 +276,14 @@ def hold_writes(database_url: str):
     return conn
 
 
+def flushing(cfg: Path, folder: Path) -> subprocess.Popen:
+    """A real ``gateway outbox flush`` process on ``cfg``, started (the tests kill it)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("GATEWAY_CONFIG", None)
+    return subprocess.Popen([sys.executable, "-m", "gateway", "--config", str(cfg), "outbox", "flush"],
+                            cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
 def test_crash_after_250_sends_once(tmp_path, relay, database_url):
     """The worker (a real ``gateway outbox flush`` process) gets the relay's 250, but
     another writer holds what its commit needs, so the commit waits; it is killed there.
@@ -293,10 +301,7 @@ def test_crash_after_250_sends_once(tmp_path, relay, database_url):
             accepted.set()
 
     relay.on_accept = hold_the_database
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    env.pop("GATEWAY_CONFIG", None)
-    worker = subprocess.Popen([sys.executable, "-m", "gateway", "--config", str(cfg), "outbox", "flush"],
-                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    worker = flushing(cfg, tmp_path)
     try:
         assert accepted.wait(30), "the relay never got the mail"
         time.sleep(1.0)  # the worker has the 250 and waits for the lock to commit
@@ -346,10 +351,7 @@ def test_the_end_goes_out_before_the_note_of_it_is_confirmed(tmp_path, relay, po
 
     relay.on_rcpt = lock_the_row
     relay.on_accept = accepted.set
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    env.pop("GATEWAY_CONFIG", None)
-    worker = subprocess.Popen([sys.executable, "-m", "gateway", "--config", str(cfg), "outbox", "flush"],
-                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    worker = flushing(cfg, tmp_path)
     try:
         assert accepted.wait(30), "the relay never got the dot: the deliverer waited for its note"
         os.kill(worker.pid, signal.SIGKILL)
