@@ -121,7 +121,8 @@ class Processor(Gather, Apply, Batches, TooLarge):
                 savepoint.commit()
                 return Outcome(inbound.source, inbound.message_id, inbound.outcome or inbound.state,
                                inbound.ticket_number, inbound.detail)
-            if (verdict := self._verdicts.pop(inbound_id, None)) is not None:
+            # Read, not taken: a batch rolled back does this mail again alone (bounded by checked).
+            if (verdict := self._verdicts.get(inbound_id)) is not None:
                 session.connection().execute(update(InboundMessage).where(InboundMessage.id == inbound_id)
                                              .values(authentication=verdict))
             try:
