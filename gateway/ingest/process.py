@@ -84,11 +84,7 @@ class Processor(Gather, Apply, Batches, TooLarge):
         verifies ([auth], gateway.ingest.verify); ``session``, the caller's transaction
         when it parses in one."""
         if self.verifier is None:
-            from gateway.ingest.scan import Scanner
-            from gateway.ingest.verify import Verifier  # its libraries only where used
-
-            self.verifier = Verifier(self.config, self.engine)
-            self.scanner = Scanner(self.config) if self.config.scan.clamd else None
+            self._checks()
         if self.scanner is not None:
             self.scanner.scan(raw)  # before anything of it is kept (Quarantine, or Wait)
         if session is not None:
@@ -97,6 +93,15 @@ class Processor(Gather, Apply, Batches, TooLarge):
             for stale in list(self._verdicts)[:len(self._verdicts) - 4 * BATCH_MAILS]:
                 del self._verdicts[stale]
         return self.verifier.stamp(inbound_id, raw, keep=lambda kept: self._verdicts.__setitem__(inbound_id, kept))
+
+    def _checks(self) -> None:
+        """The sender's verifier and the virus scanner, their libraries imported where they
+        are used (dkimpy and dnspython: ~0.3 s), once: by the warm-up in a worker."""
+        from gateway.ingest.scan import Scanner
+        from gateway.ingest.verify import Verifier
+
+        self.verifier = Verifier(self.config, self.engine)
+        self.scanner = Scanner(self.config) if self.config.scan.clamd else None
 
     def process(self, inbound_id: int) -> Outcome:
         """Process one stored mail; the result is committed with the inbound row's state."""
@@ -244,6 +249,8 @@ class Processor(Gather, Apply, Batches, TooLarge):
         logging.disable(logging.INFO)  # its "created"/"queued" lines would read as a real mail's
         rehearsal = REHEARSAL.set(True)  # no ticket number taken (a sequence's is gone for good)
         try:
+            if self.verifier is None:
+                self._checks()
             mail = parse(raw, self.limits)
             with session_for(self.engine) as session:
                 inbound_id = session.connection().execute(

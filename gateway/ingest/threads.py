@@ -28,13 +28,24 @@ import re
 from dataclasses import dataclass
 from typing import Iterator
 
+from sqlalchemy import bindparam
 from sqlmodel import Session, select
 
 from gateway.ingest.parse import ParsedMail
 from gateway.ingest.references import ticket_tags
 from gateway.tokens import Secrets, marked_addresses, verified_reply
 from store.addresses import all_addresses, key as address_key, strip_tag
+from store.db import Prepared
 from store.models import Person, Ticket, TicketMessage
+from store.tickets import load_row
+
+# The ticket of a mail on its thread and of a number, as ids (statements built once, run
+# through store.db.Prepared); the ticket itself comes from the session (load_row).
+TICKET_ID_BY_MESSAGE_ID = Prepared(select(TicketMessage.__table__.c.ticket_id)
+                                   .where(TicketMessage.__table__.c.message_id == bindparam("b_mid"),
+                                          TicketMessage.__table__.c.direction != "note")
+                                   .order_by(TicketMessage.__table__.c.id.desc()).limit(1))
+TICKET_ID_BY_NUMBER = Prepared(select(Ticket.__table__.c.id).where(Ticket.__table__.c.number == bindparam("b_number")))
 
 log = logging.getLogger("gateway.ingest")
 
@@ -50,18 +61,13 @@ class Permission:
 
 
 def _ticket_by_number(session: Session, number: str) -> Ticket | None:
-    return session.exec(select(Ticket).where(Ticket.number == number.upper())).first()
+    return load_row(session, Ticket, TICKET_ID_BY_NUMBER.execute(session.connection(), {"b_number": number.upper()}))
 
 
 def _ticket_by_message_id(session: Session, message_id: str) -> Ticket | None:
     # Mails that are notes of a stranger's new ticket carry no thread; only mails that
     # were on a ticket's thread (in or out) count.
-    row = session.exec(
-        select(TicketMessage.ticket_id)
-        .where(TicketMessage.message_id == message_id, TicketMessage.direction != "note")
-        .order_by(TicketMessage.id.desc())  # type: ignore[union-attr]
-    ).first()
-    return session.get(Ticket, row) if row is not None else None
+    return load_row(session, Ticket, TICKET_ID_BY_MESSAGE_ID.execute(session.connection(), {"b_mid": message_id}))
 
 
 def is_own(address: str, own: tuple[str, ...]) -> bool:
