@@ -31,7 +31,7 @@ def record(session: Session, actor: str, action: str, target: str = "", *, befor
            client: str = "", at: datetime | None = None) -> None:
     """One entry: ``actor`` did ``action`` to ``target``; ``before`` and ``after`` are any
     JSON-able values (a dict of the fields that changed, a template's text...)."""
-    _INSERT.execute(session.connection(), dict(at=at or utcnow(), actor=actor, action=action, target=target,
+    _INSERT.execute(session, dict(at=at or utcnow(), actor=actor, action=action, target=target,
                                                before=_json(before), after=_json(after), client=client))
 
 

@@ -30,7 +30,7 @@ from sqlalchemy import func, insert
 from sqlmodel import Session, col, select
 
 from store.addresses import InvalidAddress, mailbox
-from store.db import Prepared
+from store.db import Prepared, connection_of
 from store.models import ApprovalDecision, Company, Outbox, Person, Ticket, TicketMessage, utcnow
 from store.tickets import latest_public_update
 from store.vocabulary import FALLBACK_LANGUAGE, LANGUAGES, PENDING
@@ -322,7 +322,7 @@ def queue_notice(session: Session, settings: Settings, event: str, *, to: tuple[
 def _write(session: Session, settings: Settings, values: dict) -> Queued:
     # Core inserts on the session's connection, in its transaction: the unit of work's
     # flush for these two rows cost more than the statements.
-    conn = session.connection()
+    conn = connection_of(session)
     outbox_id = _INSERT_OUTBOX.execute(conn, values)
     if values["ticket_id"] is not None:
         _INSERT_MESSAGE.execute(conn, dict(

@@ -17,7 +17,7 @@ from sqlmodel import Session, col, select
 
 from store import lifecycle
 from store.addresses import key as address_key
-from store.db import PROCESS_PREFIX, Prepared
+from store.db import PROCESS_PREFIX, Prepared, connection_of
 from store.lifecycle import LifecycleError, StatusData
 from store.models import Counter, Person, StatusChange, Ticket, TicketMessage, utcnow
 
@@ -51,7 +51,7 @@ def next_number(session: Session, process: str) -> str:
         return f"{PROCESS_PREFIX[process]}-000000"
     # Core statements on the session's connection: the ORM's bulk-update path around it
     # (synchronising objects that are never loaded) cost more than the statement itself.
-    conn = session.connection()
+    conn = connection_of(session)
     if conn.dialect.name == "postgresql":
         value = _NEXT_IN_SEQUENCE[process].execute(conn, {})
     else:
@@ -128,7 +128,7 @@ def insert_row(session: Session, model, **values):
     statement = _INSERT_RETURNING.get(table.name)
     if statement is None:
         statement = _INSERT_RETURNING[table.name] = Prepared(insert(table).returning(table.c.id))
-    row.id = statement.execute(session.connection(), values)
+    row.id = statement.execute(session, values)
     make_transient_to_detached(row)
     session.add(row)
     return row
@@ -148,7 +148,7 @@ def load_row(session: Session, model, row_id: int | None):
     if statement is None:
         table = model.__table__
         statement = _SELECT_BY_ID[model] = select(*table.columns).where(table.c.id == bindparam("b_id"))
-    found = session.connection().execute(statement, {"b_id": row_id}).mappings().first()
+    found = connection_of(session).execute(statement, {"b_id": row_id}).mappings().first()
     if found is None:
         return None
     row = new_row(model, **found)
@@ -174,7 +174,7 @@ def add_person(session: Session, email: str, name: str = "", language: str = "en
 
 
 def get_ticket(session: Session, number: str) -> Ticket:
-    ticket = load_row(session, Ticket, _TICKET_ID.execute(session.connection(), {"b_number": number.strip().upper()}))
+    ticket = load_row(session, Ticket, _TICKET_ID.execute(session, {"b_number": number.strip().upper()}))
     if ticket is None:
         raise NotFound(f"no ticket {number}")
     return ticket
@@ -214,7 +214,7 @@ def create_ticket(
     # The first history row as a Core insert in the session's transaction (or savepoint):
     # nothing reads it back as an object, and an ORM row costs a model construction and a
     # share of the next flush on every new ticket.
-    _INSERT_CHANGE.execute(session.connection(), dict(ticket_id=ticket.id, at=now, from_status=None,
+    _INSERT_CHANGE.execute(session, dict(ticket_id=ticket.id, at=now, from_status=None,
                                                       to_status=lifecycle.NEW, by=by, note=None))
     return ticket
 

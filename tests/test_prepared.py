@@ -86,3 +86,30 @@ def test_inside_a_rolled_back_transaction_nothing_stays(gw):
         tx.rollback()
     with gw.engine.connect() as conn:
         assert conn.execute(select(T.c.id)).all() == []
+
+
+def test_given_a_session_it_runs_in_the_sessions_savepoints(gw):
+    """Given a Session, it takes the session's connection (store.db.connection_of, which
+    remembers it for the transaction): a savepoint begun after an earlier statement is
+    still emitted and still undoes what ran in it, and after a commit the next statement
+    runs in a new transaction."""
+    from sqlmodel import Session
+
+    fast = Prepared(insert(T).returning(T.c.id))
+    with Session(gw.engine) as session:
+        fast.execute(session, row(1))
+        nested = session.begin_nested()
+        fast.execute(session, row(2))
+        nested.rollback()
+        nested = session.begin_nested()
+        fast.execute(session, row(3))
+        nested.commit()
+        fast.execute(session, row(4))
+        session.commit()
+        fast.execute(session, row(5))
+        session.rollback()
+        fast.execute(session, row(6))
+        session.commit()
+    with gw.engine.connect() as conn:
+        assert [m for (m,) in conn.execute(select(T.c.message_id).order_by(T.c.id))] == [
+            "m1@example.org", "m3@example.org", "m4@example.org", "m6@example.org"]

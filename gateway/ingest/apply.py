@@ -63,7 +63,7 @@ class Apply:
         A Core insert in the session's transaction (or savepoint): the message is not read
         back as an object here, and the ORM's model construction and flush cost more than
         the insert on every mail."""
-        msg_id = INSERT_RECEIVED.execute(session.connection(), dict(
+        msg_id = INSERT_RECEIVED.execute(session, dict(
             ticket_id=ticket.id,
             direction="in",
             internal=internal,
@@ -220,7 +220,7 @@ class Apply:
         since = utcnow() - timedelta(seconds=self.config.limits.rate_window)
         session.flush()  # the mail being processed counts (Core below does not autoflush)
         recent = RECENT_FROM.rows(
-            session.connection(), {"b_from": sender, "b_since": since, "b_limit": self.config.limits.rate_limit + 1})
+            session, {"b_from": sender, "b_since": since, "b_limit": self.config.limits.rate_limit + 1})
         # The mail being processed is already among them.
         return rate_exceeded(len(recent), self.config.limits.rate_limit)
 
@@ -229,7 +229,7 @@ class Apply:
         """The inbound row's new state, in the caller's transaction (a Core UPDATE: the
         unit of work's flush of the one row cost more than the statement)."""
         session.flush()  # the mail's own rows first, so the statement order stays that of the work
-        MARK.execute(session.connection(), {"b_id": inbound.id, "state": state, "outcome": outcome.outcome,
+        MARK.execute(session, {"b_id": inbound.id, "state": state, "outcome": outcome.outcome,
                                              "ticket_number": outcome.ticket, "detail": outcome.detail,
                                              "processed_at": utcnow()})
         return outcome

@@ -118,7 +118,7 @@ class Gather:
         session holds already (created by an earlier mail of the batch) is that one."""
         if not mail.from_addr:
             return None
-        rows = PERSON_BY_EMAIL.rows(session.connection(), {"b_email": address_key(mail.from_addr)})
+        rows = PERSON_BY_EMAIL.rows(session, {"b_email": address_key(mail.from_addr)})
         if not rows:
             return None
         pid, email, name, language, company, access, tz, bounces, undeliverable = rows[0]
@@ -141,7 +141,7 @@ class Gather:
             # copy: dropping it would let anyone silence a mail by sending its ID first.
             # Core on the session's connection (no ORM result machinery for two columns);
             # the mails before this one in the batch are flushed (Apply.mark).
-            rows = SAME_MESSAGE_ID.rows(session.connection(), {"b_mid": mail.message_id})
+            rows = SAME_MESSAGE_ID.rows(session, {"b_mid": mail.message_id})
             duplicate_of = next((n for n, f in rows if address_key(f) == address_key(mail.from_addr)), None)
         automatic = self._with_bounce_address(inbound, mail, classify(mail, self.own, self.config.message_id_domain))
         # Automatic mail finds no ticket, but for a read receipt, noted on the ticket it names.

@@ -117,7 +117,7 @@ class Processor(Gather, Apply, Batches, TooLarge):
             # backfill) run at once, and one that finds the row locked leaves it to the
             # other, which commits its outcome; nothing is processed twice.  On SQLite
             # BEGIN IMMEDIATE serialises them, and the second finds the row done.
-            row = next(iter(CLAIM.rows(session.connection(), {"b_id": inbound_id})), None)
+            row = next(iter(CLAIM.rows(session, {"b_id": inbound_id})), None)
             inbound = InboundRow(*row) if row is not None else None
             if inbound is None:
                 savepoint.commit()

@@ -61,13 +61,13 @@ class Permission:
 
 
 def _ticket_by_number(session: Session, number: str) -> Ticket | None:
-    return load_row(session, Ticket, TICKET_ID_BY_NUMBER.execute(session.connection(), {"b_number": number.upper()}))
+    return load_row(session, Ticket, TICKET_ID_BY_NUMBER.execute(session, {"b_number": number.upper()}))
 
 
 def _ticket_by_message_id(session: Session, message_id: str) -> Ticket | None:
     # Mails that are notes of a stranger's new ticket carry no thread; only mails that
     # were on a ticket's thread (in or out) count.
-    return load_row(session, Ticket, TICKET_ID_BY_MESSAGE_ID.execute(session.connection(), {"b_mid": message_id}))
+    return load_row(session, Ticket, TICKET_ID_BY_MESSAGE_ID.execute(session, {"b_mid": message_id}))
 
 
 def is_own(address: str, own: tuple[str, ...]) -> bool:
