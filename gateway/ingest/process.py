@@ -78,11 +78,13 @@ class Processor(Gather, Apply, Batches, TooLarge):
         # rows in it (_one): a transaction a mail of their own doubled the commits.
         self._verdicts: dict[int, str] = {}
 
-    def checked(self, inbound_id: int, raw: bytes, session: Session | None = None) -> bytes:
+    def checked(self, inbound_id: int, raw: bytes, session: Session | None = None,
+                facts: tuple | None = None) -> bytes:
         """The stored mail as processing reads it: scanned for viruses ([scan],
         gateway.ingest.scan), with the gateway's own verdict on its sender on top when it
         verifies ([auth], gateway.ingest.verify); ``session``, the caller's transaction
-        when it parses in one."""
+        when it parses in one; ``facts``, what the verifier reads of the row, read with
+        its batch's (Verifier.facts)."""
         if self.verifier is None:
             self._checks()
         if self.scanner is not None:
@@ -92,7 +94,8 @@ class Processor(Gather, Apply, Batches, TooLarge):
         if len(self._verdicts) > 8 * BATCH_MAILS:  # mails another worker took meanwhile
             for stale in list(self._verdicts)[:len(self._verdicts) - 4 * BATCH_MAILS]:
                 del self._verdicts[stale]
-        return self.verifier.stamp(inbound_id, raw, keep=lambda kept: self._verdicts.__setitem__(inbound_id, kept))
+        return self.verifier.stamp(inbound_id, raw, keep=lambda kept: self._verdicts.__setitem__(inbound_id, kept),
+                                   facts=facts)
 
     def _checks(self) -> None:
         """The sender's verifier and the virus scanner, their libraries imported where they
