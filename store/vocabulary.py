@@ -35,3 +35,7 @@ OUTBOX_STATES = (PENDING, SENT, FAILED)
 # The header every mail of the gateway carries, naming the helpdesk address: mail that
 # comes back with it is our own (a loop), never a customer's.
 LOOP_HEADER = "X-Helpdesk-Loop"
+
+# The door's sources of stored mail: their rows carry the connecting address and HELO,
+# and the gateway checks their senders (gateway.ingest.verify).
+DOOR_SOURCES = ("smtp", "lmtp")

@@ -15,6 +15,7 @@ from gateway.errors import Quarantine, Wait
 from gateway.ingest import faults
 from gateway.ingest.apply import Outcome
 from gateway.ingest.parse import ParsedMail, parse
+from gateway.ingest.statements import sender_facts
 from store.db import reader, session_for
 from store.models import InboundMessage, utcnow
 from store.vocabulary import RECEIVED
@@ -124,20 +125,12 @@ class Batches:
         # Read and parse before the write transaction: on SQLite a transaction holds the
         # database's write lock (BEGIN IMMEDIATE).  Attachment blobs are content-addressed,
         # so storing them early is harmless if the transaction is later rolled back.
-        if known is not None and all(i in known for i in inbound_ids):
-            rows = {i: (RECEIVED, *known[i]) for i in inbound_ids}
-        else:
-            with reader(self.engine) as session:  # no write lock for this read (SQLite)
-                rows = {i: (state, sha, size) for i, state, sha, size in session.exec(
-                    select(InboundMessage.id, InboundMessage.state, InboundMessage.sha256, InboundMessage.size)
-                    .where(col(InboundMessage.id).in_(inbound_ids)))}
+        rows = self._rows(inbound_ids, known)
         prepared = []
         total = 0
-        if self.verifier is None:
-            self._checks()
         # What the sender checks read of each row, in one query for the batch.
-        facts = self.verifier.facts([i for i in inbound_ids if rows.get(i, ("",))[0] == RECEIVED
-                                     and i not in self._ahead])
+        facts = sender_facts(self.engine, [i for i in inbound_ids if rows.get(i, ("",))[0] == RECEIVED
+                                           and i not in self._ahead]) if self.config.verifying else {}
         for inbound_id in inbound_ids:
             if inbound_id not in rows:
                 raise LookupError(f"no inbound message {inbound_id}")
@@ -149,25 +142,38 @@ class Batches:
             if ahead is not None and state == RECEIVED:
                 prepared.append((inbound_id, *ahead))
                 continue
-            mail: ParsedMail | None = None
-            quarantine: Quarantine | None = None
-            if state == RECEIVED:
-                try:
-                    mail = parse(self.checked(inbound_id, self.blobs.get(sha), facts=facts.get(inbound_id)),
-                                 self.limits, blobs=self.blobs)
-                    faults.test_hook(mail.message_id)
-                    for att in mail.attachments:
-                        if att.blob is None:  # a large one was stored while parsed
-                            self.blobs.put(att.data)
-                except (Quarantine, Wait) as exc:
-                    quarantine = exc
-                    if isinstance(exc, Wait):  # the others would wait too: left for the next batch
-                        prepared.append((inbound_id, mail, quarantine))
-                        break
-                except Exception:  # noqa: BLE001 - done again, and counted, in the transaction
-                    mail = None
+            mail, quarantine = self._read(inbound_id, sha, facts.get(inbound_id)) if state == RECEIVED else (None, None)
             prepared.append((inbound_id, mail, quarantine))
+            if isinstance(quarantine, Wait):  # the others would wait too: left for the next batch
+                break
         return prepared
+
+    def _rows(self, inbound_ids: list[int], known: dict[int, tuple[str, int]] | None) -> dict[int, tuple]:
+        """{id: (state, blob, size)} of the stored mails: as the caller read them when it
+        did (``known``: those it found waiting), else read here."""
+        if known is not None and all(i in known for i in inbound_ids):
+            return {i: (RECEIVED, *known[i]) for i in inbound_ids}
+        with reader(self.engine) as session:  # no write lock for this read (SQLite)
+            return {i: (state, sha, size) for i, state, sha, size in session.exec(
+                select(InboundMessage.id, InboundMessage.state, InboundMessage.sha256, InboundMessage.size)
+                .where(col(InboundMessage.id).in_(inbound_ids)))}
+
+    def _read(self, inbound_id: int, sha: str, facts: tuple | None) -> tuple[ParsedMail | None, Quarantine | None]:
+        """A stored mail checked (Processor.checked) and parsed, its large attachments
+        stored; or why it is quarantined or waits; (None, None) when parsing failed
+        otherwise (done again, and counted, in the transaction)."""
+        mail: ParsedMail | None = None
+        try:
+            mail = parse(self.checked(inbound_id, self.blobs.get(sha), facts=facts), self.limits, blobs=self.blobs)
+            faults.test_hook(mail.message_id)
+            for att in mail.attachments:
+                if att.blob is None:  # a large one was stored while parsed
+                    self.blobs.put(att.data)
+            return mail, None
+        except (Quarantine, Wait) as exc:
+            return mail, exc
+        except Exception:  # noqa: BLE001 - done again, and counted, in the transaction
+            return None, None
 
     def pending(self, limit: int = 100) -> list[tuple[int, str, int]]:
         """The stored mails waiting to be processed, oldest first: (id, blob, size)."""

@@ -34,7 +34,7 @@ from store.blobs import BlobStore
 from store.db import session_for
 from store.models import InboundMessage, utcnow
 from store.tickets import REHEARSAL
-from store.vocabulary import PROCESSED, QUARANTINED, RECEIVED
+from store.vocabulary import DOOR_SOURCES, PROCESSED, QUARANTINED, RECEIVED
 
 
 __all__ = ["BATCH_BYTES", "BATCH_MAILS", "Outcome", "Processor"]
@@ -85,10 +85,14 @@ class Processor(Gather, Apply, Batches, TooLarge):
         verifies ([auth], gateway.ingest.verify); ``session``, the caller's transaction
         when it parses in one; ``facts``, what the verifier reads of the row, read with
         its batch's (Verifier.facts)."""
-        if self.verifier is None:
+        if self.scanner is None and self.config.scan.clamd:
             self._checks()
         if self.scanner is not None:
             self.scanner.scan(raw)  # before anything of it is kept (Quarantine, or Wait)
+        if not self.config.verifying or facts is not None and not self._verifies(facts):
+            return raw
+        if self.verifier is None:
+            self._checks()
         if session is not None:
             return self.verifier.stamp(inbound_id, raw, session)
         if len(self._verdicts) > 8 * BATCH_MAILS:  # mails another worker took meanwhile
@@ -96,6 +100,14 @@ class Processor(Gather, Apply, Batches, TooLarge):
                 del self._verdicts[stale]
         return self.verifier.stamp(inbound_id, raw, keep=lambda kept: self._verdicts.__setitem__(inbound_id, kept),
                                    facts=facts)
+
+    def _verifies(self, facts: tuple) -> bool:
+        """Whether the sender checks have anything to do for a row of these facts
+        (statements.sender_facts): a verdict kept already, or a sender to check; the
+        others (a file ``gateway ingest`` took, unless [auth] other_sources) need not
+        import the checks' libraries."""
+        source, *_envelope, kept = facts
+        return kept is not None or source in DOOR_SOURCES or self.config.auth.other_sources
 
     def _checks(self) -> None:
         """The sender's verifier and the virus scanner, their libraries imported where they

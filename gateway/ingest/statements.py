@@ -78,3 +78,24 @@ PERSON_BY_EMAIL = Prepared(select(PERSON.c.id, PERSON.c.email, PERSON.c.name, PE
                                    PERSON.c.company, cast(PERSON.c.company_access, Integer), PERSON.c.timezone,
                                    PERSON.c.hard_bounces, cast(PERSON.c.undeliverable, Integer))
                             .where(PERSON.c.email == bindparam("b_email")))
+
+
+# What the sender checks read of a stored row (gateway.ingest.verify): its source, envelope
+# sender, client address, HELO and a verdict kept already.
+SENDER_FACTS = (INBOUND.c.id, INBOUND.c.source, INBOUND.c.mail_from, INBOUND.c.peer, INBOUND.c.helo,
+                INBOUND.c.authentication)
+
+
+def sender_facts(engine, inbound_ids: list[int], session=None) -> dict[int, tuple]:
+    """``SENDER_FACTS`` of each of ``inbound_ids`` in one query, as {id: (source,
+    mail_from, peer, helo, authentication)}: in ``session``, else in a reading session of
+    its own (no write lock on SQLite)."""
+    from store.db import reader
+
+    if not inbound_ids:
+        return {}
+    query = select(*SENDER_FACTS).where(INBOUND.c.id.in_(inbound_ids))
+    if session is not None:
+        return {row[0]: tuple(row[1:]) for row in session.exec(query)}
+    with reader(engine) as readable:
+        return {row[0]: tuple(row[1:]) for row in readable.exec(query)}

@@ -37,13 +37,13 @@ from sqlalchemy.engine import Engine
 from sqlmodel import col, select
 
 from gateway.config import Config
+from gateway.ingest.statements import sender_facts
 from store.db import reader, session_for
 from store.models import InboundMessage
+from store.vocabulary import DOOR_SOURCES
 
 log = logging.getLogger("gateway.verify")
 
-# The door's sources: their rows carry the connecting address and HELO.
-DOOR_SOURCES = ("smtp", "lmtp")
 
 
 _END_OF_HEAD = re.compile(rb"\r?\n\r?\n")
@@ -249,20 +249,12 @@ class Verifier:
         self.forwarders = {d.lower().rstrip(".") for d in auth.arc_forwarders}
 
     # The hook ------------------------------------------------------------------------
-    FACTS = (InboundMessage.id, InboundMessage.source, InboundMessage.mail_from, InboundMessage.peer,
-             InboundMessage.helo, InboundMessage.authentication)
-
     def facts(self, inbound_ids: list[int], session=None) -> dict[int, tuple]:
-        """What ``stamp`` reads of each row (its source, envelope sender, client, HELO and
-        a verdict already kept), for a batch of rows in one query: in ``session``, else in
-        a reading session of its own.  Empty when verification is off."""
-        if not self.config.verifying or not inbound_ids:
+        """What ``stamp`` reads of each row (statements.sender_facts); empty when
+        verification is off."""
+        if not self.config.verifying:
             return {}
-        query = select(*self.FACTS).where(col(InboundMessage.id).in_(inbound_ids))
-        if session is not None:
-            return {row[0]: tuple(row[1:]) for row in session.exec(query)}
-        with reader(self.engine) as readable:
-            return {row[0]: tuple(row[1:]) for row in readable.exec(query)}
+        return sender_facts(self.engine, inbound_ids, session)
 
     def stamp(self, inbound_id: int, raw: bytes, session=None, keep=None, facts: tuple | None = None) -> bytes:
         """``raw`` with the gateway's Authentication-Results on top, when it verifies
