@@ -105,6 +105,47 @@ def test_a_blob_is_chunked_deduplicated_and_read_back_whole_or_as_a_stream(tmp_p
 
 
 @pytest.mark.postgres
+def test_small_blobs_are_stored_together_and_a_small_one_read_in_one_query(tmp_path, postgres_url):
+    """The recorder stores a batch of small mails' bytes in one transaction (put_many),
+    and the worker reads a one-chunk blob in one query (its size with its first chunk);
+    a missing or empty blob still says so; a blob whose chunks went missing is an
+    error, never a short mail."""
+    from sqlalchemy import event
+
+    app = make_app(tmp_path, database_url=postgres_url)
+    statements: list[str] = []
+    commits: list[int] = []
+    event.listen(app.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    event.listen(app.engine, "commit", lambda conn: commits.append(1))
+    try:
+        store = app.blobs
+        rng = random.Random(20)
+        datas = [rng.randbytes(n) for n in (10, 3000, 70_000, 3000)] + [b""]
+        datas[3] = datas[1]  # the same bytes twice in one batch: one blob
+        shas = store.put_many(datas)
+        assert shas == [hashlib.sha256(d).hexdigest() for d in datas]
+        assert len(commits) == 1
+        assert _counts(app.engine) == (4, 3)  # the empty blob has no chunk
+        assert store.put_many(datas[:2]) == shas[:2] and _counts(app.engine) == (4, 3)
+        for sha, data in zip(shas, datas):
+            statements.clear()
+            assert store.get(sha) == data
+            assert len(statements) == 1, statements
+        big = rng.randbytes(2 * CHUNK + 5)
+        sha = store.put(big)
+        assert store.get(sha) == big
+        with app.engine.begin() as conn:
+            conn.execute(BlobChunk.__table__.delete().where(BlobChunk.__table__.c.sha256 == sha,
+                                                            BlobChunk.__table__.c.seq == 2))
+        with pytest.raises(OSError, match="short"):
+            store.get(sha)
+        with pytest.raises(FileNotFoundError):
+            store.get("1" * 64)
+    finally:
+        app.engine.dispose()
+
+
+@pytest.mark.postgres
 def test_two_instances_storing_the_same_bytes_at_once_store_them_once(tmp_path, postgres_url):
     first = make_app(tmp_path / "one", database_url=postgres_url)
     second = make_app(tmp_path / "two", database_url=postgres_url)

@@ -119,6 +119,34 @@ def hand_over(local: BlobStore, blobs, sha: str) -> None:
 
 # A blob up to this size is copied in one piece (hand_over).
 _WHOLE = 1 << 20
+# Small blobs copied together in one transaction, up to this many bytes (hand_over_many).
+_TOGETHER = 4 << 20
+
+
+def hand_over_many(local: BlobStore, blobs, shas: list[str]) -> None:
+    """``hand_over`` of several blobs: the small ones (up to _WHOLE) read and stored
+    together, one transaction for up to _TOGETHER bytes (a recorder's batch of small
+    mails was a transaction a mail: the PostgreSQL server's commit for each); the large
+    ones one by one, a piece at a time."""
+    group: list[bytes] = []
+    size = 0
+    for sha in dict.fromkeys(shas):
+        try:
+            with open(local.path(sha), "rb") as fh:
+                length = os.fstat(fh.fileno()).st_size
+                data = fh.read() if length <= _WHOLE else None
+        except FileNotFoundError:
+            data = None  # taken over already, or missing: hand_over says which
+        if data is None:
+            hand_over(local, blobs, sha)
+            continue
+        if group and size + len(data) > _TOGETHER:
+            blobs.put_many(group)
+            group, size = [], 0
+        group.append(data)
+        size += len(data)
+    if group:
+        blobs.put_many(group)
 
 
 def recover_journals(folder: Path, engine: Engine, blobs: BlobStore, local: BlobStore | None = None) -> int:

@@ -49,7 +49,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from gateway.errors import StoreFailed
 from gateway.ingest.inbound import Stored, header_message_id, record_inbound, store_raw
-from gateway.ingest.journal import Journal, hand_over, recover_journals
+from gateway.ingest.journal import Journal, hand_over_many, recover_journals
 from store.blobs import BlobStore, BlobWriter
 from store.db import Prepared, make_engine
 from store.models import InboundMessage, utcnow
@@ -283,8 +283,7 @@ class Spool:
         lacks).  Removed from the folder only once their rows are recorded."""
         if self.door_blobs is self.blobs:
             return
-        for sha in dict.fromkeys(item.sha for item in items):
-            hand_over(self.door_blobs, self.blobs, sha)
+        hand_over_many(self.door_blobs, self.blobs, [item.sha for item in items])
 
     def _write(self, batch: list[_Item]) -> None:
         self.largest_batch = max(self.largest_batch, len(batch))
