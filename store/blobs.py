@@ -119,6 +119,11 @@ class BlobStore:
         as it goes; ``commit()`` installs it under its sha256 like ``put``."""
         return BlobWriter(self, durable)
 
+    def get_small(self, shas: list[str]) -> dict[str, bytes]:
+        """The database store reads a batch's small blobs at once; a file is read when
+        needed (``get``): nothing here."""
+        return {}
+
     def get(self, sha256: str) -> bytes:
         return self.path(sha256).read_bytes()
 

@@ -53,6 +53,9 @@ class DatabaseBlobStore:
         self._first = (select(_BLOB.c.size, _CHUNK.c.data)
                        .select_from(_BLOB.outerjoin(_CHUNK, and_(_CHUNK.c.sha256 == _BLOB.c.sha256, _CHUNK.c.seq == 0)))
                        .where(_BLOB.c.sha256 == bindparam("sha")))
+        self._small = (select(_BLOB.c.sha256, _CHUNK.c.data)
+                       .select_from(_BLOB.outerjoin(_CHUNK, and_(_CHUNK.c.sha256 == _BLOB.c.sha256, _CHUNK.c.seq == 0)))
+                       .where(_BLOB.c.sha256.in_(bindparam("shas", expanding=True)), _BLOB.c.size <= CHUNK))
 
     def __repr__(self) -> str:
         return f"DatabaseBlobStore({self.engine.url.render_as_string(hide_password=True)})"
@@ -121,6 +124,17 @@ class DatabaseBlobStore:
                 return data if len(data) == size else data + fh.read()
         finally:
             os.unlink(tmp)
+
+    def get_small(self, shas: list[str]) -> dict[str, bytes]:
+        """The blobs among ``shas`` that are one chunk or less, read in one query (a
+        batch of small mails: one round trip instead of one each); the others, and any
+        not stored, are left out (``get`` them)."""
+        if not shas:
+            return {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(self._small, {"shas": list(dict.fromkeys(shas))}).all()
+        return {sha: b"" if data is None else data if isinstance(data, bytes) else bytes(data)
+                for sha, data in rows}
 
     def open(self, sha256: str) -> BinaryIO:
         """The blob as a stream, read from the database one chunk at a time."""

@@ -256,3 +256,28 @@ def test_move_blobs_copies_a_file_store_into_the_database_and_checks_every_sha25
                            check=False)
         assert done.returncode == 0, done.stderr.decode()
         assert done.stdout in mails
+
+
+@pytest.mark.postgres
+def test_a_batch_of_small_mails_is_read_in_one_query(tmp_path, postgres_url):
+    """get_small reads the one-chunk blobs of a batch at once and leaves out the larger
+    ones and those not stored (the worker gets those one by one); the file store reads
+    nothing ahead."""
+    from sqlalchemy import event
+
+    app = make_app(tmp_path, database_url=postgres_url)
+    statements: list[str] = []
+    event.listen(app.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    try:
+        rng = random.Random(21)
+        small = [rng.randbytes(n) for n in (10, 5000)] + [b""]
+        large = rng.randbytes(CHUNK + 1)
+        shas = app.blobs.put_many(small) + [app.blobs.put(large)]
+        statements.clear()
+        got = app.blobs.get_small(shas + ["2" * 64])
+        assert len(statements) == 1
+        assert got == dict(zip(shas[:3], small))
+        assert app.blobs.get_small([]) == {}
+        assert BlobStore(tmp_path / "files").get_small(shas) == {}
+    finally:
+        app.engine.dispose()

@@ -39,6 +39,19 @@ def received_seconds(received_at, now: datetime) -> float | None:
     return (now - when).total_seconds()
 
 
+def _within(inbound_ids: list[int], rows: dict[int, tuple], max_bytes: int) -> list[str]:
+    """The blobs of the mails a batch will read: in order, up to ``max_bytes`` (the first
+    one always), as ``Batches._prepare`` walks them."""
+    shas, total = [], 0
+    for inbound_id in inbound_ids:
+        _state, sha, size = rows.get(inbound_id, ("", "", 0))
+        if shas and total + size > max_bytes:
+            break
+        total += size
+        shas.append(sha)
+    return shas
+
+
 class Batches:
     """A part of ``gateway.ingest.process.Processor``: the one-mail step is its
     ``_one``, a failure's count its ``_failed``."""
@@ -129,8 +142,10 @@ class Batches:
         prepared = []
         total = 0
         # What the sender checks read of each row, in one query for the batch.
-        facts = sender_facts(self.engine, [i for i in inbound_ids if rows.get(i, ("",))[0] == RECEIVED
-                                           and i not in self._ahead]) if self.config.verifying else {}
+        to_read = [i for i in inbound_ids if rows.get(i, ("",))[0] == RECEIVED and i not in self._ahead]
+        facts = sender_facts(self.engine, to_read) if self.config.verifying else {}
+        # The small ones' bytes in one query when they are in the database (get_small).
+        small = self.blobs.get_small(_within(to_read, rows, max_bytes))
         for inbound_id in inbound_ids:
             if inbound_id not in rows:
                 raise LookupError(f"no inbound message {inbound_id}")
@@ -142,7 +157,8 @@ class Batches:
             if ahead is not None and state == RECEIVED:
                 prepared.append((inbound_id, *ahead))
                 continue
-            mail, quarantine = self._read(inbound_id, sha, facts.get(inbound_id)) if state == RECEIVED else (None, None)
+            mail, quarantine = (self._read(inbound_id, sha, facts.get(inbound_id), small.get(sha))
+                                if state == RECEIVED else (None, None))
             prepared.append((inbound_id, mail, quarantine))
             if isinstance(quarantine, Wait):  # the others would wait too: left for the next batch
                 break
@@ -158,13 +174,16 @@ class Batches:
                 select(InboundMessage.id, InboundMessage.state, InboundMessage.sha256, InboundMessage.size)
                 .where(col(InboundMessage.id).in_(inbound_ids)))}
 
-    def _read(self, inbound_id: int, sha: str, facts: tuple | None) -> tuple[ParsedMail | None, Quarantine | None]:
+    def _read(self, inbound_id: int, sha: str, facts: tuple | None,
+              raw: bytes | None = None) -> tuple[ParsedMail | None, Quarantine | None]:
         """A stored mail checked (Processor.checked) and parsed, its large attachments
         stored; or why it is quarantined or waits; (None, None) when parsing failed
-        otherwise (done again, and counted, in the transaction)."""
+        otherwise (done again, and counted, in the transaction).  ``raw``: its bytes,
+        when read already with the batch's."""
         mail: ParsedMail | None = None
         try:
-            mail = parse(self.checked(inbound_id, self.blobs.get(sha), facts=facts), self.limits, blobs=self.blobs)
+            raw = self.blobs.get(sha) if raw is None else raw
+            mail = parse(self.checked(inbound_id, raw, facts=facts), self.limits, blobs=self.blobs)
             faults.test_hook(mail.message_id)
             for att in mail.attachments:
                 if att.blob is None:  # a large one was stored while parsed
