@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
-from sqlalchemy import insert, update
+from sqlalchemy import insert
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
@@ -26,7 +26,7 @@ from gateway.ingest.batch import BATCH_BYTES, BATCH_MAILS, Batches
 from gateway.ingest.decide import decide
 from gateway.ingest.gather import Gather
 from gateway.ingest.parse import Limits, ParsedMail, parse
-from gateway.ingest.statements import CLAIM, PARENT_LOOKUPS, PARENT_WAITING, InboundRow
+from gateway.ingest.statements import CLAIM, KEEP_VERDICT, PARENT_LOOKUPS, PARENT_WAITING, InboundRow
 from gateway.ingest.too_large import TooLarge
 from store import webhooks
 from store.addresses import key as address_key
@@ -143,8 +143,7 @@ class Processor(Gather, Apply, Batches, TooLarge):
                                inbound.ticket_number, inbound.detail)
             # Read, not taken: a batch rolled back does this mail again alone (bounded by checked).
             if (verdict := self._verdicts.get(inbound_id)) is not None:
-                session.connection().execute(update(InboundMessage).where(InboundMessage.id == inbound_id)
-                                             .values(authentication=verdict))
+                KEEP_VERDICT.execute(session, {"b_id": inbound_id, "authentication": verdict})
             try:
                 if quarantine is not None:
                     raise quarantine

@@ -17,6 +17,8 @@ from store.vocabulary import RECEIVED
 # The inbound row's new state (Apply.mark, gateway.ingest.apply), built once (its cache key is kept).
 INSERT_RECEIVED = Prepared(insert(TicketMessage.__table__).returning(TicketMessage.__table__.c.id))
 MARK = Prepared(update(InboundMessage.__table__).where(InboundMessage.__table__.c.id == bindparam("b_id")))
+# A verdict on the sender reached before the transaction, kept on its row in it (Processor._one).
+KEEP_VERDICT = Prepared(update(InboundMessage.__table__).where(InboundMessage.__table__.c.id == bindparam("b_id")))
 
 # Received mails of that Message-ID (the duplicate check) and the latest from a sender
 # (the rate limit), built once for the same reason.

@@ -34,11 +34,11 @@ import spf
 from publicsuffix2 import PublicSuffixList
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
-from sqlmodel import col, select
+from sqlmodel import select
 
 from gateway.config import Config
 from gateway.ingest.statements import sender_facts
-from store.db import reader, session_for
+from store.db import session_for
 from store.models import InboundMessage
 from store.vocabulary import DOOR_SOURCES
 
