@@ -49,13 +49,14 @@ class DatabaseBlobStore:
         self.root.mkdir(parents=True, exist_ok=True)
         insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
         self._claim = insert(_BLOB).on_conflict_do_nothing(index_elements=["sha256"]).returning(_BLOB.c.sha256)
-        # The blob's size and its first chunk (built once: its cache key is kept).
-        self._first = (select(_BLOB.c.size, _CHUNK.c.data)
-                       .select_from(_BLOB.outerjoin(_CHUNK, and_(_CHUNK.c.sha256 == _BLOB.c.sha256, _CHUNK.c.seq == 0)))
-                       .where(_BLOB.c.sha256 == bindparam("sha")))
-        self._small = (select(_BLOB.c.sha256, _CHUNK.c.data)
-                       .select_from(_BLOB.outerjoin(_CHUNK, and_(_CHUNK.c.sha256 == _BLOB.c.sha256, _CHUNK.c.seq == 0)))
-                       .where(_BLOB.c.sha256.in_(bindparam("shas", expanding=True)), _BLOB.c.size <= CHUNK))
+        # A blob's row with its first chunk (none for an empty blob), in the statements
+        # below, built once (their cache keys are kept): its size and first chunk; the
+        # one-chunk blobs among several.
+        with_first = _BLOB.outerjoin(_CHUNK, and_(_CHUNK.c.sha256 == _BLOB.c.sha256, _CHUNK.c.seq == 0))
+        self._first = select(_BLOB.c.size, _CHUNK.c.data).select_from(with_first) \
+            .where(_BLOB.c.sha256 == bindparam("sha"))
+        self._small = select(_BLOB.c.sha256, _CHUNK.c.data).select_from(with_first) \
+            .where(_BLOB.c.sha256.in_(bindparam("shas", expanding=True)), _BLOB.c.size <= CHUNK)
 
     def __repr__(self) -> str:
         return f"DatabaseBlobStore({self.engine.url.render_as_string(hide_password=True)})"
@@ -67,8 +68,7 @@ class DatabaseBlobStore:
     def put(self, data: bytes, durable: bool = True) -> str:
         """Store ``data``; return its sha256.  Storing the same bytes twice is a no-op."""
         digest = hashlib.sha256(data).hexdigest()
-        view = memoryview(data)
-        self._store(digest, len(data), (view[i:i + CHUNK] for i in range(0, len(data), CHUNK)))
+        self._store(digest, len(data), _pieces(data))
         return digest
 
     def put_many(self, blobs: list[bytes]) -> list[str]:
@@ -79,10 +79,7 @@ class DatabaseBlobStore:
         digests = [hashlib.sha256(data).hexdigest() for data in blobs]
         with self.engine.begin() as conn:
             for digest, data in sorted(dict(zip(digests, blobs)).items()):
-                if self._claimed(conn, digest, len(data)):
-                    view = memoryview(data)
-                    for seq, start in enumerate(range(0, len(data), CHUNK)):
-                        conn.execute(_CHUNK.insert().values(sha256=digest, seq=seq, data=bytes(view[start:start + CHUNK])))
+                self._write(conn, digest, len(data), _pieces(data))
         return digests
 
     def put_file(self, src: Path, digest: str, durable: bool = True) -> str:
@@ -133,8 +130,7 @@ class DatabaseBlobStore:
             return {}
         with self.engine.connect() as conn:
             rows = conn.execute(self._small, {"shas": list(dict.fromkeys(shas))}).all()
-        return {sha: b"" if data is None else data if isinstance(data, bytes) else bytes(data)
-                for sha, data in rows}
+        return {sha: _bytes(data) for sha, data in rows}
 
     def open(self, sha256: str) -> BinaryIO:
         """The blob as a stream, read from the database one chunk at a time."""
@@ -148,10 +144,14 @@ class DatabaseBlobStore:
     # inside ----------------------------------------------------------------------------
     def _store(self, digest: str, size: int, pieces) -> None:
         with self.engine.begin() as conn:
-            if not self._claimed(conn, digest, size):
-                return
-            for seq, piece in enumerate(pieces):
-                conn.execute(_CHUNK.insert().values(sha256=digest, seq=seq, data=bytes(piece)))
+            self._write(conn, digest, size, pieces)
+
+    def _write(self, conn: Connection, digest: str, size: int, pieces) -> None:
+        """The blob's row and chunks in ``conn``'s transaction, unless it is stored already."""
+        if not self._claimed(conn, digest, size):
+            return
+        for seq, piece in enumerate(pieces):
+            conn.execute(_CHUNK.insert().values(sha256=digest, seq=seq, data=bytes(piece)))
 
     def _claimed(self, conn: Connection, digest: str, size: int) -> bool:
         """Make the blob's row; False when it is there already (committed by another
@@ -165,7 +165,7 @@ class DatabaseBlobStore:
             row = conn.execute(select(_CHUNK.c.data).where(_CHUNK.c.sha256 == sha256, _CHUNK.c.seq == seq)).first()
         if row is None:
             return None
-        return row[0] if isinstance(row[0], bytes) else bytes(row[0])
+        return _bytes(row[0])
 
     def _chunks(self, sha256: str) -> Iterator[bytes]:
         """The blob's chunks in order.  The first comes with the blob's size in one query
@@ -176,7 +176,7 @@ class DatabaseBlobStore:
         if found is None:
             raise FileNotFoundError(f"blob {sha256} is not in the database")
         size, first = found
-        piece = b"" if first is None else first if isinstance(first, bytes) else bytes(first)
+        piece = _bytes(first)
         read, seq = len(piece), 1
         if piece:
             yield piece
@@ -187,6 +187,17 @@ class DatabaseBlobStore:
             yield piece
             read += len(piece)
             seq += 1
+
+
+def _pieces(data: bytes):
+    """``data`` in chunks of at most CHUNK bytes (views, not copies)."""
+    view = memoryview(data)
+    return (view[i:i + CHUNK] for i in range(0, len(data), CHUNK))
+
+
+def _bytes(value) -> bytes:
+    """A chunk as the driver gives it (bytes, memoryview; None: no chunk) as bytes."""
+    return b"" if value is None else value if isinstance(value, bytes) else bytes(value)
 
 
 class _ChunkReader(io.RawIOBase):

@@ -45,7 +45,6 @@ from store.vocabulary import DOOR_SOURCES
 log = logging.getLogger("gateway.verify")
 
 
-
 _END_OF_HEAD = re.compile(rb"\r?\n\r?\n")
 
 
