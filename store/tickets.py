@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import bindparam, func, insert, or_, update
 from sqlalchemy.orm import make_transient_to_detached
+from sqlalchemy.orm.util import identity_key
 from sqlmodel import Session, col, select
 
 from store import lifecycle
@@ -78,12 +79,12 @@ def new_row(model, **values):
     own defaults for the rest: what ``model(**values)`` gives, without SQLModel's
     constructor (its per-field default resolution through pydantic and the instrumented
     attributes: ~55 us against ~3 for a Person, twice on every new ticket's mail)."""
-    manager, fields = _construction(model)
+    manager, fields, names = _construction(model)
     row = manager.new_instance()
     state = row.__dict__
     for name, default, factory in fields:
         state[name] = factory() if factory is not None else default
-    unknown = set(values) - {name for name, _d, _f in fields}
+    unknown = values.keys() - names
     if unknown:
         raise TypeError(f"{model.__name__} has no field {', '.join(sorted(unknown))}")
     state.update(values)
@@ -106,7 +107,7 @@ def _construction(model) -> tuple:
                 fields.append((name, field.default, None))
             else:  # required: given by the caller, or None as the constructor leaves it unset
                 fields.append((name, None, None))
-        made = _CONSTRUCTION[model] = (inspect(model).class_manager, tuple(fields))
+        made = _CONSTRUCTION[model] = (inspect(model).class_manager, tuple(fields), frozenset(model.model_fields))
     return made
 
 
@@ -141,7 +142,7 @@ def load_row(session: Session, model, row_id: int | None):
     than the statement on every mail that replies)."""
     if row_id is None:
         return None
-    held = session.identity_map.get(_identity(model, row_id))
+    held = session.identity_map.get(identity_key(model, row_id))
     if held is not None:
         return held
     statement = _SELECT_BY_ID.get(model)
@@ -157,12 +158,6 @@ def load_row(session: Session, model, row_id: int | None):
     return row
 
 
-def _identity(model, row_id: int):
-    from sqlalchemy import inspect
-
-    return inspect(model).identity_key_from_primary_key((row_id,))
-
-
 _SELECT_BY_ID: dict = {}
 _INSERT_RETURNING: dict = {}
 _TICKET_ID = Prepared(select(Ticket.__table__.c.id).where(Ticket.__table__.c.number == bindparam("b_number")))
@@ -173,8 +168,13 @@ def add_person(session: Session, email: str, name: str = "", language: str = "en
     return insert_row(session, Person, email=address_key(email), name=name or "", language=language)
 
 
+def find_ticket_by_number(session: Session, number: str) -> Ticket | None:
+    """The ticket numbered ``number`` (any case, blanks around it ignored), or None."""
+    return load_row(session, Ticket, _TICKET_ID.execute(session, {"b_number": number.strip().upper()}))
+
+
 def get_ticket(session: Session, number: str) -> Ticket:
-    ticket = load_row(session, Ticket, _TICKET_ID.execute(session, {"b_number": number.strip().upper()}))
+    ticket = find_ticket_by_number(session, number)
     if ticket is None:
         raise NotFound(f"no ticket {number}")
     return ticket

@@ -26,6 +26,7 @@ from gateway.tokens import marked_addresses, verified_bounce
 from store import lifecycle
 from store.addresses import key as address_key
 from store.models import Attachment, InboundMessage, Outbox, Person, StatusChange, Ticket, TicketMessage, utcnow
+from store.tickets import new_row
 
 log = logging.getLogger("gateway.ingest")
 
@@ -125,9 +126,9 @@ class Gather:
         known = session.identity_map.get(identity_key(Person, pid))
         if known is not None:
             return known
-        person = Person(id=pid, email=email, name=name, language=language, company=company,
-                        company_access=bool(access), timezone=tz, hard_bounces=bounces,
-                        undeliverable=bool(undeliverable))
+        person = new_row(Person, id=pid, email=email, name=name, language=language, company=company,
+                         company_access=bool(access), timezone=tz, hard_bounces=bounces,
+                         undeliverable=bool(undeliverable))
         make_transient_to_detached(person)
         session.add(person)
         session.expire(person, ["created_at"])  # not read here: loaded if anyone asks

@@ -84,7 +84,7 @@ class Processor(Gather, Apply, Batches, TooLarge):
         gateway.ingest.scan), with the gateway's own verdict on its sender on top when it
         verifies ([auth], gateway.ingest.verify); ``session``, the caller's transaction
         when it parses in one; ``facts``, what the verifier reads of the row, read with
-        its batch's (Verifier.facts)."""
+        its batch's (statements.sender_facts)."""
         if self.scanner is None and self.config.scan.clamd:
             self._checks()
         if self.scanner is not None:
@@ -111,7 +111,8 @@ class Processor(Gather, Apply, Batches, TooLarge):
 
     def _checks(self) -> None:
         """The sender's verifier and the virus scanner, their libraries imported where they
-        are used (dkimpy and dnspython: ~0.3 s), once: by the warm-up in a worker."""
+        are used (dkimpy and dnspython: ~0.3 s), once: by the warm-up in a worker that will
+        use them."""
         from gateway.ingest.scan import Scanner
         from gateway.ingest.verify import Verifier
 
@@ -263,8 +264,8 @@ class Processor(Gather, Apply, Batches, TooLarge):
         logging.disable(logging.INFO)  # its "created"/"queued" lines would read as a real mail's
         rehearsal = REHEARSAL.set(True)  # no ticket number taken (a sequence's is gone for good)
         try:
-            if self.verifier is None:
-                self._checks()
+            if self.verifier is None and (self.config.verifying or self.config.scan.clamd):
+                self._checks()  # their libraries loaded now, not by the first mail
             mail = parse(raw, self.limits)
             with session_for(self.engine) as session:
                 inbound_id = session.connection().execute(

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from sqlalchemy import Integer, String, bindparam, cast, insert, type_coerce, update
 from sqlmodel import col, select
 
-from store.db import Prepared
+from store.db import Prepared, reader
 from store.models import InboundMessage, Person, Ticket, TicketMessage
 from store.vocabulary import RECEIVED
 
@@ -17,8 +17,10 @@ from store.vocabulary import RECEIVED
 # The inbound row's new state (Apply.mark, gateway.ingest.apply), built once (its cache key is kept).
 INSERT_RECEIVED = Prepared(insert(TicketMessage.__table__).returning(TicketMessage.__table__.c.id))
 MARK = Prepared(update(InboundMessage.__table__).where(InboundMessage.__table__.c.id == bindparam("b_id")))
-# A verdict on the sender reached before the transaction, kept on its row in it (Processor._one).
-KEEP_VERDICT = Prepared(update(InboundMessage.__table__).where(InboundMessage.__table__.c.id == bindparam("b_id")))
+# A verdict on the sender reached before the transaction, kept on its row in it
+# (Processor._one): the same UPDATE of the row by id (Prepared compiles one form for each
+# set of columns given).
+KEEP_VERDICT = MARK
 
 # Received mails of that Message-ID (the duplicate check) and the latest from a sender
 # (the rate limit), built once for the same reason.
@@ -92,8 +94,6 @@ def sender_facts(engine, inbound_ids: list[int], session=None) -> dict[int, tupl
     """``SENDER_FACTS`` of each of ``inbound_ids`` in one query, as {id: (source,
     mail_from, peer, helo, authentication)}: in ``session``, else in a reading session of
     its own (no write lock on SQLite)."""
-    from store.db import reader
-
     if not inbound_ids:
         return {}
     query = select(*SENDER_FACTS).where(INBOUND.c.id.in_(inbound_ids))

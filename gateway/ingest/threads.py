@@ -37,15 +37,14 @@ from gateway.tokens import Secrets, marked_addresses, verified_reply
 from store.addresses import all_addresses, key as address_key, strip_tag
 from store.db import Prepared
 from store.models import Person, Ticket, TicketMessage
-from store.tickets import load_row
+from store.tickets import find_ticket_by_number, load_row
 
-# The ticket of a mail on its thread and of a number, as ids (statements built once, run
-# through store.db.Prepared); the ticket itself comes from the session (load_row).
+# The ticket of a mail on its thread, as an id (a statement built once, run through
+# store.db.Prepared); the ticket itself comes from the session (load_row).
 TICKET_ID_BY_MESSAGE_ID = Prepared(select(TicketMessage.__table__.c.ticket_id)
                                    .where(TicketMessage.__table__.c.message_id == bindparam("b_mid"),
                                           TicketMessage.__table__.c.direction != "note")
                                    .order_by(TicketMessage.__table__.c.id.desc()).limit(1))
-TICKET_ID_BY_NUMBER = Prepared(select(Ticket.__table__.c.id).where(Ticket.__table__.c.number == bindparam("b_number")))
 
 log = logging.getLogger("gateway.ingest")
 
@@ -61,7 +60,7 @@ class Permission:
 
 
 def _ticket_by_number(session: Session, number: str) -> Ticket | None:
-    return load_row(session, Ticket, TICKET_ID_BY_NUMBER.execute(session, {"b_number": number.upper()}))
+    return find_ticket_by_number(session, number)
 
 
 def _ticket_by_message_id(session: Session, message_id: str) -> Ticket | None:

@@ -248,13 +248,6 @@ class Verifier:
         self.forwarders = {d.lower().rstrip(".") for d in auth.arc_forwarders}
 
     # The hook ------------------------------------------------------------------------
-    def facts(self, inbound_ids: list[int], session=None) -> dict[int, tuple]:
-        """What ``stamp`` reads of each row (statements.sender_facts); empty when
-        verification is off."""
-        if not self.config.verifying:
-            return {}
-        return sender_facts(self.engine, inbound_ids, session)
-
     def stamp(self, inbound_id: int, raw: bytes, session=None, keep=None, facts: tuple | None = None) -> bytes:
         """``raw`` with the gateway's Authentication-Results on top, when it verifies
         mail of this row's source: checked now (and kept on the row), or as it was the
@@ -263,10 +256,10 @@ class Verifier:
         and kept in it, for a transaction of its own would wait for the caller's (the one
         write lock of SQLite).  ``keep``: called with a new verdict instead of keeping it
         in a transaction of its own (the worker keeps it in the batch's transaction).
-        ``facts``: the row's, read already with its batch's (``facts``)."""
+        ``facts``: the row's (statements.sender_facts), read already with its batch's."""
         if not self.config.verifying:
             return raw
-        row = facts if facts is not None else self.facts([inbound_id], session).get(inbound_id)
+        row = facts if facts is not None else sender_facts(self.engine, [inbound_id], session).get(inbound_id)
         if row is None:
             return raw
         source, mail_from, peer, helo, kept = row
