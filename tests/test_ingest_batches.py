@@ -64,3 +64,20 @@ def test_header_message_id_reads_the_header_block_only():
     assert header_message_id(raw) == "mine@client.example"
     raw = b"Subject: s\nMessage-ID:\n <folded@client.example>\n\nbody\n"
     assert header_message_id(raw) == "folded@client.example"
+
+
+def test_ingest_delivers_every_confirmation_it_queued(tmp_path):
+    """More confirmations than one delivery run's hundred: `gateway ingest` delivers them
+    all (it delivered only the first hundred; the rest waited for another command)."""
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[database]\nurl = "sqlite:///{tmp_path / "gw.db"}"\n'
+                   f'[outbound]\ntransport = "file"\noutbox_dir = "{tmp_path / "sent"}"\n')
+    paths = []
+    for n in range(105):
+        path = tmp_path / f"{n:03d}.eml"
+        path.write_bytes(mail(n).replace(b"ann@", f"user{n}@".encode()))
+        paths.append(path.name)
+    proc = run_gateway("--config", str(cfg), "ingest", "--json", *paths, cwd=tmp_path)
+    outcomes = [json.loads(line)["outcome"] for line in proc.stdout.decode().splitlines()]
+    assert outcomes == ["created"] * 105
+    assert len(list((tmp_path / "sent").glob("*.eml"))) == 105

@@ -8,6 +8,9 @@ from pathlib import Path
 
 from gateway.errors import StoreFailed
 
+# ``deliver_pending``'s limit for a command that delivers what it queued: all of it.
+EVERY_DUE = 1_000_000
+
 # What a command needs is imported when it runs (``gateway --help`` and the parser of
 # another command import none of it).
 
@@ -91,7 +94,9 @@ def cmd_ingest(config, args) -> int:
     if not args.no_deliver:
         from gateway.outbound.outbox import deliver_pending
 
-        deliver_pending(app.engine, app.config, app.transport())
+        # Every confirmation that is due, not only the first hundred (a relay that cannot
+        # be reached still ends the run; what it refuses for now waits for its retry).
+        deliver_pending(app.engine, app.config, app.transport(), limit=EVERY_DUE, notifier=app.notifier)
     return status
 
 
@@ -184,5 +189,5 @@ def cmd_process(config, args) -> int:
     app = App(config)
     for outcome in app.processor.process_pending(limit=10_000):
         _print_outcome(outcome, args.json)
-    deliver_pending(app.engine, app.config, app.transport())
+    deliver_pending(app.engine, app.config, app.transport(), limit=EVERY_DUE, notifier=app.notifier)
     return 0
