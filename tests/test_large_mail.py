@@ -190,8 +190,9 @@ def test_door_memory_stays_bounded_for_a_30_mb_mail(tmp_path):
 
 
 def test_corpus_reads_the_same_when_every_body_counts_as_large(tmp_path, monkeypatch):
-    """With the threshold lowered to 200 bytes, the corpus's attachments go through the
-    cut-and-stream path; every mail must read exactly as through the standard parser."""
+    """With the thresholds lowered to 200 bytes, the corpus's attachments go through the
+    cut-and-stream path (and, with only the cut's lowered, the cut decoded in memory);
+    every mail must read exactly as through the standard parser."""
     import gateway.ingest.parse as parse_module
     from conftest import CORPUS
 
@@ -208,13 +209,19 @@ def test_corpus_reads_the_same_when_every_body_counts_as_large(tmp_path, monkeyp
     paths = [p for p in sorted(CORPUS.rglob("*")) if p.is_file() and p.suffix not in (".yml", ".json", ".txt", ".py")]
     assert len(paths) > 500
     blobs = BlobStore(tmp_path / "blobs")
-    streamed = 0
+    streamed = cut = 0
     for path in paths:
         raw = path.read_bytes()
+        monkeypatch.setattr(parse_module, "CUT_BODY", 1 << 40)
         monkeypatch.setattr(parse_module, "LARGE_BODY", 1 << 40)
         expected = reading(raw, None)
+        monkeypatch.setattr(parse_module, "CUT_BODY", 200)
+        in_memory = reading(raw, blobs)
+        assert in_memory == expected, path
+        cut += isinstance(in_memory, tuple) and bool(parse_module._large_leaves(raw, 200))
         monkeypatch.setattr(parse_module, "LARGE_BODY", 200)
         got = reading(raw, blobs)
         assert got == expected, path
         streamed += isinstance(got, tuple) and any(a.blob for a in parse(raw, blobs=blobs).attachments)
     assert streamed > 50  # the cut path was really taken
+    assert cut > 50

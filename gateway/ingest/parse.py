@@ -660,6 +660,10 @@ def over_limits(raw: bytes, limits: Limits) -> str | None:
 # defects), then decoded straight from the raw bytes, a few MB at a time, into the blob
 # store.  Anything the cut cannot be sure of falls back to the standard parser's own reading.
 LARGE_BODY = 1 << 20
+# Bodies over CUT_BODY are cut too, and decoded in memory up to LARGE_BODY: the standard
+# parser reads a mail line by line, and a 200 KB attachment's 2,700 lines were a third
+# of parsing the benchmark's mixed set (issue 20).
+CUT_BODY = 64 << 10
 _CHUNK = 4 << 20
 _DELIMITER_FIRST = re.compile(rb"--([^\r\n]{1,204})(?=\r?\n|\r?\Z)")
 _DELIMITER_NEXT = re.compile(rb"\n--([^\r\n]{1,204})(?=\r?\n|\r?\Z)")
@@ -825,7 +829,7 @@ def parse(raw: bytes, limits: Limits = Limits(), blobs=None) -> ParsedMail:
     original = raw
     slots: dict[str, tuple[int, int]] = {}
     try:
-        leaves = _large_leaves(raw, LARGE_BODY)
+        leaves = _large_leaves(raw, CUT_BODY)
         if leaves:
             raw, slots = _placeholders(original, leaves)
         msg = email.message_from_bytes(raw)
@@ -841,7 +845,6 @@ def parse(raw: bytes, limits: Limits = Limits(), blobs=None) -> ParsedMail:
         raise Quarantine("not an e-mail message: no mail headers found")
 
     hint = _charset_hints(msg)
-    crlf = original.count(b"\r\n") * 2 > original.count(b"\n")
     headers = tuple((k.lower(), decode_header_value(v, notes, hint)) for k, v in msg.raw_items())
     for defect in msg.defects:
         notes.append(type(defect).__name__)
@@ -901,7 +904,7 @@ def parse(raw: bytes, limits: Limits = Limits(), blobs=None) -> ParsedMail:
             as_text = ctype in ("text/plain", "text/html") and disposition != "attachment" and filename is None
             stored = None
             if not (as_text or ctype in _REPORT_PARTS or cte in _UU):
-                stored = _store_large(original, slot, cte, blobs)
+                stored = _store_large(original, slot, cte, blobs if slot[1] - slot[0] > LARGE_BODY else None)
             if stored is None:
                 # Body text, a report or an unusual encoding: the standard reading, on the
                 # bytes as they came.
@@ -924,6 +927,8 @@ def parse(raw: bytes, limits: Limits = Limits(), blobs=None) -> ParsedMail:
                 if data is None:
                     try:
                         # Keep the line endings the mail came with.
+                        # (counted here, not for every mail: two passes over a 5 MB mail)
+                        crlf = original.count(b"\r\n") * 2 > original.count(b"\n")
                         data = inner.as_bytes(policy=_CRLF if crlf else email.policy.compat32)
                     except Exception:
                         data = str(inner).encode("utf-8", "replace")
