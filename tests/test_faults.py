@@ -412,3 +412,23 @@ def test_a_thousand_connections_at_once_get_421_past_the_caps_and_others_are_ser
         assert len(tickets) == 1
     finally:
         assert service.stop() == 0
+
+
+def test_holding_file_written_in_place_reads_back(tmp_path):
+    """The held mails' file is written in place, padded: a shorter content after a longer
+    one reads back as itself, and a new worker of the slot reads what the last left."""
+    from gateway.ingest.faults import Holding
+
+    holding = Holding(tmp_path / "holding", "host-worker-0")
+    holding.hold(list(range(1000, 1016)))
+    assert Holding(tmp_path / "holding", "host-worker-0").read() == (list(range(1000, 1016)), [])
+    holding.suspects = [7]
+    holding.hold([42])
+    assert Holding(tmp_path / "holding", "host-worker-0").read() == ([42], [7])
+    holding.suspects = []
+    holding.release()
+    assert Holding(tmp_path / "holding", "host-worker-0").read() == ([], [])
+    later = Holding(tmp_path / "holding", "host-worker-0")  # the next worker, after a restart
+    later.hold([5])
+    assert later.read() == ([5], [])
+    assert (tmp_path / "holding" / "host-worker-0").read_text().strip() == '{"holding": [5], "suspects": []}'

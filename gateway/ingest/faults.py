@@ -231,7 +231,10 @@ class Holding:
 
     A file, not a row: it costs a write a batch and no transaction; the operating system
     keeps it when the process dies, which is the only death it is for (a machine that
-    stops is not a mail's doing), so it is not fsynced.
+    stops is not a mail's doing), so it is not fsynced.  It is kept open and written in
+    place, one ``pwrite`` padded with spaces (which JSON ignores) to the longest content
+    written yet: opening it again to truncate it cost ~0.3 ms a write on ext4, two a
+    batch, ~5 % of the worker's time on small mails (issue 20).
 
     ``suspects``: the mails of a batch during which the worker died; each is processed
     alone before any other, so the next death names its mail."""
@@ -240,13 +243,15 @@ class Holding:
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / name
         self.suspects: list[int] = []
+        self._fd: int | None = None
+        self._size = 0
 
     def read(self) -> tuple[list[int], list[int]]:
         """(held, suspects) as the last worker left them."""
         import json
 
         try:
-            found = json.loads(self.path.read_text() or "{}")
+            found = json.loads(self.path.read_text().strip() or "{}")
             return [int(i) for i in found.get("holding", [])], [int(i) for i in found.get("suspects", [])]
         except FileNotFoundError:
             return [], []
@@ -257,7 +262,12 @@ class Holding:
     def _write(self, held: list[int]) -> None:
         import json
 
-        self.path.write_text(json.dumps({"holding": held, "suspects": self.suspects}))
+        data = json.dumps({"holding": held, "suspects": self.suspects}).encode()
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._size = os.fstat(self._fd).st_size
+        self._size = max(self._size, len(data))
+        os.pwrite(self._fd, data.ljust(self._size), 0)
 
     def hold(self, inbound_ids: list[int]) -> None:
         self._write(list(inbound_ids))
