@@ -142,6 +142,7 @@ def _work(app: App, config: Config, wake, stop, parent_pid: int, process_some,
     # 72 mails/s), and run without a savepoint a mail (Processor.process_batch).
     batch = BATCH_MAILS
     backoff = faults.Backoff(config.limits)
+    first_seen: dict[int, float] = {}  # another worker's waiting mails: when this one first saw them
     while not stop.is_set():
         if os.getppid() != parent_pid:  # the door died without telling us
             log.warning("parent process gone; worker stops")
@@ -152,16 +153,15 @@ def _work(app: App, config: Config, wake, stop, parent_pid: int, process_some,
             # Below the reserve of free space nothing is written; the mails wait.
             if (short := faults.short_of_space(config)) is not None:
                 raise faults.Unavailable(short)
-            k, n = slot
-            pending = app.processor.pending(limit=50 * n)
+            pending = app.processor.pending(limit=50 * slot[1])
             known = {i: (sha, size) for i, sha, size in pending}
-            mine = [i for i in known if i % n == k] or list(known)
+            mine = takes(list(known), slot, first_seen, time.monotonic())
+            busy = bool(mine)
             # Several mails a transaction (one commit): Processor.process_batch.
             while mine and not stop.is_set():
                 done = process_some(mine[:batch], known)
                 mine = mine[max(done, 1):]
                 deliver.set()  # their confirmations are in the outbox
-            busy = bool(pending)
             if time.monotonic() >= next_close:
                 close_due(app)
                 next_close = time.monotonic() + config.lifecycle.close_interval
@@ -178,6 +178,30 @@ def _work(app: App, config: Config, wake, stop, parent_pid: int, process_some,
             continue
         if not busy:
             wake.wait(timeout=1.0)
+
+
+# Another worker's mail is helped with only once it has waited this long (seconds) since
+# this worker first saw it waiting.  Helped with at once, an idle worker parsed and checked
+# the same mail as its owner (the sender checks' DNS questions asked twice, a 25 MB mail
+# read twice) and the claim then let one of the two go: every mail of a quiet desk.
+HELP_AFTER = 2.0
+
+
+def takes(pending: list[int], slot: tuple[int, int], first_seen: dict[int, float], now: float) -> list[int]:
+    """The waiting mails worker ``slot`` = (k, n) takes now: its own (id k modulo n);
+    with none, the others' that have waited HELP_AFTER seconds since it first saw them
+    (a worker that is busy, stuck or gone).  ``first_seen`` is the worker's memory of
+    those, kept from call to call."""
+    k, n = slot
+    own = [i for i in pending if i % n == k]
+    waiting = set(pending)
+    for seen in [i for i in first_seen if i not in waiting]:
+        del first_seen[seen]
+    if own:
+        return own
+    for i in pending:
+        first_seen.setdefault(i, now)
+    return [i for i in pending if now - first_seen[i] >= HELP_AFTER]
 
 
 def deliverer_main(config: Config, deliver, stop, parent_pid: int, log_level: str = "INFO",

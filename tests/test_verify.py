@@ -258,3 +258,22 @@ def test_verification_is_on_by_default_only_without_an_mta_in_front():
     assert not load_config(None, env={"GATEWAY_AUTH_VERIFY": "off"}).verifying
     with pytest.raises(ConfigError, match="auth.verify"):
         load_config(None, env={"GATEWAY_AUTH_VERIFY": "yes"})
+
+
+def test_a_mail_is_checked_once_whatever_the_number_of_workers(tmp_path, database_url, zone):
+    """On PostgreSQL the service runs a worker a core, each with its own resolver.  A
+    worker with no mail of its own took another's at once: the mail was parsed and its
+    sender checked twice (its DNS questions asked by both) before the claim let one of
+    the two go.  Another worker's mail is helped with only once it has waited."""
+    import time
+
+    service, desk = start(tmp_path, database_url, zone)
+    try:
+        desk.send(mail(DANA, TITLE, "Mon salaire de mars n'a pas été versé.", top="", name="Dana Martin"), DANA,
+                  client=DANA_MX, helo="mx.acme.test")
+        time.sleep(0.5)  # a second worker that took it too has asked by now
+        assert "spf=pass" in desk.verdicts()[0]
+        assert zone.asked.count(("acme.test", "TXT")) == 1, zone.asked
+        assert zone.asked.count(("_dmarc.acme.test", "TXT")) == 1, zone.asked
+    finally:
+        assert service.stop() == 0
