@@ -187,11 +187,14 @@ def _work(app: App, config: Config, wake, stop, parent_pid: int, process_some,
 HELP_AFTER = 2.0
 
 
-def takes(pending: list[int], slot: tuple[int, int], first_seen: dict[int, float], now: float) -> list[int]:
-    """The waiting mails worker ``slot`` = (k, n) takes now: its own (id k modulo n);
-    with none, the others' that have waited HELP_AFTER seconds since it first saw them
-    (a worker that is busy, stuck or gone).  ``first_seen`` is the worker's memory of
-    those, kept from call to call."""
+def takes(pending: list[int], slot: tuple[int, int], first_seen: dict[int, float], now: float,
+          batch: int = BATCH_MAILS) -> list[int]:
+    """The waiting mails worker ``slot`` = (k, n) takes now (``pending`` oldest first):
+    its own (id k modulo n); with none, another worker's that have waited HELP_AFTER
+    seconds since it first saw them (that worker is busy, stuck or gone), then those
+    past the batch their owner is on, newest first (a backlog: the two work towards each
+    other from its two ends).  ``first_seen`` is the worker's memory of the others'
+    mails, kept from call to call."""
     k, n = slot
     own = [i for i in pending if i % n == k]
     waiting = set(pending)
@@ -201,7 +204,10 @@ def takes(pending: list[int], slot: tuple[int, int], first_seen: dict[int, float
         return own
     for i in pending:
         first_seen.setdefault(i, now)
-    return [i for i in pending if now - first_seen[i] >= HELP_AFTER]
+    waited = [i for i in pending if now - first_seen[i] >= HELP_AFTER]
+    beyond = sorted((i for j in range(n) if j != k for i in [m for m in pending if m % n == j][batch:]),
+                    reverse=True)
+    return list(dict.fromkeys([*waited, *beyond]))
 
 
 def deliverer_main(config: Config, deliver, stop, parent_pid: int, log_level: str = "INFO",

@@ -27,3 +27,19 @@ def test_a_single_worker_takes_everything_at_once():
     seen: dict[int, float] = {}
     assert takes([7, 8, 9], (0, 1), seen, now=0.0) == [7, 8, 9]
     assert seen == {}
+
+
+def test_a_backlog_is_helped_with_from_its_end_at_once():
+    """Another worker's mails past the batch it is on are taken at once, newest first:
+    the two work towards each other, and the ones its owner is on are left to it."""
+    seen: dict[int, float] = {}
+    theirs = list(range(1, 80, 2))  # 40 mails of worker 1 of 2, none of worker 0's
+    taken = takes(theirs, (0, 2), seen, now=5.0, batch=16)
+    assert taken == sorted(theirs[16:], reverse=True)
+    assert not set(taken) & set(theirs[:16])
+    # Three workers: each other worker's batch is left to it.
+    mails = list(range(30, 90))
+    taken = takes([m for m in mails if m % 3], (0, 3), {}, now=5.0, batch=16)
+    for owner in (1, 2):
+        own = [m for m in mails if m % 3 == owner]
+        assert not set(taken) & set(own[:16]) and set(own[16:]) <= set(taken)
