@@ -205,8 +205,10 @@ def takes(pending: list[int], slot: tuple[int, int], first_seen: dict[int, float
     for i in pending:
         first_seen.setdefault(i, now)
     waited = [i for i in pending if now - first_seen[i] >= HELP_AFTER]
-    beyond = sorted((i for j in range(n) if j != k for i in [m for m in pending if m % n == j][batch:]),
-                    reverse=True)
+    by_owner: dict[int, list[int]] = {}
+    for i in pending:
+        by_owner.setdefault(i % n, []).append(i)
+    beyond = sorted((i for theirs in by_owner.values() for i in theirs[batch:]), reverse=True)
     return list(dict.fromkeys([*waited, *beyond]))
 
 
