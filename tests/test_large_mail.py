@@ -268,6 +268,7 @@ def test_the_worker_lets_a_large_mail_s_unstamped_bytes_go_before_parsing(tmp_pa
         # When parsing starts: the stamped copy and what the checks allocated on the way
         # (1.66 x here), not the original beside them (2.66 x).
         assert seen["held"] < 2.0 * len(raw), f"{seen['held'] / len(raw):.2f} x the mail held when parsing"
-        app.engine.dispose()
     finally:
+        if "app" in locals():
+            app.engine.dispose()
         zone.close()

@@ -1,7 +1,8 @@
 """Which waiting mails a worker takes (gateway.service.takes): its own slot's; another
-worker's only once they have waited HELP_AFTER seconds since it first saw them, so that
-an idle worker does not parse and check a mail its owner is taking (issue 20), while the
-mails of a worker that is stuck or gone are still taken."""
+worker's only once they have waited HELP_AFTER seconds since it first saw them, or past
+the batch their owner is on (a backlog, from its newest end), so that an idle worker does
+not parse and check a mail its owner is taking (issue 20), while the mails of a worker
+that is stuck or gone are still taken."""
 
 from __future__ import annotations
 

@@ -8,9 +8,6 @@ from pathlib import Path
 
 from gateway.errors import StoreFailed
 
-# ``deliver_pending``'s limit for a command that delivers what it queued: all of it.
-EVERY_DUE = 1_000_000
-
 # What a command needs is imported when it runs (``gateway --help`` and the parser of
 # another command import none of it).
 
@@ -96,7 +93,7 @@ def cmd_ingest(config, args) -> int:
 
         # Every confirmation that is due, not only the first hundred (a relay that cannot
         # be reached still ends the run; what it refuses for now waits for its retry).
-        deliver_pending(app.engine, app.config, app.transport(), limit=EVERY_DUE, notifier=app.notifier)
+        deliver_pending(app.engine, app.config, app.transport(), limit=None, notifier=app.notifier)
     return status
 
 
@@ -189,5 +186,5 @@ def cmd_process(config, args) -> int:
     app = App(config)
     for outcome in app.processor.process_pending(limit=10_000):
         _print_outcome(outcome, args.json)
-    deliver_pending(app.engine, app.config, app.transport(), limit=EVERY_DUE, notifier=app.notifier)
+    deliver_pending(app.engine, app.config, app.transport(), limit=None, notifier=app.notifier)
     return 0

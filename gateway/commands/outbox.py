@@ -49,7 +49,7 @@ def cmd_list(config, args) -> int:
 
 def cmd_flush(config, args) -> int:
     app = App(config)
-    results = deliver_pending(app.engine, app.config, app.transport(), limit=100_000, notifier=app.notifier)
+    results = deliver_pending(app.engine, app.config, app.transport(), limit=None, notifier=app.notifier)
     sent = sum(1 for _, r in results if r.outcome == "sent")
     print(f"{sent} sent, {len(results) - sent} not sent")
     return 0

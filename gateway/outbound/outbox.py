@@ -384,10 +384,11 @@ def _fail(engine: Engine, outbox_id: int, answer: str, now: datetime, hooks=()) 
 
 
 def deliver_pending(
-    engine: Engine, config: Config, transport: Transport, *, now: datetime | None = None, limit: int = 100,
+    engine: Engine, config: Config, transport: Transport, *, now: datetime | None = None, limit: int | None = 100,
     notifier=None,
 ) -> list[tuple[int, SendResult]]:
-    """Try every pending mail that is due at ``now``, up to ``limit``; return (outbox id,
+    """Try every pending mail that is due at ``now``, up to ``limit`` (None: all of them,
+    for a command that delivers what it queued); return (outbox id,
     result) for each tried.
 
     Rows are claimed CLAIM_BATCH at a time (several deliverers share the outbox), rendered
@@ -416,8 +417,8 @@ def deliver_pending(
     me = holder()
     tried = 0
     with transport:
-        while tried < limit:
-            rows = _claim(engine, now, min(CLAIM_BATCH, limit - tried), me)
+        while limit is None or tried < limit:
+            rows = _claim(engine, now, CLAIM_BATCH if limit is None else min(CLAIM_BATCH, limit - tried), me)
             if not rows:
                 break
             tried += len(rows)
